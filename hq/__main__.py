@@ -1,0 +1,152 @@
+"""The operator CLI: ``python -m hq [serve] | agents add|list|passwd|disable|enable``.
+
+Exit codes: 0 success, 1 runtime error, 2 usage or configuration error; errors are one line on
+stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import ssl
+import sys
+from typing import Any, Awaitable, Callable, NoReturn
+
+from aiohttp import web
+
+from .access_log import RedactingAccessLogger
+from .agents import AgentAdminError
+from .app import HQ, build, create_app
+from .config import ConfigError, Settings, find_config, load_settings
+from .passwords import PasswordPolicyError
+from .store import AgentExistsError, UnknownAgentError
+
+
+class UsageError(Exception):
+    """Bad command-line usage (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--config", metavar="PATH", help="config file (else $HQ_CONFIG, else ./config.toml)")
+    parser = _Parser(prog="python -m hq", description="Run and administer HQ.", parents=[common])
+    commands = parser.add_subparsers(dest="command", parser_class=_Parser)
+    serve = commands.add_parser("serve", parents=[common], help="run HQ (the default)")
+    serve.add_argument("--host", help="address to listen on")
+    serve.add_argument("--port", type=int, help="port to listen on")
+    agents = commands.add_parser("agents", parents=[common], help="manage agents")
+    actions = agents.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    add = actions.add_parser("add", parents=[common], help="create an agent")
+    add.add_argument("codename")
+    add.add_argument("--role", required=True)
+    add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    actions.add_parser("list", parents=[common], help="list agents")
+    passwd = actions.add_parser("passwd", parents=[common], help="set a password and end the agent's sessions")
+    passwd.add_argument("codename")
+    passwd.add_argument("--password-stdin", action="store_true")
+    for name, text in (("disable", "disable an agent and end its sessions"), ("enable", "enable an agent")):
+        actions.add_parser(name, parents=[common], help=text).add_argument("codename")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    try:
+        args = _parser().parse_args(argv)
+        settings = load_settings(find_config(args.config))
+        if args.command in (None, "serve"):
+            return serve(settings, getattr(args, "host", None), getattr(args, "port", None))
+        return asyncio.run(_agents(settings, args))
+    except (UsageError, ConfigError) as exc:
+        print(f"hq: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        print(f"hq: error: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+        return 1
+
+
+def serve(settings: Settings, host: str | None, port: int | None) -> int:
+    """Run HQ until interrupted."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _install_uvloop()
+    ssl_context = None
+    if settings.server.tls_cert and settings.server.tls_key:
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(settings.server.tls_cert, settings.server.tls_key)
+    app = create_app(settings)
+    host = host or settings.server.host
+    port = port if port is not None else settings.server.port
+    scheme = "https" if ssl_context else "http"
+    web.run_app(app, host=host, port=port, ssl_context=ssl_context, access_log_class=RedactingAccessLogger,
+                print=lambda _: print(f"HQ listening on {scheme}://{host}:{port}/", flush=True))
+    return 0
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _agents(settings: Settings, args: argparse.Namespace) -> int:
+    hq = build(settings)
+    await hq.store.open()
+    try:
+        return await _run_agent_action(hq, args)
+    except AgentExistsError as exc:
+        raise UsageError(f"an agent named {exc} already exists (codenames ignore case)") from None
+    except UnknownAgentError as exc:
+        raise UsageError(f"no agent named {exc}") from None
+    except (AgentAdminError, PasswordPolicyError) as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        await hq.store.close()
+        hq.hasher.close()
+        hq.audit.close()
+
+
+async def _run_agent_action(hq: HQ, args: argparse.Namespace) -> int:
+    admin = hq.admin
+    if args.action == "list":
+        rows = [("CODENAME", "ROLE", "ENABLED", "CREATED")]
+        rows += [(a.codename, a.role, "yes" if a.enabled else "no", a.created) for a in await admin.list()]
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for row in rows:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        return 0
+    actions: dict[str, Callable[[], Awaitable[Any]]] = {
+        "add": lambda: admin.add(args.codename, args.role, _read_password(args.password_stdin)),
+        "passwd": lambda: admin.set_password(args.codename, _read_password(args.password_stdin)),
+        "disable": lambda: admin.set_enabled(args.codename, False),
+        "enable": lambda: admin.set_enabled(args.codename, True),
+    }
+    agent = await actions[args.action]()
+    print(f"{args.action}: {agent.codename} ({agent.role}{'' if agent.enabled else ', disabled'})")
+    return 0
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        line = sys.stdin.readline()
+        if not line:
+            raise UsageError("no password on standard input")
+        return line.rstrip("\r\n")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Repeat password: ") != first:
+        raise UsageError("the passwords do not match")
+    return first
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Structured audit events: one JSON line each, never a token or a password.
+
+Fields are chosen by the caller from a fixed vocabulary (codename, address, transport, user agent,
+code, reason); free text from clients is truncated so a hostile user agent cannot flood the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+AUDIT_EVENTS = (
+    "login_succeeded", "login_failed", "connection_accepted", "connection_refused", "connection_ended",
+    "session_revoked", "token_refreshed", "refresh_refused",
+)
+_MAX_FIELD = 256
+
+Listener = Callable[[str, dict[str, Any]], None]
+
+
+class AuditLog:
+    """Writes audit events as JSON lines to a file or stderr and tells listeners (metrics)."""
+
+    def __init__(self, destination: str = "-", base_dir: Path | None = None) -> None:
+        self._logger = logging.getLogger(f"hq.audit.{id(self)}")
+        self._logger.propagate = False
+        self._logger.setLevel(logging.INFO)
+        if destination == "-":
+            handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        else:
+            path = Path(destination)
+            if base_dir is not None and not path.is_absolute():
+                path = base_dir / path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(path, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        self._handler = handler
+        self._logger.addHandler(handler)
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call ``listener(event, fields)`` for every event (used by metrics)."""
+        self._listeners.append(listener)
+
+    def record(self, event: str, **fields: Any) -> None:
+        """Write one audit line."""
+        assert event in AUDIT_EVENTS, event
+        line = {"ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                "event": event}
+        line.update({k: _clip(v) for k, v in fields.items() if v is not None})
+        self._logger.info(json.dumps(line, ensure_ascii=False))
+        for listener in self._listeners:
+            listener(event, fields)
+
+    def close(self) -> None:
+        """Flush and release the destination."""
+        self._logger.removeHandler(self._handler)
+        self._handler.close()
+
+
+def _clip(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > _MAX_FIELD:
+        return value[:_MAX_FIELD] + "…"
+    return value

@@ -1,0 +1,42 @@
+"""One exception per family of contract error codes, each carrying its code."""
+
+from __future__ import annotations
+
+
+class HQError(Exception):
+    """An error the outside world sees as ``{"code", "message"}``."""
+
+    code = "internal"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class AuthError(HQError):
+    """Who-is-this failed: ``token_missing``, ``token_invalid``, ``token_expired``,
+    ``token_revoked``, ``token_reused`` or ``agent_disabled``."""
+
+    code = "token_invalid"
+
+
+class EventError(HQError):
+    """A Socket.IO event was refused: ``bad_request``, ``forbidden``, ``not_found``,
+    ``rate_limited``, ``payload_too_large`` or ``internal``."""
+
+    code = "bad_request"
+
+
+class LoginError(HQError):
+    """A login was refused: ``invalid_credentials``, ``agent_disabled`` or ``too_many_attempts``."""
+
+    code = "invalid_credentials"
+
+    def __init__(self, message: str, code: str | None = None, retry_after: int = 0) -> None:
+        super().__init__(message, code)
+        self.retry_after = retry_after

@@ -1,0 +1,209 @@
+"""The HTTP routes: ``/api/auth/*``, ``/healthz`` and ``/.well-known/jwks.json``.
+
+Thin handlers: parse the request, ask the session service or the authenticator, answer JSON.
+Every error is ``{"error": {"code", "message"}}``; nothing a client sends produces a 500 page.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from .addresses import AddressResolver
+from .config import Settings
+from .errors import AuthError, HQError, LoginError
+from .identity import Authenticator, Principal
+from .sessions import SessionService, TokenPair
+from .store import Store
+from .tokens import KeyRing
+
+log = logging.getLogger("hq.http")
+
+ACCESS_COOKIE = "jwt"
+REFRESH_COOKIE = "hq_refresh"
+REFRESH_COOKIE_PATH = "/api/auth"
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+HealthCheck = Callable[[], Awaitable[None]]
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    """The contract's JSON error body."""
+    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+
+
+_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn aiohttp's HTML error pages and unexpected exceptions into JSON errors."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or request.path.startswith("/socket.io"):
+            raise
+        code = _STATUS_CODES.get(exc.status, "error")
+        return error_response(exc.status, code, exc.reason, headers={
+            k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")})
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal", "internal error")
+
+
+class HttpApi:
+    """The JSON routes, over the session service and the authenticator."""
+
+    def __init__(self, settings: Settings, sessions: SessionService, authenticator: Authenticator,
+                 addresses: AddressResolver, keys: KeyRing, health_checks: list[HealthCheck]) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._auth = authenticator
+        self._addresses = addresses
+        self._keys = keys
+        self._health_checks = health_checks
+
+    def routes(self) -> list[web.RouteDef]:
+        """Every route this API serves."""
+        return [
+            web.post("/api/auth/login", self.login),
+            web.post("/api/auth/refresh", self.refresh),
+            web.post("/api/auth/logout", self.logout),
+            web.get("/api/auth/me", self.me),
+            web.get("/healthz", self.healthz),
+            web.get("/.well-known/jwks.json", self.jwks),
+        ]
+
+    async def login(self, request: web.Request) -> web.Response:
+        """``POST /api/auth/login {"username", "password"}``."""
+        body, problem = await self._json_body(request)
+        if problem is not None:
+            return problem
+        username, password = body.get("username"), body.get("password")
+        if not isinstance(username, str) or not isinstance(password, str):
+            return error_response(400, "bad_request", '"username" and "password" must be strings')
+        try:
+            pair = await self._sessions.login(username, password, self._addresses.client_address(request))
+        except LoginError as exc:
+            status = {"agent_disabled": 403, "too_many_attempts": 429}.get(exc.code, 401)
+            headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+            return error_response(status, exc.code, exc.message, headers)
+        return self._token_response(pair)
+
+    async def refresh(self, request: web.Request) -> web.Response:
+        """``POST /api/auth/refresh {"refresh_token"}`` or the refresh cookie."""
+        token = request.cookies.get(REFRESH_COOKIE)
+        if request.can_read_body:
+            body, problem = await self._json_body(request)
+            if problem is not None:
+                return problem
+            if "refresh_token" in body:
+                token = body["refresh_token"]
+        if not isinstance(token, str) or not token:
+            return error_response(401, "token_missing" if token is None else "token_invalid",
+                                  "send a refresh token in the body or the hq_refresh cookie")
+        try:
+            pair = await self._sessions.refresh(token, self._addresses.client_address(request))
+        except AuthError as exc:
+            return self._auth_error(exc, clear_cookies=True)
+        return self._token_response(pair)
+
+    async def logout(self, request: web.Request) -> web.Response:
+        """``POST /api/auth/logout``: revoke the session of the presented access token."""
+        try:
+            principal = await self._identify(request)
+        except AuthError as exc:
+            return self._auth_error(exc)
+        await self._sessions.revoke(principal.codename, "logged_out", principal.sid,
+                                    address=self._addresses.client_address(request))
+        response = web.Response(status=204, headers=NO_STORE)
+        self._clear_cookies(response)
+        return response
+
+    async def me(self, request: web.Request) -> web.Response:
+        """``GET /api/auth/me``: who the presented access token belongs to."""
+        try:
+            principal = await self._identify(request)
+        except AuthError as exc:
+            return self._auth_error(exc)
+        return web.json_response({"codename": principal.codename, "role": principal.role, "exp": principal.exp},
+                                 headers=NO_STORE)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """``GET /healthz``: 200 when every required backend answers, else 503."""
+        for check in self._health_checks:
+            try:
+                await check()
+            except Exception as exc:
+                log.warning("health check failed: %s", type(exc).__name__)
+                return web.json_response({"status": "unavailable"}, status=503)
+        return web.json_response({"status": "ok"})
+
+    async def jwks(self, request: web.Request) -> web.Response:
+        """``GET /.well-known/jwks.json``: public verification keys (404 under HMAC)."""
+        if self._keys.is_symmetric:
+            return error_response(404, "not_found", "HMAC tokens have no public keys")
+        return web.json_response(self._keys.jwks())
+
+    # helpers -------------------------------------------------------------------------------------
+    async def _json_body(self, request: web.Request) -> tuple[dict[str, Any], web.Response | None]:
+        limit = self._settings.limits.login_body_max_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return {}, error_response(413, "payload_too_large", f"request bodies are limited to {limit} bytes")
+        if request.content_type != "application/json":
+            return {}, error_response(415, "unsupported_media_type", "send Content-Type: application/json")
+        raw = await request.content.read(limit + 1)
+        if len(raw) > limit:
+            return {}, error_response(413, "payload_too_large", f"request bodies are limited to {limit} bytes")
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            return {}, error_response(400, "bad_request", "the body is not valid JSON")
+        if not isinstance(body, dict):
+            return {}, error_response(400, "bad_request", "the body must be a JSON object")
+        return body, None
+
+    async def _identify(self, request: web.Request) -> Principal:
+        header = request.headers.get("Authorization")
+        if header is not None:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer":
+                raise AuthError("use the Bearer scheme", "token_invalid")
+            return await self._auth.identify(token.strip())
+        return await self._auth.identify(request.cookies.get(ACCESS_COOKIE))
+
+    def _token_response(self, pair: TokenPair) -> web.Response:
+        response = web.json_response({
+            "access_token": pair.access.token,
+            "token_type": "Bearer",
+            "expires_in": pair.access.lifetime,
+            "refresh_token": pair.refresh_token,
+            "agent": {"codename": pair.agent.codename, "role": pair.agent.role},
+        }, headers=NO_STORE)
+        response.set_cookie(ACCESS_COOKIE, pair.access.token, max_age=pair.access.lifetime, path="/",
+                            httponly=True, secure=True, samesite="Strict")
+        response.set_cookie(REFRESH_COOKIE, pair.refresh_token, max_age=pair.refresh_ttl,
+                            path=REFRESH_COOKIE_PATH, httponly=True, secure=True, samesite="Strict")
+        return response
+
+    def _auth_error(self, exc: AuthError, clear_cookies: bool = False) -> web.Response:
+        response = error_response(401, exc.code, exc.message,
+                                  headers={"WWW-Authenticate": f'Bearer error="{_bearer_error(exc)}"', **NO_STORE})
+        if clear_cookies:
+            self._clear_cookies(response)
+        return response
+
+    @staticmethod
+    def _clear_cookies(response: web.Response) -> None:
+        response.del_cookie(ACCESS_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
+        response.del_cookie(REFRESH_COOKIE, path=REFRESH_COOKIE_PATH, secure=True, httponly=True,
+                            samesite="Strict")
+
+
+def _bearer_error(exc: HQError) -> str:
+    return "invalid_request" if exc.code == "token_missing" else "invalid_token"

@@ -1,0 +1,304 @@
+"""The Socket.IO server: connect (identify and attach), then join, leave, message, history, reauth.
+
+Handlers stay thin: they parse the payload, ask the authenticator, the clearance policy and the
+store, and answer with the contract's ack shape. Every connection knows its token's expiry and its
+login session, so expiry, logout and revocation end live sockets too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.cookies import CookieError, SimpleCookie
+from typing import Any, Awaitable, Callable
+from urllib.parse import parse_qs
+
+import socketio
+
+from .addresses import AddressResolver
+from .audit import AuditLog
+from .clearance import ClearancePolicy
+from .config import Settings
+from .errors import AuthError, EventError
+from .identity import Authenticator, Principal
+from .limits import TokenBucket
+from .store import Store
+from .wire import SocketJSON
+
+log = logging.getLogger("hq.realtime")
+
+DEFAULT_HISTORY_LIMIT = 100
+Ack = dict[str, Any]
+
+
+@dataclass
+class Connection:
+    """What HQ knows about one live socket."""
+
+    principal: Principal
+    address: str
+    transport: str
+    user_agent: str
+    bucket: TokenBucket
+    channels: set[str] = field(default_factory=set)
+    timer: asyncio.TimerHandle | None = None
+
+
+def channel_room(channel: str) -> str:
+    """The Socket.IO room a channel's members sit in."""
+    return f"channel:{channel}"
+
+
+def token_from_environ(environ: dict[str, Any], auth: Any) -> str | None:
+    """The first token source present: ``auth.token``, Bearer header, ``jwt`` cookie, ``token`` query.
+
+    Only that one is judged; a present but non-string ``auth.token`` is returned as "" (invalid).
+    """
+    if isinstance(auth, dict) and "token" in auth:
+        token = auth["token"]
+        return token if isinstance(token, str) else "\x00"
+    header = environ.get("HTTP_AUTHORIZATION", "")
+    if header:
+        scheme, _, value = header.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" else "\x00"
+    cookie_header = environ.get("HTTP_COOKIE", "")
+    if cookie_header:
+        try:
+            cookies = SimpleCookie(cookie_header)
+        except CookieError:
+            cookies = SimpleCookie()
+        if "jwt" in cookies:
+            return cookies["jwt"].value
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    if "token" in query:
+        return query["token"][0]
+    return None
+
+
+class Realtime:
+    """Owns the python-socketio ``AsyncServer`` and the live connections of this HQ node."""
+
+    def __init__(self, settings: Settings, authenticator: Authenticator, policy: ClearancePolicy,
+                 store: Store, audit: AuditLog, addresses: AddressResolver) -> None:
+        self._settings = settings
+        self._auth = authenticator
+        self._policy = policy
+        self._store = store
+        self._audit = audit
+        self._addresses = addresses
+        self._connections: dict[str, Connection] = {}
+        self.sio = self._create_server(settings)
+        self._register()
+
+    @staticmethod
+    def _create_server(settings: Settings) -> socketio.AsyncServer:
+        manager = None
+        if settings.cluster.redis_url:
+            manager = socketio.AsyncRedisManager(settings.cluster.redis_url)
+        return socketio.AsyncServer(
+            async_mode="aiohttp",
+            client_manager=manager,
+            cors_allowed_origins=list(settings.server.allowed_origins),
+            cors_credentials=True,
+            max_http_buffer_size=settings.server.max_packet_bytes,
+            ping_interval=settings.server.ping_interval,
+            ping_timeout=settings.server.ping_timeout,
+            http_compression=False,
+            json=SocketJSON,
+            logger=False,
+            engineio_logger=False,
+        )
+
+    def _register(self) -> None:
+        self.sio.on("connect", self._on_connect)
+        self.sio.on("disconnect", self._on_disconnect)
+        for name, handler in (("join", self._join), ("leave", self._leave), ("message", self._message),
+                              ("history", self._history), ("reauth", self._reauth)):
+            self.sio.on(name, self._event(name, handler))
+
+    # connect / disconnect ---------------------------------------------------------------------
+    async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        request = environ.get("aiohttp.request")
+        address = self._addresses.client_address(request) if request is not None else "unknown"
+        transport = self.sio.transport(sid)
+        user_agent = environ.get("HTTP_USER_AGENT", "")
+        try:
+            principal = await self._auth.identify(token_from_environ(environ, auth))
+        except AuthError as exc:
+            self._refuse(exc.code, exc.message, address, transport, user_agent)
+        except Exception:
+            log.exception("connect handler failed")
+            self._refuse("token_invalid", "could not verify the token", address, transport, user_agent)
+        limits = self._settings.limits
+        connection = Connection(principal, address, transport, user_agent,
+                                TokenBucket(limits.events_per_second, limits.events_burst))
+        self._connections[sid] = connection
+        self._schedule_expiry(sid, connection)
+        self._audit.record("connection_accepted", codename=principal.codename, address=address,
+                           transport=transport, user_agent=user_agent)
+
+    def _refuse(self, code: str, message: str, address: str, transport: str, user_agent: str) -> None:
+        self._audit.record("connection_refused", code=code, address=address, transport=transport,
+                           user_agent=user_agent)
+        raise socketio.exceptions.ConnectionRefusedError(f"Unauthorized: {message}", {"code": code})
+
+    async def _on_disconnect(self, sid: str, reason: Any = None) -> None:
+        connection = self._connections.pop(sid, None)
+        if connection is None:
+            return
+        if connection.timer is not None:
+            connection.timer.cancel()
+        self._audit.record("connection_ended", codename=connection.principal.codename,
+                           address=connection.address, transport=connection.transport,
+                           reason=str(reason) if reason is not None else "disconnected")
+
+    # expiry -------------------------------------------------------------------------------------
+    def _schedule_expiry(self, sid: str, connection: Connection) -> None:
+        if connection.timer is not None:
+            connection.timer.cancel()
+        loop = asyncio.get_running_loop()
+        exp = connection.principal.exp
+        warn_at = exp - self._settings.auth.expiry_warning
+        now = time.time()
+        if warn_at > now:
+            connection.timer = loop.call_later(warn_at - now, self._spawn, self._warn_expiry(sid, exp))
+        else:
+            connection.timer = loop.call_later(max(0.0, exp - now), self._spawn, self._expire(sid, exp))
+            if self._settings.auth.expiry_warning and exp > now:
+                self._spawn(self.sio.emit("token_expiring", {"exp": exp}, to=sid))
+
+    @staticmethod
+    def _spawn(coro: Awaitable[Any]) -> None:
+        asyncio.ensure_future(coro)
+
+    async def _warn_expiry(self, sid: str, exp: int) -> None:
+        connection = self._connections.get(sid)
+        if connection is None or connection.principal.exp != exp:
+            return
+        await self.sio.emit("token_expiring", {"exp": exp}, to=sid)
+        loop = asyncio.get_running_loop()
+        connection.timer = loop.call_later(max(0.0, exp - time.time()), self._spawn, self._expire(sid, exp))
+
+    async def _expire(self, sid: str, exp: int) -> None:
+        connection = self._connections.get(sid)
+        if connection is not None and connection.principal.exp == exp:
+            await self.end_socket(sid, "token_expired")
+
+    # ending sockets -----------------------------------------------------------------------------
+    async def end_socket(self, sid: str, reason: str) -> None:
+        """Tell one socket why its session ended, then disconnect it."""
+        connection = self._connections.get(sid)
+        if connection is None:
+            return
+        connection.principal = Principal(connection.principal.codename, connection.principal.role, "", 0)
+        await self.sio.emit("session_ended", {"reason": reason}, to=sid)
+        await self.sio.disconnect(sid)
+
+    async def end_sessions(self, codename: str, sid: str | None, reason: str) -> int:
+        """End this node's sockets of one login session, or of every session of ``codename``."""
+        key = codename.lower()
+        targets = [s for s, c in self._connections.items()
+                   if (c.principal.sid == sid if sid else c.principal.codename.lower() == key)]
+        await asyncio.gather(*(self.end_socket(s, reason) for s in targets))
+        return len(targets)
+
+    @property
+    def connection_count(self) -> int:
+        """Live authenticated sockets on this node."""
+        return len(self._connections)
+
+    # events -------------------------------------------------------------------------------------
+    def _event(self, name: str, handler: Callable[[str, Connection, Any], Awaitable[Ack]]
+               ) -> Callable[..., Awaitable[Ack]]:
+        @functools.wraps(handler)
+        async def run(sid: str, *args: Any) -> Ack:
+            connection = self._connections.get(sid)
+            try:
+                if connection is None:
+                    raise EventError("not connected", "forbidden")
+                if not connection.bucket.take():
+                    raise EventError("too many events; slow down", "rate_limited")
+                return await handler(sid, connection, args[0] if len(args) == 1 else None)
+            except EventError as exc:
+                return {"ok": False, "error": {"code": exc.code, "message": exc.message}}
+            except AuthError as exc:
+                return {"ok": False, "error": {"code": exc.code, "message": exc.message}}
+            except Exception:
+                log.exception("%s handler failed", name)
+                return {"ok": False, "error": {"code": "internal", "message": "internal error"}}
+        return run
+
+    def _channel(self, payload: Any) -> str:
+        if not isinstance(payload, dict) or not isinstance(payload.get("channel"), str):
+            raise EventError('expected {"channel": string}', "bad_request")
+        channel = payload["channel"]
+        if not self._policy.exists(channel):
+            raise EventError(f"no channel named {channel[:64]!r}", "not_found")
+        return channel
+
+    def _require_read(self, connection: Connection, channel: str) -> None:
+        if not self._policy.may_read(connection.principal.role, channel):
+            raise EventError(f"your clearance may not read {channel!r}", "forbidden")
+
+    async def _join(self, sid: str, connection: Connection, payload: Any) -> Ack:
+        channel = self._channel(payload)
+        self._require_read(connection, channel)
+        await self.sio.enter_room(sid, channel_room(channel))
+        connection.channels.add(channel)
+        return {"ok": True, "channel": channel, "last_id": await self._store.last_message_id(channel)}
+
+    async def _leave(self, sid: str, connection: Connection, payload: Any) -> Ack:
+        channel = self._channel(payload)
+        await self.sio.leave_room(sid, channel_room(channel))
+        connection.channels.discard(channel)
+        return {"ok": True}
+
+    async def _message(self, sid: str, connection: Connection, payload: Any) -> Ack:
+        if isinstance(payload, str):
+            payload = {"channel": "hq", "text": payload}
+        channel = self._channel(payload)
+        text = payload.get("text")
+        if not isinstance(text, str) or not text:
+            raise EventError('expected {"channel": string, "text": non-empty string}', "bad_request")
+        max_bytes = self._settings.limits.text_max_bytes
+        try:
+            size = len(text.encode("utf-8")) if len(text) <= max_bytes else max_bytes + 1
+        except UnicodeEncodeError:
+            raise EventError("text is not valid Unicode", "bad_request") from None
+        if size > max_bytes:
+            raise EventError(f"text is over {max_bytes} bytes", "payload_too_large")
+        if not self._policy.may_write(connection.principal.role, channel):
+            raise EventError(f"your clearance may not write to {channel!r}", "forbidden")
+        ts = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        message = await self._store.add_message(channel, connection.principal.codename, text, ts)
+        await self.sio.emit("message", message.to_wire(), room=channel_room(channel), skip_sid=sid)
+        return {"ok": True, "id": message.id}
+
+    async def _history(self, sid: str, connection: Connection, payload: Any) -> Ack:
+        channel = self._channel(payload)
+        after_id, limit = payload.get("after_id"), payload.get("limit", DEFAULT_HISTORY_LIMIT)
+        if after_id is not None and (type(after_id) is not int or after_id < 0):
+            raise EventError("after_id must be a non-negative integer", "bad_request")
+        max_limit = self._settings.limits.history_max
+        if type(limit) is not int or not 1 <= limit <= max_limit:
+            raise EventError(f"limit must be an integer from 1 to {max_limit}", "bad_request")
+        self._require_read(connection, channel)
+        messages = await self._store.history(channel, after_id, limit)
+        return {"ok": True, "messages": [m.to_wire() for m in messages]}
+
+    async def _reauth(self, sid: str, connection: Connection, payload: Any) -> Ack:
+        if not isinstance(payload, dict) or not isinstance(payload.get("token"), str):
+            raise EventError('expected {"token": string}', "bad_request")
+        principal = await self._auth.identify(payload["token"])
+        if principal.codename != connection.principal.codename:
+            raise AuthError("token belongs to another agent", "token_invalid")
+        connection.principal = principal
+        for channel in [c for c in connection.channels if not self._policy.may_read(principal.role, c)]:
+            await self.sio.leave_room(sid, channel_room(channel))
+            connection.channels.discard(channel)
+        self._schedule_expiry(sid, connection)
+        return {"ok": True, "exp": principal.exp}

@@ -1,0 +1,117 @@
+"""Login sessions: log in with a password, refresh with a rotating token, log out, revoke.
+
+This is where credentials become tokens. Revocation is written to the store's feed, which every
+HQ node follows (see :mod:`hq.revocation`), and told at once to local listeners.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from .audit import AuditLog
+from .config import AuthSettings, is_valid_codename
+from .errors import AuthError, LoginError
+from .limits import LoginThrottle
+from .passwords import MAX_PASSWORD_LENGTH, PasswordHasher
+from .store import Agent, RefreshOutcome, Store
+from .tokens import IssuedToken, TokenService, hash_refresh_token, new_refresh_token, new_session_id
+
+RevocationListener = Callable[[str, str | None, str], Awaitable[object]]
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    """What login and refresh hand back: an access token, a refresh token, and whose they are."""
+
+    agent: Agent
+    access: IssuedToken
+    refresh_token: str
+    refresh_ttl: int
+
+
+class SessionService:
+    """Issues, rotates and revokes login sessions."""
+
+    def __init__(self, store: Store, hasher: PasswordHasher, tokens: TokenService, throttle: LoginThrottle,
+                 audit: AuditLog, auth: AuthSettings) -> None:
+        self._store = store
+        self._hasher = hasher
+        self._tokens = tokens
+        self._throttle = throttle
+        self._audit = audit
+        self._auth = auth
+        self._listeners: list[RevocationListener] = []
+
+    def on_revoke(self, listener: RevocationListener) -> None:
+        """Call ``listener(codename, sid, reason)`` whenever this node revokes sessions."""
+        self._listeners.append(listener)
+
+    async def login(self, codename: str, password: str, address: str) -> TokenPair:
+        """Check a password and open a session; raises :class:`LoginError`."""
+        retry_after = self._throttle.retry_after(codename, address)
+        if retry_after:
+            self._audit.record("login_failed", codename=_loggable(codename), address=address,
+                               code="too_many_attempts")
+            raise LoginError("too many failed attempts; try again later", "too_many_attempts", retry_after)
+        agent = await self._store.get_agent(codename) if is_valid_codename(codename) else None
+        ok = await self._hasher.verify(password, agent.password_hash if agent else None)
+        if not ok or agent is None or len(password) > MAX_PASSWORD_LENGTH:
+            self._throttle.record_failure(codename, address)
+            self._audit.record("login_failed", codename=_loggable(codename), address=address,
+                               code="invalid_credentials")
+            raise LoginError("unknown codename or wrong password", "invalid_credentials")
+        if not agent.enabled:
+            self._audit.record("login_failed", codename=agent.codename, address=address, code="agent_disabled")
+            raise LoginError("this agent is disabled", "agent_disabled")
+        self._throttle.record_success(codename)
+        sid = new_session_id()
+        await self._store.create_session(sid, agent.codename)
+        pair = await self._issue(agent, sid)
+        self._audit.record("login_succeeded", codename=agent.codename, address=address)
+        return pair
+
+    async def refresh(self, refresh_token: str, address: str) -> TokenPair:
+        """Spend a refresh token for a new pair; reuse of a spent one revokes the whole session."""
+        new_token, new_hash = new_refresh_token()
+        now = time.time()
+        result = await self._store.rotate_refresh_token(
+            hash_refresh_token(refresh_token), new_hash, now + self._auth.refresh_ttl, now)
+        if result.outcome is RefreshOutcome.REUSED:
+            assert result.codename is not None
+            self._audit.record("refresh_refused", codename=result.codename, address=address, code="token_reused")
+            await self._notify(result.codename, result.sid, "revoked")
+            raise AuthError("refresh token was already used; the session is revoked", "token_reused")
+        if result.outcome is RefreshOutcome.EXPIRED:
+            raise AuthError("refresh token has expired", "token_expired")
+        agent = await self._store.get_agent(result.codename) if result.codename else None
+        if result.outcome is not RefreshOutcome.ROTATED or agent is None or result.sid is None:
+            raise AuthError("refresh token is not valid", "token_invalid")
+        if not agent.enabled:
+            raise AuthError("agent is disabled", "agent_disabled")
+        self._audit.record("token_refreshed", codename=agent.codename, address=address)
+        access = self._tokens.issue(agent.codename, agent.role, result.sid)
+        return TokenPair(agent, access, new_token, self._auth.refresh_ttl)
+
+    async def revoke(self, codename: str, reason: str, sid: str | None = None, address: str | None = None) -> None:
+        """Revoke one session (or all of an agent's) everywhere and end local sockets at once."""
+        await self._store.revoke_sessions(codename, reason, sid)
+        self._audit.record("session_revoked", codename=codename, reason=reason, address=address,
+                           scope="session" if sid else "agent")
+        await self._notify(codename, sid, reason)
+
+    async def _issue(self, agent: Agent, sid: str) -> TokenPair:
+        refresh_token, refresh_hash = new_refresh_token()
+        await self._store.add_refresh_token(refresh_hash, sid, time.time() + self._auth.refresh_ttl)
+        access = self._tokens.issue(agent.codename, agent.role, sid)
+        return TokenPair(agent, access, refresh_token, self._auth.refresh_ttl)
+
+    async def _notify(self, codename: str, sid: str | None, reason: str) -> None:
+        for listener in self._listeners:
+            await listener(codename, sid, reason)
+
+
+def _loggable(codename: str) -> str:
+    """A codename as the audit log may show it: only well-formed ones, so no secret pasted there leaks."""
+    return codename if is_valid_codename(codename) else "<invalid>"

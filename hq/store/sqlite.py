@@ -1,0 +1,280 @@
+"""The embedded store: one SQLite file in WAL mode, written through aiosqlite.
+
+Every operation runs under one lock so that multi-statement transactions never interleave on the
+shared connection; ``synchronous=FULL`` makes a committed message survive a crash or power loss.
+Other processes (the operator CLI) may open the same file; ``busy_timeout`` makes them wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+from pathlib import Path
+
+import aiosqlite
+
+from .base import AgentExistsError, UnknownAgentError
+from .models import Agent, LoginSession, Message, RefreshOutcome, RefreshResult, Revocation
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS agents (
+    codename TEXT NOT NULL,
+    codename_key TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    enabled INTEGER NOT NULL DEFAULT 1,
+    created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    sid TEXT PRIMARY KEY,
+    codename_key TEXT NOT NULL,
+    created TEXT NOT NULL,
+    revoked_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS sessions_by_agent ON sessions (codename_key);
+CREATE TABLE IF NOT EXISTS refresh_tokens (
+    token_hash TEXT PRIMARY KEY,
+    sid TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    used_at REAL
+);
+CREATE TABLE IF NOT EXISTS revocations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    codename TEXT NOT NULL,
+    sid TEXT,
+    reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    channel TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    sender TEXT NOT NULL,
+    text TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    PRIMARY KEY (channel, id)
+) WITHOUT ROWID;
+"""
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _agent(row: aiosqlite.Row | None) -> Agent | None:
+    if row is None:
+        return None
+    return Agent(codename=row["codename"], role=row["role"], enabled=bool(row["enabled"]),
+                 created=row["created"], password_hash=row["password_hash"])
+
+
+def _message(row: aiosqlite.Row) -> Message:
+    return Message(id=row["id"], channel=row["channel"], sender=row["sender"], text=row["text"], ts=row["ts"])
+
+
+class SQLiteStore:
+    """The :class:`~hq.store.base.Store` on an SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        assert self._db is not None, "store is not open"
+        return self._db
+
+    async def open(self) -> None:
+        """Open the file, creating it (owner-only) and the schema if needed."""
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        if not self._path.exists():
+            self._path.touch(mode=0o600)
+        self._db = await aiosqlite.connect(self._path, isolation_level=None)
+        self._db.row_factory = aiosqlite.Row
+        for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=5000", "foreign_keys=ON"):
+            await self._db.execute(f"PRAGMA {pragma}")
+        await self._db.executescript(SCHEMA)
+
+    async def close(self) -> None:
+        """Close the connection."""
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def ping(self) -> None:
+        """Raise if the database cannot answer."""
+        async with self._lock:
+            await self.db.execute("SELECT 1")
+
+    async def _one(self, sql: str, *args: object) -> aiosqlite.Row | None:
+        async with self._lock:
+            async with self.db.execute(sql, args) as cur:
+                return await cur.fetchone()
+
+    async def _all(self, sql: str, *args: object) -> list[aiosqlite.Row]:
+        async with self._lock:
+            async with self.db.execute(sql, args) as cur:
+                return list(await cur.fetchall())
+
+    # agents ---------------------------------------------------------------------------------
+    async def add_agent(self, codename: str, role: str, password_hash: str) -> Agent:
+        """Create an agent; raises :class:`AgentExistsError` for a taken codename (any case)."""
+        created = _now_iso()
+        try:
+            async with self._lock:
+                await self.db.execute(
+                    "INSERT INTO agents (codename, codename_key, role, password_hash, enabled, created)"
+                    " VALUES (?, ?, ?, ?, 1, ?)", (codename, codename.lower(), role, password_hash, created))
+        except aiosqlite.IntegrityError:
+            raise AgentExistsError(codename) from None
+        return Agent(codename, role, True, created, password_hash)
+
+    async def get_agent(self, codename: str) -> Agent | None:
+        """The agent with that codename, compared regardless of case."""
+        return _agent(await self._one("SELECT * FROM agents WHERE codename_key = ?", codename.lower()))
+
+    async def list_agents(self) -> list[Agent]:
+        """Every agent, oldest first."""
+        rows = await self._all("SELECT * FROM agents ORDER BY created, codename_key")
+        return [a for a in map(_agent, rows) if a is not None]
+
+    async def count_agents(self) -> int:
+        """How many agents exist."""
+        row = await self._one("SELECT COUNT(*) AS n FROM agents")
+        return int(row["n"]) if row else 0
+
+    async def set_password(self, codename: str, password_hash: str) -> Agent:
+        """Replace an agent's password hash."""
+        return await self._update_agent(codename, "password_hash = ?", password_hash)
+
+    async def set_enabled(self, codename: str, enabled: bool) -> Agent:
+        """Enable or disable an agent."""
+        return await self._update_agent(codename, "enabled = ?", int(enabled))
+
+    async def _update_agent(self, codename: str, assignment: str, value: object) -> Agent:
+        async with self._lock:
+            cur = await self.db.execute(
+                f"UPDATE agents SET {assignment} WHERE codename_key = ? RETURNING *", (value, codename.lower()))
+            row = await cur.fetchone()
+            await cur.close()
+        agent = _agent(row)
+        if agent is None:
+            raise UnknownAgentError(codename)
+        return agent
+
+    # sessions and revocation -----------------------------------------------------------------
+    async def create_session(self, sid: str, codename: str) -> None:
+        """Record a new login session."""
+        async with self._lock:
+            await self.db.execute("INSERT INTO sessions (sid, codename_key, created) VALUES (?, ?, ?)",
+                                  (sid, codename.lower(), _now_iso()))
+
+    async def get_session(self, sid: str) -> LoginSession | None:
+        """A login session by id."""
+        row = await self._one("SELECT * FROM sessions WHERE sid = ?", sid)
+        if row is None:
+            return None
+        return LoginSession(row["sid"], row["codename_key"], row["created"], row["revoked_reason"])
+
+    async def revoke_sessions(self, codename: str, reason: str, sid: str | None = None) -> list[str]:
+        """Revoke one session (``sid``) or all of an agent's, and append to the revocation feed."""
+        async with self._lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                sids = await self._revoke_locked(codename, reason, sid)
+                await self.db.execute("COMMIT")
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+        return sids
+
+    async def _revoke_locked(self, codename: str, reason: str, sid: str | None) -> list[str]:
+        where, args = ("sid = ?", (sid,)) if sid else ("codename_key = ?", (codename.lower(),))
+        cur = await self.db.execute(
+            f"UPDATE sessions SET revoked_reason = ? WHERE {where} AND revoked_reason IS NULL RETURNING sid",
+            (reason, *args))
+        sids = [r["sid"] for r in await cur.fetchall()]
+        await cur.close()
+        await self.db.execute("INSERT INTO revocations (codename, sid, reason) VALUES (?, ?, ?)",
+                              (codename.lower(), sid, reason))
+        return sids
+
+    async def revocations_after(self, cursor: int) -> list[Revocation]:
+        """Feed entries newer than ``cursor``, oldest first."""
+        rows = await self._all("SELECT * FROM revocations WHERE id > ? ORDER BY id", cursor)
+        return [Revocation(r["id"], r["codename"], r["sid"], r["reason"]) for r in rows]
+
+    async def last_revocation_id(self) -> int:
+        """The newest feed entry's id (0 when empty)."""
+        row = await self._one("SELECT COALESCE(MAX(id), 0) AS n FROM revocations")
+        return int(row["n"]) if row else 0
+
+    # refresh tokens ---------------------------------------------------------------------------
+    async def add_refresh_token(self, token_hash: str, sid: str, expires_at: float) -> None:
+        """Store a new refresh token's hash."""
+        async with self._lock:
+            await self.db.execute("INSERT INTO refresh_tokens (token_hash, sid, expires_at) VALUES (?, ?, ?)",
+                                  (token_hash, sid, expires_at))
+
+    async def rotate_refresh_token(self, old_hash: str, new_hash: str, new_expires_at: float,
+                                   now: float) -> RefreshResult:
+        """Spend ``old_hash`` and store ``new_hash`` atomically; a second use revokes the session."""
+        async with self._lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                result = await self._rotate_locked(old_hash, new_hash, new_expires_at, now)
+                await self.db.execute("COMMIT")
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+        return result
+
+    async def _rotate_locked(self, old_hash: str, new_hash: str, new_expires_at: float,
+                             now: float) -> RefreshResult:
+        cur = await self.db.execute(
+            "SELECT r.sid, r.expires_at, r.used_at, s.codename_key, s.revoked_reason FROM refresh_tokens r"
+            " JOIN sessions s ON s.sid = r.sid WHERE r.token_hash = ?", (old_hash,))
+        row = await cur.fetchone()
+        await cur.close()
+        if row is None:
+            return RefreshResult(RefreshOutcome.UNKNOWN)
+        sid, codename = row["sid"], row["codename_key"]
+        if row["used_at"] is not None:
+            await self._revoke_locked(codename, "revoked", sid)
+            return RefreshResult(RefreshOutcome.REUSED, sid, codename)
+        if row["revoked_reason"] is not None:
+            return RefreshResult(RefreshOutcome.UNKNOWN, sid, codename)
+        if row["expires_at"] <= now:
+            return RefreshResult(RefreshOutcome.EXPIRED, sid, codename)
+        await self.db.execute("UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ?", (now, old_hash))
+        await self.db.execute("INSERT INTO refresh_tokens (token_hash, sid, expires_at) VALUES (?, ?, ?)",
+                              (new_hash, sid, new_expires_at))
+        return RefreshResult(RefreshOutcome.ROTATED, sid, codename)
+
+    # messages --------------------------------------------------------------------------------
+    async def add_message(self, channel: str, sender: str, text: str, ts: str) -> Message:
+        """Store a message durably; its id is one more than the channel's last."""
+        async with self._lock:
+            cur = await self.db.execute(
+                "INSERT INTO messages (channel, id, sender, text, ts)"
+                " SELECT ?, COALESCE(MAX(id), 0) + 1, ?, ?, ? FROM messages WHERE channel = ? RETURNING id",
+                (channel, sender, text, ts, channel))
+            row = await cur.fetchone()
+            await cur.close()
+        assert row is not None
+        return Message(int(row["id"]), channel, sender, text, ts)
+
+    async def history(self, channel: str, after_id: int | None, limit: int) -> list[Message]:
+        """Up to ``limit`` messages after ``after_id`` (or the latest ``limit``), oldest first."""
+        if after_id is None:
+            rows = await self._all(
+                "SELECT * FROM (SELECT * FROM messages WHERE channel = ? ORDER BY id DESC LIMIT ?) ORDER BY id",
+                channel, limit)
+        else:
+            rows = await self._all("SELECT * FROM messages WHERE channel = ? AND id > ? ORDER BY id LIMIT ?",
+                                   channel, after_id, limit)
+        return [_message(r) for r in rows]
+
+    async def last_message_id(self, channel: str) -> int:
+        """The channel's newest message id (0 when empty)."""
+        row = await self._one("SELECT COALESCE(MAX(id), 0) AS n FROM messages WHERE channel = ?", channel)
+        return int(row["n"]) if row else 0
