@@ -1,0 +1,39 @@
+"""Shared fixtures: real HQ processes on free ports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from .support import HQServer, make_server
+
+
+@pytest.fixture
+def hq_factory(tmp_path: Path) -> Iterator[Callable[..., HQServer]]:
+    """Start HQ processes with config overrides: ``hq_factory(auth={"access_ttl": 5})``."""
+    servers: list[HQServer] = []
+
+    def start(agents: dict[str, str] | None = None, name: str = "hq", **overrides: dict[str, Any]) -> HQServer:
+        server = make_server(tmp_path / f"{name}{len(servers)}", agents, **overrides).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def hq(hq_factory: Callable[..., HQServer]) -> HQServer:
+    """One running HQ with the standard agents (ana, fox, hank, dora)."""
+    return hq_factory()
+
+
+@pytest.fixture(scope="module")
+def shared_hq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HQServer]:
+    """One HQ shared by a whole test module (for tests that do not change server state)."""
+    server = make_server(tmp_path_factory.mktemp("shared")).start()
+    yield server
+    server.stop()

@@ -1,0 +1,176 @@
+"""Test support: a real HQ process on a free port with its own config, data and agents."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "correct horse battery staple"
+
+# Agents every test server has, one per clearance level.
+AGENTS = {
+    "ana": "analyst",
+    "fox": "field-operative",
+    "hank": "handler",
+    "dora": "director",
+}
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def toml_value(value: Any) -> str:
+    """Render a Python value as TOML (enough for test configs)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(value)
+
+
+def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> None:
+    """Write a TOML config from ``{section: {key: value}}`` (nested dicts become sub-tables)."""
+    lines: list[str] = []
+    for section, table in sections.items():
+        plain = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        nested = {k: v for k, v in table.items() if isinstance(v, dict)}
+        if plain:
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in plain.items()]
+        for name, sub in nested.items():
+            lines.append(f"[{section}.{name}]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in sub.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def base_config(port: int, **overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A fast test config: cheap bcrypt, audit to a file, origins of this port."""
+    config: dict[str, dict[str, Any]] = {
+        "server": {"host": "127.0.0.1", "port": port,
+                   "allowed_origins": [f"http://127.0.0.1:{port}", f"http://localhost:{port}"]},
+        "auth": {"bcrypt_rounds": 4},
+        "audit": {"path": "audit.log"},
+        "storage": {"revocation_poll": 0.1},
+    }
+    for section, values in overrides.items():
+        config.setdefault(section, {}).update(values)
+    return config
+
+
+def run_cli(config: Path, *args: str, stdin: str | None = None, env: dict[str, str] | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m hq --config CONFIG ARGS`` and capture its output."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("HQ_CONFIG", None)
+    return subprocess.run([sys.executable, "-m", "hq", *args, "--config", str(config)], input=stdin,
+                          capture_output=True, text=True, timeout=timeout, cwd=config.parent, env=full_env)
+
+
+@dataclass
+class HQServer:
+    """A real ``python -m hq serve`` process."""
+
+    workdir: Path
+    port: int
+    config: Path
+    process: subprocess.Popen[str] | None = None
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "server.log"
+
+    def start(self, timeout: float = 20) -> "HQServer":
+        """Start the process and wait until ``/healthz`` answers."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HQ_")}
+        log = open(self.log_path, "a")
+        self.process = subprocess.Popen([sys.executable, "-m", "hq", "serve", "--config", str(self.config)],
+                                        cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, env=env, text=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"HQ exited with {self.process.returncode}:\n{self.log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as response:
+                    if response.status == 200:
+                        return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.05)
+        raise RuntimeError(f"HQ did not start:\n{self.log_path.read_text()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the process (SIGKILL for a crash) and wait for it."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        """Stop gracefully and start again on the same port and data."""
+        self.stop()
+        self.start()
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run the operator CLI against this server's config (and so its data)."""
+        return run_cli(self.config, *args, stdin=stdin)
+
+    def add_agent(self, codename: str, role: str, password: str = PASSWORD) -> None:
+        """Create an agent through the CLI."""
+        result = self.cli("agents", "add", codename, "--role", role, "--password-stdin", stdin=password + "\n")
+        assert result.returncode == 0, result.stderr
+
+    def audit_lines(self) -> list[dict[str, Any]]:
+        """The audit log, parsed."""
+        path = self.workdir / "audit.log"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def login(self, codename: str, password: str = PASSWORD) -> dict[str, Any]:
+        """Log in over HTTP; returns the JSON body (raises on failure)."""
+        request = urllib.request.Request(f"{self.url}/api/auth/login", method="POST",
+                                         data=json.dumps({"username": codename, "password": password}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+
+def make_server(workdir: Path, agents: dict[str, str] | None = None, **overrides: dict[str, Any]) -> HQServer:
+    """Write a config into ``workdir``, create the agents (before start) and return the server, unstarted."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = workdir / "config.toml"
+    write_config(config, base_config(port, **overrides))
+    server = HQServer(workdir, port, config)
+    for codename, role in (AGENTS if agents is None else agents).items():
+        server.add_agent(codename, role)
+    return server

@@ -1,0 +1,24 @@
+import socketio
+
+from .support import HQServer
+
+
+async def test_login_connect_and_message(hq: HQServer) -> None:
+    hank = hq.login("hank")["access_token"]
+    fox = hq.login("fox")["access_token"]
+    received = []
+    listener = socketio.AsyncClient()
+    listener.on("message", lambda data: received.append(data))
+    await listener.connect(hq.url, auth={"token": fox}, transports=["websocket"])
+    assert (await listener.call("join", {"channel": "missions"}))["ok"]
+    sender = socketio.AsyncClient()
+    await sender.connect(hq.url, auth={"token": hank})
+    ack = await sender.call("message", {"channel": "missions", "text": "hello"})
+    assert ack == {"ok": True, "id": 1}
+    for _ in range(50):
+        if received:
+            break
+        await __import__("asyncio").sleep(0.05)
+    assert received[0]["text"] == "hello" and received[0]["from"] == "hank"
+    await listener.disconnect()
+    await sender.disconnect()
