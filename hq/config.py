@@ -137,7 +137,10 @@ class Settings:
     @property
     def storage_url(self) -> str:
         """The configured store, or an SQLite file beside the config (or in the working folder)."""
-        return self.storage.url or f"sqlite:///{self.base_dir / 'hq.sqlite3'}"
+        url = self.storage.url or "sqlite:///hq.sqlite3"
+        if url.startswith("sqlite:///"):
+            return f"sqlite:///{_resolve(self.base_dir, url.removeprefix('sqlite:///'))}"
+        return url
 
 
 _SECTIONS: dict[str, type] = {
