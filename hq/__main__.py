@@ -35,7 +35,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
-    common.add_argument("--config", metavar="PATH", help="config file (else $HQ_CONFIG, else ./config.toml)")
+    # SUPPRESS: a sub-command's own default must not erase a --config given before the sub-command.
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                        help="config file (else $HQ_CONFIG, else ./config.toml)")
     parser = _Parser(prog="python -m hq", description="Run and administer HQ.", parents=[common])
     commands = parser.add_subparsers(dest="command", parser_class=_Parser)
     serve = commands.add_parser("serve", parents=[common], help="run HQ (the default)")
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     try:
         args = _parser().parse_args(argv)
-        settings = load_settings(find_config(args.config))
+        settings = load_settings(find_config(getattr(args, "config", None)))
         if args.command in (None, "serve"):
             return serve(settings, getattr(args, "host", None), getattr(args, "port", None))
         return asyncio.run(_agents(settings, args))
