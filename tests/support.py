@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -96,10 +97,16 @@ class HQServer:
     config: Path
     process: subprocess.Popen[str] | None = None
     output: list[str] = field(default_factory=list)
+    ca_file: Path | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ca_file else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A client context trusting this server's certificate (None for plain HTTP)."""
+        return ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else None
 
     @property
     def log_path(self) -> Path:
@@ -116,7 +123,8 @@ class HQServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"HQ exited with {self.process.returncode}:\n{self.log_path.read_text()}")
             try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as response:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1,
+                                            context=self.ssl_context()) as response:
                     if response.status == 200:
                         return self
             except (urllib.error.URLError, ConnectionError, OSError):
@@ -160,7 +168,7 @@ class HQServer:
         request = urllib.request.Request(f"{self.url}/api/auth/login", method="POST",
                                          data=json.dumps({"username": codename, "password": password}).encode(),
                                          headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10, context=self.ssl_context()) as response:
             return json.loads(response.read())
 
 
@@ -170,7 +178,8 @@ def make_server(workdir: Path, agents: dict[str, str] | None = None, **overrides
     port = free_port()
     config = workdir / "config.toml"
     write_config(config, base_config(port, **overrides))
-    server = HQServer(workdir, port, config)
+    tls_cert = overrides.get("server", {}).get("tls_cert")
+    server = HQServer(workdir, port, config, ca_file=Path(tls_cert) if tls_cert else None)
     for codename, role in (AGENTS if agents is None else agents).items():
         server.add_agent(codename, role)
     return server
