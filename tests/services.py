@@ -1,0 +1,73 @@
+"""The machine's PostgreSQL and Redis, started if they are down, and throw-away databases on them."""
+
+from __future__ import annotations
+
+import glob
+import os
+import socket
+import subprocess
+import time
+import uuid
+
+import asyncpg
+
+PG_ADMIN_URL = os.environ.get("HQ_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("HQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait(port: int, seconds: float = 20) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if _listening(port):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def ensure_postgres() -> None:
+    """Start the local PostgreSQL cluster if nothing listens on 5432."""
+    if _listening(5432):
+        return
+    for version in sorted(glob.glob("/etc/postgresql/*")):
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", os.path.basename(version), "main", "start"],
+                       check=False, capture_output=True)
+    if not _wait(5432):
+        raise RuntimeError("PostgreSQL is not running on 127.0.0.1:5432 and could not be started")
+
+
+def ensure_redis() -> None:
+    """Start the local Redis if nothing listens on 6379."""
+    if _listening(6379):
+        return
+    subprocess.run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", "6379", "--save", "",
+                    "--appendonly", "no"], check=False, capture_output=True)
+    if not _wait(6379):
+        raise RuntimeError("Redis is not running on 127.0.0.1:6379 and could not be started")
+
+
+async def create_database() -> str:
+    """A fresh, empty PostgreSQL database; returns its URL."""
+    ensure_postgres()
+    name = f"hq_test_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+async def drop_database(url: str) -> None:
+    """Drop a database made by :func:`create_database`."""
+    name = url.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
