@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
+import redis.asyncio as aioredis
 from aiohttp import web
 
 from .addresses import AddressResolver
+from .admin_ui import AdminUI
 from .agents import AgentAdmin
-from .audit import AuditLog
+from .audit import AuditLog, audit_context
 from .clearance import ClearancePolicy
 from .config import Settings
+from .console import Console
 from .http_api import HttpApi, json_errors
 from .identity import Authenticator
-from .limits import LoginThrottle
+from .limits import LoginLimiter, LoginThrottle, RedisLoginThrottle
+from .metrics import Metrics
 from .passwords import PasswordHasher
 from .realtime import Realtime
 from .revocation import RevocationWatcher
@@ -45,9 +49,18 @@ class HQ:
     realtime: Realtime
     admin: AgentAdmin
     watcher: RevocationWatcher
+    redis: aioredis.Redis | None = None
+
+    def health_checks(self) -> list[Callable[[], Awaitable[object]]]:
+        """Backends that must answer for ``/healthz`` to say ok."""
+        checks: list[Callable[[], Awaitable[object]]] = [self.store.ping]
+        if self.redis is not None:
+            checks.append(self.redis.ping)
+        return checks
 
 
 HQ_KEY = web.AppKey("hq", HQ)
+METRICS_KEY = web.AppKey("metrics", Metrics)
 FirstAgentReporter = Callable[[str, str], None]
 
 
@@ -60,8 +73,8 @@ def build(settings: Settings) -> HQ:
     policy = ClearancePolicy(settings.clearance.levels, settings.channels)
     audit = AuditLog(settings.audit.path, settings.base_dir)
     limits = settings.limits
-    throttle = LoginThrottle(limits.login_failures_per_codename, limits.login_failures_per_address,
-                             limits.login_window)
+    redis = aioredis.Redis.from_url(settings.cluster.redis_url) if settings.cluster.redis_url else None
+    throttle = _login_limiter(settings, redis)
     sessions = SessionService(store, hasher, tokens, throttle, audit, settings.auth)
     authenticator = Authenticator(tokens, store)
     addresses = AddressResolver(settings.server.trusted_proxies)
@@ -70,7 +83,15 @@ def build(settings: Settings) -> HQ:
     watcher = RevocationWatcher(store, realtime.end_sessions, settings.storage.revocation_poll)
     admin = AgentAdmin(store, hasher, policy, sessions)
     return HQ(settings, store, hasher, keys, tokens, policy, audit, sessions, authenticator, realtime,
-              admin, watcher)
+              admin, watcher, redis)
+
+
+def _login_limiter(settings: Settings, redis: aioredis.Redis | None) -> LoginLimiter:
+    limits = settings.limits
+    counts = (limits.login_failures_per_codename, limits.login_failures_per_address, limits.login_window)
+    if redis is None:
+        return LoginThrottle(*counts)
+    return RedisLoginThrottle(redis, *counts, prefix=f"{settings.cluster.channel}:login-failures")
 
 
 def print_first_agent(codename: str, password: str) -> None:
@@ -83,13 +104,15 @@ def print_first_agent(codename: str, password: str) -> None:
 def create_app(settings: Settings, on_first_agent: FirstAgentReporter = print_first_agent) -> web.Application:
     """The aiohttp application serving the HTTP API and Socket.IO on one port."""
     hq = build(settings)
-    app = web.Application(middlewares=[json_errors])
+    app = web.Application(middlewares=[json_errors,
+                                       audit_context(AddressResolver(settings.server.trusted_proxies))])
     app[HQ_KEY] = hq
-    health = [hq.store.ping]
+    health = hq.health_checks()
     api = HttpApi(settings, hq.sessions, hq.authenticator, AddressResolver(settings.server.trusted_proxies),
                   hq.keys, health)
     app.add_routes(api.routes())
     hq.realtime.sio.attach(app, socketio_path="socket.io")
+    admin_ui = add_console_and_monitoring(app, hq)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await hq.store.open()
@@ -98,10 +121,28 @@ def create_app(settings: Settings, on_first_agent: FirstAgentReporter = print_fi
             on_first_agent(*first)
         await hq.watcher.start()
         yield
+        await admin_ui.shutdown()
         await hq.watcher.stop()
         await hq.store.close()
+        if hq.redis is not None:
+            await hq.redis.aclose()
         hq.hasher.close()
         hq.audit.close()
 
     app.cleanup_ctx.append(lifecycle)
     return app
+
+
+def add_console_and_monitoring(app: web.Application, hq: HQ) -> AdminUI:
+    """The browser console, ``/metrics`` (fed by the audit log and the Socket.IO layer), the Admin UI."""
+    settings = hq.settings
+    app.add_routes(Console(hq.authenticator, hq.policy, settings.channels).routes())
+    metrics = Metrics(settings.channels, lambda: hq.realtime.connection_count)
+    hq.audit.subscribe(metrics.audit_event)
+    hq.realtime.observe(metrics)
+    app.add_routes(metrics.routes())
+    app[METRICS_KEY] = metrics
+    admin_ui = AdminUI(settings, hq.realtime.sio, hq.store, hq.hasher, hq.audit,
+                       AddressResolver(settings.server.trusted_proxies))
+    admin_ui.install()
+    return admin_ui

@@ -89,6 +89,7 @@ class StorageSettings:
 @dataclass(frozen=True)
 class ClusterSettings:
     redis_url: str | None = None
+    channel: str = "hq"
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,27 @@
-"""Login throttling (per codename and per address) and per-socket event budgets."""
+"""Login throttling (per codename and per address) and per-socket event budgets.
+
+Two throttles share one async interface: in memory for a single node, in Redis (sorted sets of
+failure times) when several nodes must share the counts.
+"""
 
 from __future__ import annotations
 
 import math
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
+
+import redis.asyncio as aioredis
+
+
+class LoginLimiter(Protocol):
+    """Counts failed logins per codename and per address."""
+
+    async def retry_after(self, codename: str, address: str) -> int: ...
+    async def record_failure(self, codename: str, address: str) -> None: ...
+    async def record_success(self, codename: str) -> None: ...
 
 
 class LoginThrottle:
@@ -20,7 +36,7 @@ class LoginThrottle:
         self._window = window
         self._failures: dict[tuple[str, str], deque[float]] = {}
 
-    def retry_after(self, codename: str, address: str, now: float | None = None) -> int:
+    async def retry_after(self, codename: str, address: str, now: float | None = None) -> int:
         """Seconds the caller must wait, or 0 when an attempt is allowed."""
         now = time.monotonic() if now is None else now
         wait = 0.0
@@ -30,13 +46,13 @@ class LoginThrottle:
                 wait = max(wait, failures[0] + self._window - now)
         return math.ceil(wait) if wait > 0 else 0
 
-    def record_failure(self, codename: str, address: str, now: float | None = None) -> None:
+    async def record_failure(self, codename: str, address: str, now: float | None = None) -> None:
         """Count one failed attempt against both keys."""
         now = time.monotonic() if now is None else now
         for key in self._keys(codename, address):
             self._prune(key, now).append(now)
 
-    def record_success(self, codename: str) -> None:
+    async def record_success(self, codename: str) -> None:
         """A correct login clears its codename's failures (the address keeps its count)."""
         self._failures.pop(("codename", codename.lower()), None)
 
@@ -51,6 +67,48 @@ class LoginThrottle:
             self._failures.pop(key, None)
             failures = self._failures.setdefault(key, deque())
         return failures
+
+
+class RedisLoginThrottle:
+    """The same sliding windows as :class:`LoginThrottle`, kept in Redis for every node to share."""
+
+    def __init__(self, client: aioredis.Redis, per_codename: int, per_address: int, window: float,
+                 prefix: str = "hq:login-failures") -> None:
+        self._redis = client
+        self._limits = {"codename": per_codename, "address": per_address}
+        self._window = window
+        self._prefix = prefix
+
+    def _keys(self, codename: str, address: str) -> dict[str, str]:
+        return {"codename": f"{self._prefix}:codename:{codename.lower()}",
+                "address": f"{self._prefix}:address:{address}"}
+
+    async def retry_after(self, codename: str, address: str) -> int:
+        """Seconds the caller must wait, or 0 when an attempt is allowed."""
+        now = time.time()
+        wait = 0.0
+        for kind, key in self._keys(codename, address).items():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zremrangebyscore(key, "-inf", now - self._window)
+                pipe.zcard(key)
+                pipe.zrange(key, 0, 0, withscores=True)
+                _, count, oldest = await pipe.execute()
+            if count >= self._limits[kind] and oldest:
+                wait = max(wait, oldest[0][1] + self._window - now)
+        return math.ceil(wait) if wait > 0 else 0
+
+    async def record_failure(self, codename: str, address: str) -> None:
+        """Count one failed attempt against both keys."""
+        now = time.time()
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for key in self._keys(codename, address).values():
+                pipe.zadd(key, {f"{now}:{uuid.uuid4().hex[:8]}": now})
+                pipe.expire(key, int(self._window) + 1)
+            await pipe.execute()
+
+    async def record_success(self, codename: str) -> None:
+        """A correct login clears its codename's failures (the address keeps its count)."""
+        await self._redis.delete(self._keys(codename, "")["codename"])
 
 
 @dataclass

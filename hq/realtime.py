@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.cookies import CookieError, SimpleCookie
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Protocol
 from urllib.parse import parse_qs
 
 import socketio
@@ -46,6 +46,20 @@ class Connection:
     bucket: TokenBucket
     channels: set[str] = field(default_factory=set)
     timer: asyncio.TimerHandle | None = None
+    end_reason: str | None = None
+
+
+class RealtimeObserver(Protocol):
+    """Told what the Socket.IO layer does (metrics listen); calls must be quick and never raise."""
+
+    def event_handled(self, event: str, seconds: float, code: str | None) -> None:
+        """A client event was answered, ``code`` None when it succeeded."""
+
+    def message_stored(self, channel: str) -> None:
+        """A message was durably stored on ``channel``."""
+
+    def session_ended(self, reason: str) -> None:
+        """A socket was told ``session_ended`` with ``reason``."""
 
 
 def channel_room(channel: str) -> str:
@@ -91,14 +105,20 @@ class Realtime:
         self._audit = audit
         self._addresses = addresses
         self._connections: dict[str, Connection] = {}
+        self._observers: list[RealtimeObserver] = []
         self.sio = self._create_server(settings)
         self._register()
+
+    def observe(self, observer: RealtimeObserver) -> None:
+        """Report handled events, stored messages and ended sessions to ``observer``."""
+        self._observers.append(observer)
 
     @staticmethod
     def _create_server(settings: Settings) -> socketio.AsyncServer:
         manager = None
         if settings.cluster.redis_url:
-            manager = socketio.AsyncRedisManager(settings.cluster.redis_url)
+            manager = socketio.AsyncRedisManager(settings.cluster.redis_url,
+                                                 channel=f"{settings.cluster.channel}:socketio")
         return socketio.AsyncServer(
             async_mode="aiohttp",
             client_manager=manager,
@@ -154,7 +174,8 @@ class Realtime:
             connection.timer.cancel()
         self._audit.record("connection_ended", codename=connection.principal.codename,
                            address=connection.address, transport=connection.transport,
-                           reason=str(reason) if reason is not None else "disconnected")
+                           user_agent=connection.user_agent,
+                           reason=connection.end_reason or (str(reason) if reason is not None else "disconnected"))
 
     # expiry -------------------------------------------------------------------------------------
     def _schedule_expiry(self, sid: str, connection: Connection) -> None:
@@ -195,6 +216,9 @@ class Realtime:
         if connection is None:
             return
         connection.principal = Principal(connection.principal.codename, connection.principal.role, "", 0)
+        connection.end_reason = reason
+        for observer in self._observers:
+            observer.session_ended(reason)
         await self.sio.emit("session_ended", {"reason": reason}, to=sid)
         await self.sio.disconnect(sid)
 
@@ -216,6 +240,14 @@ class Realtime:
                ) -> Callable[..., Awaitable[Ack]]:
         @functools.wraps(handler)
         async def run(sid: str, *args: Any) -> Ack:
+            started = time.perf_counter()
+            ack = await attempt(sid, *args)
+            error = ack.get("error")
+            for observer in self._observers:
+                observer.event_handled(name, time.perf_counter() - started, error["code"] if error else None)
+            return ack
+
+        async def attempt(sid: str, *args: Any) -> Ack:
             connection = self._connections.get(sid)
             try:
                 if connection is None:
@@ -275,6 +307,8 @@ class Realtime:
             raise EventError(f"your clearance may not write to {channel!r}", "forbidden")
         ts = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         message = await self._store.add_message(channel, connection.principal.codename, text, ts)
+        for observer in self._observers:
+            observer.message_stored(channel)
         await self.sio.emit("message", message.to_wire(), room=channel_room(channel), skip_sid=sid)
         return {"ok": True, "id": message.id}
 

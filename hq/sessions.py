@@ -13,7 +13,7 @@ from typing import Awaitable, Callable
 from .audit import AuditLog
 from .config import AuthSettings, is_valid_codename
 from .errors import AuthError, LoginError
-from .limits import LoginThrottle
+from .limits import LoginLimiter
 from .passwords import MAX_PASSWORD_LENGTH, PasswordHasher
 from .store import Agent, RefreshOutcome, Store
 from .tokens import IssuedToken, TokenService, hash_refresh_token, new_refresh_token, new_session_id
@@ -34,7 +34,7 @@ class TokenPair:
 class SessionService:
     """Issues, rotates and revokes login sessions."""
 
-    def __init__(self, store: Store, hasher: PasswordHasher, tokens: TokenService, throttle: LoginThrottle,
+    def __init__(self, store: Store, hasher: PasswordHasher, tokens: TokenService, throttle: LoginLimiter,
                  audit: AuditLog, auth: AuthSettings) -> None:
         self._store = store
         self._hasher = hasher
@@ -50,22 +50,21 @@ class SessionService:
 
     async def login(self, codename: str, password: str, address: str) -> TokenPair:
         """Check a password and open a session; raises :class:`LoginError`."""
-        retry_after = self._throttle.retry_after(codename, address)
-        if retry_after:
-            self._audit.record("login_failed", codename=_loggable(codename), address=address,
-                               code="too_many_attempts")
-            raise LoginError("too many failed attempts; try again later", "too_many_attempts", retry_after)
         agent = await self._store.get_agent(codename) if is_valid_codename(codename) else None
+        loggable = _loggable(agent)
+        retry_after = await self._throttle.retry_after(codename, address)
+        if retry_after:
+            self._audit.record("login_failed", codename=loggable, address=address, code="too_many_attempts")
+            raise LoginError("too many failed attempts; try again later", "too_many_attempts", retry_after)
         ok = await self._hasher.verify(password, agent.password_hash if agent else None)
         if not ok or agent is None or len(password) > MAX_PASSWORD_LENGTH:
-            self._throttle.record_failure(codename, address)
-            self._audit.record("login_failed", codename=_loggable(codename), address=address,
-                               code="invalid_credentials")
+            await self._throttle.record_failure(codename, address)
+            self._audit.record("login_failed", codename=loggable, address=address, code="invalid_credentials")
             raise LoginError("unknown codename or wrong password", "invalid_credentials")
         if not agent.enabled:
             self._audit.record("login_failed", codename=agent.codename, address=address, code="agent_disabled")
             raise LoginError("this agent is disabled", "agent_disabled")
-        self._throttle.record_success(codename)
+        await self._throttle.record_success(codename)
         sid = new_session_id()
         await self._store.create_session(sid, agent.codename)
         pair = await self._issue(agent, sid)
@@ -112,6 +111,6 @@ class SessionService:
             await listener(codename, sid, reason)
 
 
-def _loggable(codename: str) -> str:
-    """A codename as the audit log may show it: only well-formed ones, so no secret pasted there leaks."""
-    return codename if is_valid_codename(codename) else "<invalid>"
+def _loggable(agent: Agent | None) -> str:
+    """A codename as the audit log may show it: only a stored one, so a password typed there never leaks."""
+    return agent.codename if agent is not None else "<unknown>"

@@ -1,0 +1,82 @@
+"""Two HQ nodes sharing PostgreSQL and Redis: broadcasts, revocations and login limits cross nodes."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+
+from .services import REDIS_URL, create_database, drop_database, ensure_redis
+from .sio import RecordingClient
+from .support import HQServer, make_server
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[tuple[HQServer, HQServer]]:
+    ensure_redis()
+    url = await create_database()
+    shared = {"storage": {"url": url, "revocation_poll": 0.1},
+              "cluster": {"redis_url": REDIS_URL, "channel": f"hq-test-{uuid.uuid4().hex[:8]}"},
+              "auth": {"bcrypt_rounds": 4, "secret": "a shared cluster secret of at least 32 bytes!"}}
+    a = make_server(tmp_path / "a", **shared).start()
+    b = make_server(tmp_path / "b", agents={}, **shared).start()
+    yield a, b
+    a.stop()
+    b.stop()
+    await drop_database(url)
+
+
+async def test_message_sent_on_one_node_reaches_members_on_the_other(cluster) -> None:
+    a, b = cluster
+    fox = await RecordingClient().connect(a.url, a.login("fox")["access_token"])
+    assert (await fox.call("join", {"channel": "missions"}))["ok"]
+    hank = await RecordingClient().connect(b.url, b.login("hank")["access_token"])
+    ack = await hank.call("message", {"channel": "missions", "text": "across nodes"})
+    assert ack == {"ok": True, "id": 1}
+    received = await fox.wait_for("message")
+    assert received[0]["text"] == "across nodes" and received[0]["from"] == "hank"
+    history = await fox.call("history", {"channel": "missions"})
+    assert [m["id"] for m in history["messages"]] == [1]
+    await fox.close()
+    await hank.close()
+
+
+async def test_logout_on_one_node_ends_the_socket_on_the_other(cluster) -> None:
+    a, b = cluster
+    pair = a.login("fox")
+    fox = await RecordingClient().connect(a.url, pair["access_token"])
+    request = urllib.request.Request(f"{b.url}/api/auth/logout", method="POST",
+                                     headers={"Authorization": f"Bearer {pair['access_token']}"})
+    started = time.monotonic()
+    urllib.request.urlopen(request).close()
+    assert (await fox.wait_for("session_ended"))[0] == {"reason": "logged_out"}
+    print(f"logout on node B -> socket on node A ended in {1000 * (await fox.wait_disconnected() - started):.0f} ms")
+
+
+async def test_login_failures_are_counted_across_nodes(cluster) -> None:
+    a, b = cluster
+    for _ in range(5):
+        with pytest.raises(urllib.error.HTTPError) as failure:
+            a.login("fox", "wrong password, definitely")
+        assert failure.value.code == 401
+    with pytest.raises(urllib.error.HTTPError) as limited:
+        b.login("fox")
+    assert limited.value.code == 429 and int(limited.value.headers["Retry-After"]) > 0
+    assert json.loads(limited.value.read())["error"]["code"] == "too_many_attempts"
+
+
+async def test_healthz_reports_a_missing_backend(tmp_path: Path) -> None:
+    server = make_server(tmp_path / "n", cluster={"redis_url": "redis://127.0.0.1:1/0"})
+    server.process = None
+    with pytest.raises(RuntimeError):
+        server.start(timeout=5)
+    with pytest.raises(urllib.error.HTTPError) as unhealthy:
+        urllib.request.urlopen(f"{server.url}/healthz", timeout=5)
+    assert unhealthy.value.code == 503
+    server.stop()
