@@ -35,8 +35,10 @@ python-deps: $(PY) js-deps
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# BENCH_ARGS, e.g. make bench BENCH_ARGS=--quick
 bench: setup
-	$(PY) bench/run.py
+	cd bench && npm ci --no-audit --no-fund --loglevel=error
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules $(VENDOR) *.egg-info
