@@ -157,7 +157,7 @@ class HttpApi:
             return {}, error_response(413, "payload_too_large", f"request bodies are limited to {limit} bytes")
         if request.content_type != "application/json":
             return {}, error_response(415, "unsupported_media_type", "send Content-Type: application/json")
-        raw = await request.content.read(limit + 1)
+        raw = await _read_at_most(request, limit + 1)
         if len(raw) > limit:
             return {}, error_response(413, "payload_too_large", f"request bodies are limited to {limit} bytes")
         try:
@@ -203,6 +203,17 @@ class HttpApi:
         response.del_cookie(ACCESS_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
         response.del_cookie(REFRESH_COOKIE, path=REFRESH_COOKIE_PATH, secure=True, httponly=True,
                             samesite="Strict")
+
+
+async def _read_at_most(request: web.Request, size: int) -> bytes:
+    """Up to ``size`` bytes of the body; ``content.read(n)`` alone stops at the first chunk."""
+    raw = bytearray()
+    while len(raw) < size:
+        chunk = await request.content.read(size - len(raw))
+        if not chunk:
+            break
+        raw += chunk
+    return bytes(raw)
 
 
 def _bearer_error(exc: HQError) -> str:
