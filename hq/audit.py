@@ -2,16 +2,23 @@
 
 Fields are chosen by the caller from a fixed vocabulary (codename, address, transport, user agent,
 code, reason); free text from clients is truncated so a hostile user agent cannot flood the log.
+HTTP requests bind their client address, ``transport: "http"`` and user agent once (see
+:func:`audit_context`), so every event recorded while handling them carries those fields.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, Mapping
+
+from aiohttp import web
+
+from .addresses import AddressResolver
 
 AUDIT_EVENTS = (
     "login_succeeded", "login_failed", "connection_accepted", "connection_refused", "connection_ended",
@@ -20,6 +27,24 @@ AUDIT_EVENTS = (
 _MAX_FIELD = 256
 
 Listener = Callable[[str, dict[str, Any]], None]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Fields describing the request being handled; explicit fields given to ``record`` win.
+_request_fields: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("hq_audit_request",
+                                                                                      default={})
+
+
+def audit_context(addresses: AddressResolver) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """aiohttp middleware binding the client address, transport and user agent to audit events."""
+    @web.middleware
+    async def bind(request: web.Request, handler: Handler) -> web.StreamResponse:
+        token = _request_fields.set({"address": addresses.client_address(request), "transport": "http",
+                                     "user_agent": request.headers.get("User-Agent", "")})
+        try:
+            return await handler(request)
+        finally:
+            _request_fields.reset(token)
+    return bind
 
 
 class AuditLog:
@@ -51,7 +76,8 @@ class AuditLog:
         assert event in AUDIT_EVENTS, event
         line = {"ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
                 "event": event}
-        line.update({k: _clip(v) for k, v in fields.items() if v is not None})
+        fields = {**_request_fields.get(), **{k: v for k, v in fields.items() if v is not None}}
+        line.update({k: _clip(v) for k, v in fields.items()})
         self._logger.info(json.dumps(line, ensure_ascii=False))
         for listener in self._listeners:
             listener(event, fields)

@@ -1,0 +1,95 @@
+"""The browser console: ``GET /`` and its static files, plus ``GET /api/channels`` it lists channels with.
+
+The files live in the installed package (``hq/web``), read through :mod:`importlib.resources`, so
+an HQ installed with ``pip install .`` serves them; ``socket.io-client`` is copied into
+``hq/web/vendor`` from ``node_modules`` by ``make setup`` (never fetched from a CDN). Only the
+files named here are served, so no request path can reach anything else.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from importlib.resources.abc import Traversable
+from typing import Awaitable, Callable, Iterable
+
+from aiohttp import web
+
+from .clearance import ClearancePolicy
+from .errors import AuthError
+from .http_api import ACCESS_COOKIE, NO_STORE, error_response
+from .identity import Authenticator, Principal
+
+# URL path -> (file under hq/web, content type)
+STATIC_FILES = {
+    "/": ("index.html", "text/html"),
+    "/console.js": ("console.js", "text/javascript"),
+    "/console.css": ("console.css", "text/css"),
+    "/vendor/socket.io.esm.min.js": ("vendor/socket.io.esm.min.js", "text/javascript"),
+}
+
+# The page runs only its own scripts and styles and talks only to its own origin.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+                                "img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+                                "frame-ancestors 'none'"),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    # Always revalidate so an upgraded HQ never runs a stale console.
+    "Cache-Control": "no-cache",
+}
+
+
+def web_root() -> Traversable:
+    """The folder of the console's files inside the installed ``hq`` package."""
+    return resources.files(__package__).joinpath("web")
+
+
+class Console:
+    """Serves the console's files and tells a logged-in agent which channels it may use."""
+
+    def __init__(self, authenticator: Authenticator, policy: ClearancePolicy, channels: Iterable[str],
+                 root: Traversable | None = None) -> None:
+        self._auth = authenticator
+        self._policy = policy
+        self._channels = list(channels)
+        self._root = root if root is not None else web_root()
+
+    def routes(self) -> list[web.RouteDef]:
+        """The console's routes: its files and ``GET /api/channels``."""
+        files = [web.get(path, self._static(name, content_type), allow_head=True)
+                 for path, (name, content_type) in STATIC_FILES.items()]
+        return files + [web.get("/api/channels", self.channels)]
+
+    def _static(self, name: str, content_type: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def serve(request: web.Request) -> web.StreamResponse:
+            target = self._root.joinpath(name)
+            if not target.is_file():
+                # Only the vendored client can be missing: `make setup` copies it from node_modules.
+                return error_response(503, "not_installed",
+                                      f"{name} is missing from the HQ package; run `make setup`")
+            return web.Response(body=target.read_bytes(), content_type=content_type, charset="utf-8",
+                                headers=SECURITY_HEADERS)
+        return serve
+
+    async def channels(self, request: web.Request) -> web.Response:
+        """``GET /api/channels``: every channel with whether the caller's stored role may read and write it."""
+        try:
+            principal = await self._identify(request)
+        except AuthError as exc:
+            return error_response(401, exc.code, exc.message, headers=NO_STORE)
+        role = principal.role
+        return web.json_response([
+            {"name": name, "read": self._policy.may_read(role, name), "write": self._policy.may_write(role, name)}
+            for name in self._channels
+        ], headers=NO_STORE)
+
+    async def _identify(self, request: web.Request) -> Principal:
+        # Same sources, same order as the other HTTP routes: a Bearer header, else the jwt cookie.
+        header = request.headers.get("Authorization")
+        if header is not None:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer":
+                raise AuthError("use the Bearer scheme", "token_invalid")
+            return await self._auth.identify(token.strip())
+        return await self._auth.identify(request.cookies.get(ACCESS_COOKIE))
