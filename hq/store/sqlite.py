@@ -3,6 +3,7 @@
 Every operation runs under one lock so that multi-statement transactions never interleave on the
 shared connection; ``synchronous=FULL`` makes a committed message survive a crash or power loss.
 Other processes (the operator CLI) may open the same file; ``busy_timeout`` makes them wait.
+Only one HQ process may serve from a file (it numbers the messages); several nodes use PostgreSQL.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ CREATE TABLE IF NOT EXISTS messages (
 """
 
 
+_PendingMessage = tuple[str, str, str, str, "asyncio.Future[Message]"]
+
+
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -77,6 +81,10 @@ class SQLiteStore:
         self._path = path
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self._pending: list[_PendingMessage] = []
+        self._flusher: asyncio.Task[None] | None = None
+        # Message ids are assigned here; one HQ process owns an SQLite file's messages.
+        self._last_ids: dict[str, int] = {}
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -95,7 +103,9 @@ class SQLiteStore:
         await self._db.executescript(SCHEMA)
 
     async def close(self) -> None:
-        """Close the connection."""
+        """Finish pending commits, then close the connection."""
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -252,16 +262,52 @@ class SQLiteStore:
 
     # messages --------------------------------------------------------------------------------
     async def add_message(self, channel: str, sender: str, text: str, ts: str) -> Message:
-        """Store a message durably; its id is one more than the channel's last."""
-        async with self._lock:
-            cur = await self.db.execute(
-                "INSERT INTO messages (channel, id, sender, text, ts)"
-                " SELECT ?, COALESCE(MAX(id), 0) + 1, ?, ?, ? FROM messages WHERE channel = ? RETURNING id",
-                (channel, sender, text, ts, channel))
-            row = await cur.fetchone()
-            await cur.close()
-        assert row is not None
-        return Message(int(row["id"]), channel, sender, text, ts)
+        """Store a message durably; its id is one more than the channel's last.
+
+        Concurrent calls are group-committed: one transaction (one fsync) for every message that
+        arrived while the previous commit ran, and each caller resumes only after its commit.
+        """
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending.append((channel, sender, text, ts, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_pending())
+        return await future
+
+    async def _flush_pending(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                async with self._lock:
+                    messages = await self._insert_batch(batch)
+            except Exception as exc:
+                self._last_ids.clear()
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for message, (*_, future) in zip(messages, batch):
+                if not future.done():
+                    future.set_result(message)
+
+    async def _insert_batch(self, batch: list[_PendingMessage]) -> list[Message]:
+        messages = []
+        for channel, sender, text, ts, _ in batch:
+            if channel not in self._last_ids:
+                async with self.db.execute("SELECT COALESCE(MAX(id), 0) FROM messages WHERE channel = ?",
+                                           (channel,)) as cur:
+                    row = await cur.fetchone()
+                self._last_ids[channel] = int(row[0]) if row else 0
+            self._last_ids[channel] += 1
+            messages.append(Message(self._last_ids[channel], channel, sender, text, ts))
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            await self.db.executemany("INSERT INTO messages (channel, id, sender, text, ts) VALUES (?, ?, ?, ?, ?)",
+                                      [(m.channel, m.id, m.sender, m.text, m.ts) for m in messages])
+            await self.db.execute("COMMIT")
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+        return messages
 
     async def history(self, channel: str, after_id: int | None, limit: int) -> list[Message]:
         """Up to ``limit`` messages after ``after_id`` (or the latest ``limit``), oldest first."""
