@@ -139,6 +139,12 @@ class Realtime:
         for name, handler in (("join", self._join), ("leave", self._leave), ("message", self._message),
                               ("history", self._history), ("reauth", self._reauth)):
             self.sio.on(name, self._event(name, handler))
+        unknown = self._event("unknown", self._unknown_event)
+
+        async def any_other_event(event: str, sid: str, *args: Any) -> Ack:
+            return await unknown(sid, *args)
+
+        self.sio.on("*", any_other_event)
 
     # connect / disconnect ---------------------------------------------------------------------
     async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
@@ -263,6 +269,9 @@ class Realtime:
                 log.exception("%s handler failed", name)
                 return {"ok": False, "error": {"code": "internal", "message": "internal error"}}
         return run
+
+    async def _unknown_event(self, sid: str, connection: Connection, payload: Any) -> Ack:
+        raise EventError("no such event", "not_found")
 
     def _channel(self, payload: Any) -> str:
         if not isinstance(payload, dict) or not isinstance(payload.get("channel"), str):

@@ -22,3 +22,12 @@ async def test_login_connect_and_message(hq: HQServer) -> None:
     assert received[0]["text"] == "hello" and received[0]["from"] == "hank"
     await listener.disconnect()
     await sender.disconnect()
+
+
+async def test_unknown_event_is_answered_not_found(hq: HQServer) -> None:
+    client = socketio.AsyncClient()
+    await client.connect(hq.url, auth={"token": hq.login("fox")["access_token"]})
+    ack = await client.call("launch_missiles", {"target": "moon"}, timeout=10)
+    assert ack["ok"] is False and ack["error"]["code"] == "not_found"
+    assert (await client.call("join", {"channel": "missions"}, timeout=10))["ok"]
+    await client.disconnect()
