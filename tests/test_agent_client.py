@@ -76,6 +76,12 @@ async def take(client: AgentClient, count: int, timeout: float = 10.0) -> list[M
     return got
 
 
+async def last_id(client: AgentClient, channel: str = "missions") -> int:
+    """The channel's newest id (0 when empty), so tests on a shared HQ can count from it."""
+    latest = await client.history(channel, limit=1)
+    return latest[-1].id if latest else 0
+
+
 async def nothing_more(client: AgentClient, settle: float = 0.5) -> None:
     """Assert the inbox holds no further message after a short settle time (a negative check)."""
     await asyncio.sleep(settle)
@@ -91,15 +97,16 @@ async def test_login_returns_the_stored_agent(shared_hq: HQServer, clients: Make
     assert client.access_token.count(".") == 2 and client.refresh_token
 
 
-async def test_messages_arrive_by_callback_and_async_for_in_order(hq: HQServer, clients: MakeClient) -> None:
-    fox = await clients(hq, "fox", ["missions"])
-    hank = await clients(hq, "hank", [])
+async def test_messages_arrive_by_callback_and_async_for_in_order(shared_hq: HQServer, clients: MakeClient) -> None:
+    fox = await clients(shared_hq, "fox", ["missions"])
+    hank = await clients(shared_hq, "hank", [])
     seen: list[Message] = []
     fox.on_message(seen.append)
+    base = await last_id(hank)
     ids = [await hank.send("missions", f"order {n}") for n in range(1, 4)]
-    assert ids == [1, 2, 3]
+    assert ids == [base + 1, base + 2, base + 3]
     received = await take(fox, 3)
-    assert [m.id for m in received] == [1, 2, 3]
+    assert [m.id for m in received] == ids
     assert [m.text for m in received] == ["order 1", "order 2", "order 3"]
     first = received[0]
     assert (first.channel, first.sender) == ("missions", "hank")
@@ -109,52 +116,52 @@ async def test_messages_arrive_by_callback_and_async_for_in_order(hq: HQServer, 
     assert fox.stats.delivered == 3 and fox.stats.duplicates_dropped == 0
 
 
-async def test_async_callbacks_are_awaited_in_order(hq: HQServer, clients: MakeClient) -> None:
-    fox = await clients(hq, "fox", ["missions"], inbox=False)
-    hank = await clients(hq, "hank", [])
+async def test_async_callbacks_are_awaited_in_order(shared_hq: HQServer, clients: MakeClient) -> None:
+    fox = await clients(shared_hq, "fox", ["missions"], inbox=False)
+    hank = await clients(shared_hq, "hank", [])
     seen: list[int] = []
 
     @fox.on_message
     async def slow(message: Message) -> None:
-        await asyncio.sleep(0.05 if message.id == 1 else 0)  # a slow first callback must not reorder
+        await asyncio.sleep(0.05 if not seen else 0)  # a slow first callback must not reorder
         seen.append(message.id)
 
-    for n in range(4):
-        await hank.send("missions", f"m{n}")
+    ids = [await hank.send("missions", f"m{n}") for n in range(4)]
     await wait_until(lambda: len(seen) == 4, what="four callbacks")
-    assert seen == [1, 2, 3, 4]
+    assert seen == ids
     with pytest.raises(AgentClientError) as caught:
         await fox.__anext__()
     assert caught.value.code == "no_inbox"
 
 
-async def test_own_sends_are_in_the_stream_exactly_once(hq: HQServer, clients: MakeClient) -> None:
-    hank = await clients(hq, "hank", ["missions"])
-    dora = await clients(hq, "dora", [])
-    assert await hank.send("missions", "mine 1") == 1
-    assert await dora.send("missions", "theirs") == 2
-    assert await hank.send("missions", "mine 2") == 3
+async def test_own_sends_are_in_the_stream_exactly_once(shared_hq: HQServer, clients: MakeClient) -> None:
+    hank = await clients(shared_hq, "hank", ["missions"])
+    dora = await clients(shared_hq, "dora", [])
+    base = await last_id(dora)
+    assert await hank.send("missions", "mine 1") == base + 1
+    assert await dora.send("missions", "theirs") == base + 2
+    assert await hank.send("missions", "mine 2") == base + 3
     stream = await take(hank, 3)
-    assert [(m.id, m.sender) for m in stream] == [(1, "hank"), (2, "dora"), (3, "hank")]
+    assert [(m.id - base, m.sender) for m in stream] == [(1, "hank"), (2, "dora"), (3, "hank")]
     await nothing_more(hank)
 
 
-async def test_connect_delivers_from_now_on_and_after_ids_replays(hq: HQServer, clients: MakeClient) -> None:
-    hank = await clients(hq, "hank", [])
-    for n in range(3):
-        await hank.send("missions", f"before {n}")
-    fresh = await clients(hq, "fox", ["missions"])
-    replay = await clients(hq, "fox")
-    await replay.connect(["missions"], after_ids={"missions": 1})
-    assert await hank.send("missions", "after") == 4
-    assert [m.id for m in await take(fresh, 1)] == [4]
-    assert [m.id for m in await take(replay, 3)] == [2, 3, 4]
+async def test_connect_delivers_from_now_on_and_after_ids_replays(shared_hq: HQServer, clients: MakeClient) -> None:
+    hank = await clients(shared_hq, "hank", [])
+    before = [await hank.send("missions", f"before {n}") for n in range(3)]
+    fresh = await clients(shared_hq, "fox", ["missions"])
+    replay = await clients(shared_hq, "fox")
+    await replay.connect(["missions"], after_ids={"missions": before[0]})
+    after = await hank.send("missions", "after")
+    assert [m.id for m in await take(fresh, 1)] == [after]
+    assert [m.id for m in await take(replay, 3)] == [before[1], before[2], after]
     await nothing_more(fresh)
     await nothing_more(replay, settle=0)
 
 
 async def test_history_pages(hq: HQServer, clients: MakeClient) -> None:
-    hank = await clients(hq, "hank", [])
+    hank = await clients(hq, "hank", [])  # a fresh HQ: the channel starts empty
+    assert await hank.history("missions") == []
     for n in range(1, 6):
         await hank.send("missions", f"h{n}")
     assert [m.id for m in await hank.history("missions")] == [1, 2, 3, 4, 5]
@@ -164,8 +171,8 @@ async def test_history_pages(hq: HQServer, clients: MakeClient) -> None:
     assert await hank.history("missions", after_id=5) == []
 
 
-async def test_async_with_closes_and_later_calls_raise(hq: HQServer) -> None:
-    async with AgentClient(hq.url) as client:
+async def test_async_with_closes_and_later_calls_raise(shared_hq: HQServer) -> None:
+    async with AgentClient(shared_hq.url) as client:
         await client.login("hank", PASSWORD)
         await client.connect(["missions"])
         assert client.connected
@@ -177,13 +184,13 @@ async def test_async_with_closes_and_later_calls_raise(hq: HQServer) -> None:
         await client.__anext__()
 
 
-async def test_logout_ends_the_session_and_the_stream(hq: HQServer, clients: MakeClient) -> None:
-    fox = await clients(hq, "fox", ["missions"])
+async def test_logout_ends_the_session_and_the_stream(shared_hq: HQServer, clients: MakeClient) -> None:
+    fox = await clients(shared_hq, "fox", ["missions"])
     token = fox.access_token
     await fox.logout()
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(fox.__anext__(), 5)
-    request = urllib.request.Request(f"{hq.url}/api/auth/me", headers={"Authorization": f"Bearer {token}"})
+    request = urllib.request.Request(f"{shared_hq.url}/api/auth/me", headers={"Authorization": f"Bearer {token}"})
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(request, timeout=5)
     assert caught.value.code == 401
@@ -212,19 +219,22 @@ async def test_too_many_attempts_carries_retry_after(shared_hq: HQServer, client
         await client.login("locked", PASSWORD)
 
 
-async def test_disabled_agent_raises_agent_disabled_at_login_and_connect(hq: HQServer, clients: MakeClient) -> None:
-    early = await clients(hq, "fox")  # logged in before the disable, connects after it
-    assert hq.cli("agents", "disable", "fox").returncode == 0
+async def test_disabled_agent_raises_agent_disabled_at_login_and_connect(shared_hq: HQServer,
+                                                                         clients: MakeClient) -> None:
+    shared_hq.add_agent("benched", "field-operative")
+    early = await clients(shared_hq, "benched")  # logged in before the disable, connects after it
+    assert shared_hq.cli("agents", "disable", "benched").returncode == 0
     with pytest.raises(AgentDisabled) as caught:
-        await (await clients(hq)).login("fox", PASSWORD)
+        await (await clients(shared_hq)).login("benched", PASSWORD)
     assert caught.value.code == "agent_disabled"
     with pytest.raises(AgentDisabled):
         await early.connect(["missions"])
 
 
-async def test_revoked_session_is_refused_at_connect(hq: HQServer, clients: MakeClient) -> None:
-    fox = await clients(hq, "fox")
-    result = hq.cli("agents", "passwd", "fox", "--password-stdin", stdin="another long password\n")
+async def test_revoked_session_is_refused_at_connect(shared_hq: HQServer, clients: MakeClient) -> None:
+    shared_hq.add_agent("rotated", "field-operative")
+    fox = await clients(shared_hq, "rotated")
+    result = shared_hq.cli("agents", "passwd", "rotated", "--password-stdin", stdin="another long password\n")
     assert result.returncode == 0, result.stderr
     with pytest.raises(ConnectionRefused) as caught:
         await fox.connect(["missions"])
@@ -287,7 +297,7 @@ async def test_calls_out_of_order_raise_typed_errors(shared_hq: HQServer, client
     assert caught.value.code == "not_connected"
 
 
-async def test_unreachable_hq_raises_unavailable(clients: MakeClient) -> None:
+async def test_unreachable_hq_raises_unavailable() -> None:
     client = AgentClient(f"http://127.0.0.1:{free_port()}")
     try:
         with pytest.raises(Unavailable) as caught:
