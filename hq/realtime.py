@@ -24,6 +24,7 @@ from .audit import AuditLog
 from .clearance import ClearancePolicy
 from .config import Settings
 from .errors import AuthError, EventError
+from .fanout import LocalManager, RedisManager
 from .identity import Authenticator, Principal
 from .limits import TokenBucket
 from .store import Store
@@ -115,10 +116,9 @@ class Realtime:
 
     @staticmethod
     def _create_server(settings: Settings) -> socketio.AsyncServer:
-        manager = None
+        manager: socketio.AsyncManager = LocalManager()
         if settings.cluster.redis_url:
-            manager = socketio.AsyncRedisManager(settings.cluster.redis_url,
-                                                 channel=f"{settings.cluster.channel}:socketio")
+            manager = RedisManager(settings.cluster.redis_url, channel=f"{settings.cluster.channel}:socketio")
         return socketio.AsyncServer(
             async_mode="aiohttp",
             client_manager=manager,
@@ -159,6 +159,9 @@ class Realtime:
         except Exception:
             log.exception("connect handler failed")
             self._refuse("token_invalid", "could not verify the token", address, transport, user_agent)
+        if principal.exp <= time.time():
+            # The verifier's leeway is for clock skew on HTTP; a socket would be ended at once.
+            self._refuse("token_expired", "token has expired", address, transport, user_agent)
         limits = self._settings.limits
         connection = Connection(principal, address, transport, user_agent,
                                 TokenBucket(limits.events_per_second, limits.events_burst))
