@@ -31,6 +31,7 @@ from .revocation import RevocationWatcher
 from .sessions import SessionService
 from .store import Store, open_store
 from .tokens import KeyRing, TokenService
+from .transport import decline_websocket_compression, refuse_foreign_origins
 
 
 @dataclass
@@ -104,12 +105,15 @@ def print_first_agent(codename: str, password: str) -> None:
 def create_app(settings: Settings, on_first_agent: FirstAgentReporter = print_first_agent) -> web.Application:
     """The aiohttp application serving the HTTP API and Socket.IO on one port."""
     hq = build(settings)
-    app = web.Application(middlewares=[json_errors,
-                                       audit_context(AddressResolver(settings.server.trusted_proxies))])
+    addresses = AddressResolver(settings.server.trusted_proxies)
+    middlewares = [json_errors, audit_context(addresses),
+                   refuse_foreign_origins(settings.server.allowed_origins, hq.audit, addresses)]
+    if not settings.server.websocket_compression:
+        middlewares.append(decline_websocket_compression())
+    app = web.Application(middlewares=middlewares)
     app[HQ_KEY] = hq
     health = hq.health_checks()
-    api = HttpApi(settings, hq.sessions, hq.authenticator, AddressResolver(settings.server.trusted_proxies),
-                  hq.keys, health)
+    api = HttpApi(settings, hq.sessions, hq.authenticator, addresses, hq.keys, health)
     app.add_routes(api.routes())
     hq.realtime.sio.attach(app, socketio_path="socket.io")
     admin_ui = add_console_and_monitoring(app, hq)
