@@ -7,7 +7,10 @@ medians and the HQ/Node ratios go to stdout as a markdown table and to bench/res
 and latest.md.
 
 Usage: .venv/bin/python bench/run.py [--quick] [--scenario NAME ...] [--reps N]
-                                     [--servers hq,node] [--profile]
+                                     [--servers hq,node] [--hq-ref GIT_REF] [--profile]
+
+``--hq-ref`` measures the ``hq`` package of an earlier commit (exported with ``git archive`` into a
+temporary folder put first on ``PYTHONPATH``) instead of the working tree, e.g. for a "before" table.
 """
 
 from __future__ import annotations
@@ -142,15 +145,51 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def clean_env() -> dict[str, str]:
-    """The environment without HQ_* overrides, so only the bench config counts."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("HQ_")}
+@dataclass(frozen=True)
+class HQSource:
+    """Which ``hq`` package runs: the working tree (``path`` None) or an exported commit."""
+
+    description: str
+    path: Path | None = None
+
+    @classmethod
+    def resolve(cls, ref: str | None, into: Path) -> "HQSource":
+        """The working tree, or the ``hq/`` folder of ``ref`` exported below ``into``."""
+        if ref is None:
+            return cls(f"working tree at {_git('describe', '--always', '--dirty')}")
+        commit = _git("rev-parse", "--verify", f"{ref}^{{commit}}")
+        target = into / "hq-source"
+        target.mkdir()
+        archive = subprocess.run(["git", "archive", commit, "hq"], cwd=ROOT, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+        source = cls(f"commit {commit[:12]} ({ref})", target)
+        source.check()
+        return source
+
+    def check(self) -> None:
+        """Make sure Python imports ``hq`` from the exported folder, not the editable install."""
+        where = subprocess.run([sys.executable, "-c", "import hq; print(hq.__file__)"], env=self.env(),
+                               cwd=BENCH, capture_output=True, text=True, check=True).stdout.strip()
+        if self.path is None or not Path(where).is_relative_to(self.path):
+            raise RuntimeError(f"hq is imported from {where}, not from {self.path}")
+
+    def env(self) -> dict[str, str]:
+        """The environment to run HQ with: no HQ_* overrides, and the exported package first."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HQ_")}
+        if self.path is not None:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.path), env.get("PYTHONPATH")]))
+        return env
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
 
 class HQTemplate:
     """An HQ data folder (config, secret, SQLite file with the agents) copied for every fresh server."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, source: HQSource) -> None:
+        self.source = source
         self.path = root / "hq-template"
         self.path.mkdir()
         (self.path / "config.toml").write_text(HQ_CONFIG)
@@ -159,7 +198,7 @@ class HQTemplate:
 
     def _cli(self, *args: str, stdin: str) -> None:
         result = subprocess.run([sys.executable, "-m", "hq", *args, "--config", "config.toml"], input=stdin,
-                                capture_output=True, text=True, cwd=self.path, env=clean_env(), timeout=120)
+                                capture_output=True, text=True, cwd=self.path, env=self.source.env(), timeout=120)
         if result.returncode != 0:
             raise RuntimeError(f"hq {' '.join(args)} failed: {result.stderr.strip()}")
 
@@ -187,7 +226,8 @@ def start_hq(template: HQTemplate, workdir: Path) -> Running:
     command = ["taskset", "-c", SERVER_CORE, sys.executable, "-m", "hq", "serve", "--config", "config.toml",
                "--port", str(port)]
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, cwd=data, stdout=out, stderr=subprocess.STDOUT, env=clean_env())
+        process = subprocess.Popen(command, cwd=data, stdout=out, stderr=subprocess.STDOUT,
+                                   env=template.source.env())
     running = Running("hq", process, f"http://127.0.0.1:{port}", log)
     wait_healthy(running.url, process, log)
     return running
@@ -223,12 +263,15 @@ def run_loadgen(server: Running, scenario: str, params: dict[str, Any]) -> dict[
 
 
 class Profiler:
-    """py-spy attached to HQ while a scenario runs (``--profile``); a speedscope file per run."""
+    """py-spy attached to HQ while a scenario runs (``--profile``): collapsed stacks per run.
+
+    The files open in speedscope or a flame-graph tool; bench/profile_report.py summarises them.
+    """
 
     def __init__(self, server: Running, output: Path) -> None:
         self.output = output
         command = ["taskset", "-c", LOADGEN_CORE, str(Path(sys.executable).parent / "py-spy"), "record",
-                   "--pid", str(server.process.pid), "--rate", "250", "--nonblocking", "--format", "speedscope",
+                   "--pid", str(server.process.pid), "--rate", "250", "--nonblocking", "--format", "raw",
                    "-o", str(output)]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -249,7 +292,7 @@ def run_once(name: str, scenario: str, params: dict[str, Any], template: HQTempl
     server = start_hq(template, workdir) if name == "hq" else start_node(workdir)
     profiler = None
     if profile_dir is not None and name == "hq":
-        profiler = Profiler(server, profile_dir / f"hq-{scenario}-{int(time.time())}.speedscope.json")
+        profiler = Profiler(server, profile_dir / f"hq-{scenario}-{int(time.time())}.txt")
         time.sleep(0.5)
     try:
         return run_loadgen(server, scenario, params)
@@ -339,8 +382,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scenario", action="append", choices=list(FULL), help="run only this scenario (repeatable)")
     parser.add_argument("--reps", type=int, default=3, help="repetitions per scenario and server (default 3)")
     parser.add_argument("--servers", default="hq,node", help="comma-separated subset of hq,node")
+    parser.add_argument("--hq-ref", metavar="GIT_REF", help="run the hq package of this commit, not the working tree")
     parser.add_argument("--profile", action="store_true",
-                        help="attach py-spy to HQ during each run (speedscope files in bench/results/profiles)")
+                        help="attach py-spy to HQ during each run (bench/results/profiles/*.txt)")
     return parser.parse_args(argv)
 
 
@@ -359,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     load_before = load_average()
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="hq-bench-") as tmp:
-        template = HQTemplate(Path(tmp))
+        source = HQSource.resolve(args.hq_ref, Path(tmp))
+        template = HQTemplate(Path(tmp), source)
         for rep in range(args.reps):
             order = servers if rep % 2 == 0 else servers[::-1]
             for scenario in scenarios:
@@ -369,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
                     runs.append({"rep": rep + 1, "scenario": scenario, "server": name, "result": result})
                     print(f"rep {rep + 1} {scenario:<12} {name:<5} {json.dumps(result)}", file=sys.stderr, flush=True)
     medians = summarize(runs)
-    report = {"started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    report = {"hq_source": source.description, "started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "load_before": load_before, "load_after": load_average(), "quick": args.quick, "reps": args.reps,
               "params": {s: params[s] for s in scenarios}, "machine": machine(), "medians": medians, "runs": runs}
     markdown = render(report, scenarios)
@@ -384,8 +429,8 @@ def render(report: dict[str, Any], scenarios: list[str]) -> str:
     m = report["machine"]
     errors = [f"- rep {r['rep']} {r['scenario']} {r['server']}: {r['result']['error'][:300]}"
               for r in report["runs"] if "error" in r["result"]]
-    lines = [f"Medians of {report['reps']} runs per server{' (--quick)' if report['quick'] else ''}, "
-             f"{report['started']}.", "", table(report["medians"], scenarios), "",
+    lines = [f"HQ from the {report['hq_source']}. Medians of {report['reps']} runs per server"
+             f"{' (--quick)' if report['quick'] else ''}, {report['started']}.", "", table(report["medians"], scenarios), "",
              f"Machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}; Python {m['python']}, Node {m['node']}. "
              f"Server pinned to core {SERVER_CORE}, load generator to core {LOADGEN_CORE}. "
              f"Load average before {report['load_before']}, after {report['load_after']}."]
