@@ -25,11 +25,12 @@ import contextlib
 import inspect
 import logging
 import random
+import time
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 
-from .errors import (AgentClientError, ClientClosed, ConnectionLost, ConnectionRefused, NotConnected,
+from .errors import (AgentClientError, AgentDisabled, ClientClosed, ConnectionLost, ConnectionRefused, NotConnected,
                      NotLoggedIn, RateLimited, SessionEnded, TokenRejected, Unavailable)
 from .inbox import Inbox
 from .link import CALL_TIMEOUT, Link
@@ -50,6 +51,13 @@ HISTORY_PAGE = 500
 CATCH_UP_DELAY = 0.1
 
 
+def session_error(reason: str) -> AgentClientError:
+    """The exception for a ``session_ended`` reason (a disabled agent gets :class:`AgentDisabled`)."""
+    if reason == "agent_disabled":
+        return AgentDisabled("the agent was disabled; HQ ended the session")
+    return SessionEnded(reason)
+
+
 @dataclass
 class ClientStats:
     """Counters for monitoring and tests (never tokens)."""
@@ -59,7 +67,11 @@ class ClientStats:
     reauths: int = 0
     catch_up_requests: int = 0
     delivered: int = 0
+    #: Messages released by a history catch-up (missed live, or held behind a gap).
+    recovered: int = 0
     duplicates_dropped: int = 0
+    #: ``time.monotonic()`` when a terminal refusal stopped the client.
+    stopped_at: float | None = None
 
 
 class AgentClient:
@@ -285,7 +297,9 @@ class AgentClient:
             reason = link.end_reason
             log.info("connection to HQ ended (%s)", reason or "dropped")
             if reason in TERMINAL_REASONS:
-                await self._fail(SessionEnded(reason or "unknown"))
+                # A refresh in flight may fail with the more specific cause (token_reused): let it win.
+                await self._tokens.settled()
+                await self._fail(session_error(reason or "unknown"))
                 return
             if not await self._reconnect(refresh_first=reason == "token_expired"):
                 return
@@ -310,6 +324,7 @@ class AgentClient:
                 if exc.code not in TOKEN_RETRY_CODES or refused_fresh:
                     await self._fail(exc)
                     return False
+                log.info("HQ refused the token (%s); refreshing it", exc.code)
                 force_refresh = True
                 continue
             except AgentClientError as exc:
@@ -376,10 +391,12 @@ class AgentClient:
         if cursor.has_gap:
             self._schedule_catch_up(message.channel)
 
-    def _offer(self, cursor: ChannelCursor, message: Message) -> None:
+    def _offer(self, cursor: ChannelCursor, message: Message) -> int:
         before = cursor.duplicates
-        self._release(cursor.offer(message))
+        released = cursor.offer(message)
+        self._release(released)
         self.stats.duplicates_dropped += cursor.duplicates - before
+        return len(released)
 
     def _release(self, messages: list[Message]) -> None:
         for message in messages:
@@ -417,7 +434,7 @@ class AgentClient:
                     continue
                 page = [m for m in map(Message.from_wire, answer.get("messages") or []) if m is not None]
                 for message in page:
-                    self._offer(cursor, message)
+                    self.stats.recovered += self._offer(cursor, message)
                 if not page:
                     break
 
@@ -445,6 +462,7 @@ class AgentClient:
             return
         log.warning("agent client stopped: %s", error.code)
         self._error = error
+        self.stats.stopped_at = time.monotonic()
         self._ready.set()
         if self._link is not None:
             await self._link.close()

@@ -116,7 +116,9 @@ class Link:
 
     # handlers --------------------------------------------------------------------------------------
     def _connect_error(self, data: Any = None) -> None:
-        self._refusal = data if isinstance(data, dict) else {"message": str(data)}
+        # HQ's refusals are {"message", "data": {"code"}}; a transport failure is a bare string.
+        if isinstance(data, dict):
+            self._refusal = data
 
     def _disconnected(self, reason: Any = None) -> None:
         self._end()
@@ -146,7 +148,7 @@ class Link:
         message = str(self._refusal.get("message") or "refused")
         if code == "agent_disabled":
             return AgentDisabled(message)
-        return ConnectionRefused(message, code if isinstance(code, str) else "token_invalid")
+        return ConnectionRefused(message, code if isinstance(code, str) else "connection_refused")
 
 
 def _check_ack(answer: Any) -> dict[str, Any]:

@@ -101,6 +101,11 @@ class TokenSession:
             self._take(body)
             self.refreshes += 1
 
+    async def settled(self) -> None:
+        """Wait for a refresh in flight (its outcome may explain why the session ended)."""
+        async with self._lock:
+            pass
+
     async def ensure_fresh(self) -> None:
         """Refresh when the access token is past its refresh point."""
         if self.refresh_due_in() <= 0:
