@@ -116,6 +116,7 @@ def create_app(settings: Settings, on_first_agent: FirstAgentReporter = print_fi
     api = HttpApi(settings, hq.sessions, hq.authenticator, addresses, hq.keys, health)
     app.add_routes(api.routes())
     hq.realtime.sio.attach(app, socketio_path="socket.io")
+    app.on_shutdown.append(hq.realtime.shutdown)
     admin_ui = add_console_and_monitoring(app, hq)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -195,15 +195,17 @@ class Realtime:
         warn_at = exp - self._settings.auth.expiry_warning
         now = time.time()
         if warn_at > now:
-            connection.timer = loop.call_later(warn_at - now, self._spawn, self._warn_expiry(sid, exp))
+            connection.timer = loop.call_later(warn_at - now, self._spawn, self._warn_expiry, sid, exp)
         else:
-            connection.timer = loop.call_later(max(0.0, exp - now), self._spawn, self._expire(sid, exp))
+            connection.timer = loop.call_later(max(0.0, exp - now), self._spawn, self._expire, sid, exp)
             if self._settings.auth.expiry_warning and exp > now:
-                self._spawn(self.sio.emit("token_expiring", {"exp": exp}, to=sid))
+                asyncio.ensure_future(self.sio.emit("token_expiring", {"exp": exp}, to=sid))
 
     @staticmethod
-    def _spawn(coro: Awaitable[Any]) -> None:
-        asyncio.ensure_future(coro)
+    def _spawn(start: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        # The coroutine is made only when the timer fires: a cancelled timer leaves no
+        # never-awaited coroutine (and no RuntimeWarning) behind.
+        asyncio.ensure_future(start(*args))
 
     async def _warn_expiry(self, sid: str, exp: int) -> None:
         connection = self._connections.get(sid)
@@ -211,7 +213,7 @@ class Realtime:
             return
         await self.sio.emit("token_expiring", {"exp": exp}, to=sid)
         loop = asyncio.get_running_loop()
-        connection.timer = loop.call_later(max(0.0, exp - time.time()), self._spawn, self._expire(sid, exp))
+        connection.timer = loop.call_later(max(0.0, exp - time.time()), self._spawn, self._expire, sid, exp)
 
     async def _expire(self, sid: str, exp: int) -> None:
         connection = self._connections.get(sid)
@@ -238,6 +240,14 @@ class Realtime:
                    if (c.principal.sid == sid if sid else c.principal.codename.lower() == key)]
         await asyncio.gather(*(self.end_socket(s, reason) for s in targets))
         return len(targets)
+
+    async def shutdown(self, app: object = None) -> None:
+        """Close every Engine.IO session of this node, so that a graceful stop (SIGTERM) does not
+        wait for live websockets and long-polls to time out (aiohttp's on_shutdown signal)."""
+        sockets = list(self.sio.eio.sockets.values())
+        if sockets:
+            reason = self.sio.eio.reason.SERVER_DISCONNECT
+            await asyncio.wait([asyncio.create_task(s.close(wait=False, reason=reason)) for s in sockets], timeout=5)
 
     @property
     def connection_count(self) -> int:
