@@ -87,6 +87,8 @@ async def run(args: argparse.Namespace, password: str) -> int:
 async def listen(client: AgentClient, channels: list[str], as_json: bool) -> None:
     """Print every message of ``channels`` as it arrives, until SIGINT or SIGTERM."""
     await client.connect(channels)
+    # Status on stderr, so stdout stays one message per line.
+    print(f"listening to {' '.join('#' + c for c in channels)}; Ctrl-C to stop", file=sys.stderr, flush=True)
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
