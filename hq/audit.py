@@ -1,7 +1,8 @@
 """Structured audit events: one JSON line each, never a token or a password.
 
 Fields are chosen by the caller from a fixed vocabulary (codename, address, transport, user agent,
-code, reason); free text from clients is truncated so a hostile user agent cannot flood the log.
+code, reason); free text from clients (the user agent) is truncated so a hostile client cannot
+flood the log, and anything in it shaped like a token is redacted, so a token pasted there never lands.
 HTTP requests bind their client address, ``transport: "http"`` and user agent once (see
 :func:`audit_context`), so every event recorded while handling them carries those fields.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +27,9 @@ AUDIT_EVENTS = (
     "session_revoked", "token_refreshed", "refresh_refused",
 )
 _MAX_FIELD = 256
+_FREE_TEXT = frozenset({"user_agent"})
+# A JWT (three base64url parts) or any long opaque base64url run, like a refresh token.
+_TOKEN_SHAPED = re.compile(r"[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*|[A-Za-z0-9_+/=-]{32,}")
 
 Listener = Callable[[str, dict[str, Any]], None]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -77,7 +82,7 @@ class AuditLog:
         line = {"ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
                 "event": event}
         fields = {**_request_fields.get(), **{k: v for k, v in fields.items() if v is not None}}
-        line.update({k: _clip(v) for k, v in fields.items()})
+        line.update({k: _clip(_scrub(v) if k in _FREE_TEXT else v) for k, v in fields.items()})
         self._logger.info(json.dumps(line, ensure_ascii=False))
         for listener in self._listeners:
             listener(event, fields)
@@ -86,6 +91,10 @@ class AuditLog:
         """Flush and release the destination."""
         self._logger.removeHandler(self._handler)
         self._handler.close()
+
+
+def _scrub(value: Any) -> Any:
+    return _TOKEN_SHAPED.sub("[redacted]", value) if isinstance(value, str) else value
 
 
 def _clip(value: Any) -> Any:
