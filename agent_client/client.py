@@ -188,8 +188,10 @@ class AgentClient:
             raise AgentClientError("HQ did not return the message id", "internal")
         cursor = self._cursors.get(channel)
         if cursor is not None:
+            # HQ does not echo a send to its own socket: fetch it to keep the stream whole.
             cursor.note_stored(message_id)
-            self._schedule_catch_up(channel)
+            if cursor.has_gap:
+                self._schedule_catch_up(channel)
         return message_id
 
     async def history(self, channel: str, after_id: int | None = None, limit: int | None = None,
@@ -283,6 +285,11 @@ class AgentClient:
             raise
         self.stats.connects += 1
         self._ready.set()
+        if link.token != self._tokens.access_token:
+            self._renew_now.set()  # refreshed while connecting: hand the socket the newer token
+        for channel, cursor in self._cursors.items():
+            if cursor.has_gap:  # a live message overtook another during the catch-up
+                self._schedule_catch_up(channel)
 
     async def _supervise(self) -> None:
         """Wait for each socket to end; reconnect or stop."""
@@ -307,25 +314,26 @@ class AgentClient:
     async def _reconnect(self, refresh_first: bool) -> bool:
         """Reconnect with exponential backoff and jitter; False when the client stopped instead."""
         delay, ceiling = self._backoff
-        force_refresh = refresh_first
-        refused_fresh = False
+        # The token to replace before connecting (HQ said it expired), and the last one a forced
+        # refresh produced: if HQ refuses that one too, refreshing again cannot help.
+        stale = self._link.token if refresh_first and self._link else None
+        forced: str | None = None
         while not self._closed:
             try:
-                if force_refresh:
-                    await self._tokens.refresh(stale=self._link.token if self._link else None)
-                    refused_fresh = True
+                if stale is not None:
+                    await self._tokens.refresh(stale=stale)
+                    forced, stale = self._tokens.access_token, None
                 else:
                     await self._tokens.ensure_fresh()
-                force_refresh = False
                 await self._open_link()
                 return True
             except ConnectionRefused as exc:
-                # An expired or unknown token may just need refreshing; a fresh one refused is final.
-                if exc.code not in TOKEN_RETRY_CODES or refused_fresh:
+                refused = self._link.token if self._link else None
+                if exc.code not in TOKEN_RETRY_CODES or refused is None or refused == forced:
                     await self._fail(exc)
                     return False
                 log.info("HQ refused the token (%s); refreshing it", exc.code)
-                force_refresh = True
+                stale = refused
                 continue
             except AgentClientError as exc:
                 if exc.terminal:
@@ -409,9 +417,10 @@ class AgentClient:
 
     async def _catch_up_later(self, channel: str) -> None:
         await asyncio.sleep(CATCH_UP_DELAY)
+        await self._ready.wait()  # during a reconnect, wait for it (it catches up too; a second look is cheap)
         link = self._link
-        if link is None or not self._ready.is_set():
-            return  # the reconnect catches up after re-joining
+        if link is None or self._closed or self._error is not None:
+            return
         try:
             await self._catch_up(channel, link)
         except (ConnectionLost, Unavailable):

@@ -21,10 +21,12 @@ class Message:
         """Parse HQ's ``{"id","channel","from","text","ts"}``; ``None`` when the shape is wrong."""
         if not isinstance(data, dict):
             return None
-        id_, channel, sender = data.get("id"), data.get("channel"), data.get("from")
-        text, ts = data.get("text"), data.get("ts")
-        if type(id_) is not int or not all(isinstance(v, str) for v in (channel, sender, text, ts)):
+        id_ = data.get("id")
+        fields = [data.get(key) for key in ("channel", "from", "text", "ts")]
+        strings = [value for value in fields if isinstance(value, str)]
+        if type(id_) is not int or len(strings) != len(fields):
             return None
+        channel, sender, text, ts = strings
         return cls(id_, channel, sender, text, ts)
 
     def to_wire(self) -> dict[str, Any]:
