@@ -22,6 +22,7 @@ from .messages import Agent
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=15, connect=10)
 #: Refresh when this much of the token's life is left: half of it, at most a minute.
 MAX_REFRESH_MARGIN = 60.0
+EXP_GRANULARITY = 1.0
 
 
 def make_ssl_context(ca_file: str | None, verify: bool) -> ssl.SSLContext | bool:
@@ -77,14 +78,15 @@ class TokenSession:
 
     def refresh_due_in(self) -> float:
         """Seconds until the access token should be refreshed (negative when overdue)."""
-        margin = min(MAX_REFRESH_MARGIN, self._lifetime / 2)
+        margin = min(MAX_REFRESH_MARGIN, max(0.0, self._lifetime - EXP_GRANULARITY) / 2)
         return self._expires_at - margin - time.monotonic()
 
     # requests ------------------------------------------------------------------------------------
     async def login(self, codename: str, password: str) -> Agent:
         """``POST /api/auth/login``; raises :class:`LoginFailed`, :class:`AgentDisabled`, ..."""
+        sent_at = time.monotonic()
         body = await self._post("/api/auth/login", {"username": codename, "password": password})
-        return self._take(body)
+        return self._take(body, sent_at)
 
     async def refresh(self, stale: str | None = None) -> None:
         """``POST /api/auth/refresh`` for a new pair, unless the token ``stale`` was already replaced.
@@ -96,9 +98,10 @@ class TokenSession:
                 raise NotLoggedIn("log in first")
             if stale is not None and self._access != stale:
                 return
+            sent_at = time.monotonic()
             body = await self._post("/api/auth/refresh", {"refresh_token": self._refresh},
                                     default_error=TokenRejected)
-            self._take(body)
+            self._take(body, sent_at)
             self.refreshes += 1
 
     async def settled(self) -> None:
@@ -133,7 +136,7 @@ class TokenSession:
     def _forget(self) -> None:
         self._access = self._refresh = None
 
-    def _take(self, body: Any) -> Agent:
+    def _take(self, body: Any, sent_at: float) -> Agent:
         try:
             agent = body["agent"]
             self.agent = Agent(str(agent["codename"]), str(agent["role"]))
@@ -143,7 +146,8 @@ class TokenSession:
         if not isinstance(access, str) or not isinstance(refresh, str):
             raise ServerError("HQ sent an unexpected token response")
         self._access, self._refresh, self._lifetime = access, refresh, lifetime
-        self._expires_at = time.monotonic() + lifetime
+        # Counted from the request, less a second: HQ's ``exp`` is whole seconds from a truncated ``iat``.
+        self._expires_at = sent_at + lifetime - EXP_GRANULARITY
         return self.agent
 
     async def _post(self, path: str, payload: dict[str, Any],

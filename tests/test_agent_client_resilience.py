@@ -254,9 +254,9 @@ async def test_logout_elsewhere_ends_the_client_with_session_ended(hq: HQServer,
 
 async def test_refreshing_with_a_stolen_and_spent_token_is_terminal(hq_factory: Callable[..., HQServer],
                                                                    clients: MakeClient) -> None:
-    hq = hq_factory(auth={"access_ttl": 4, "expiry_warning": 1})
+    hq = hq_factory(auth={"access_ttl": 8, "expiry_warning": 1})
     fox = await clients(hq, "fox")
-    # A thief spends fox's refresh token first; fox's own refresh (due after 2 s) is then a reuse.
+    # A thief spends fox's refresh token first; fox's own refresh (due after 3.5 s) is then a reuse.
     status, thief = await asyncio.to_thread(post_json, f"{hq.url}/api/auth/refresh",
                                             {"refresh_token": fox.refresh_token})
     assert status == 200
