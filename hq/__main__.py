@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable, NoReturn
 
 from aiohttp import web
 
-from .access_log import RedactingAccessLogger
+from .access_log import RedactingAccessLogger, RedactingFilter
 from .agents import AgentAdminError
 from .app import HQ, build, create_app
 from .config import ConfigError, Settings, find_config, load_settings
@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
 def serve(settings: Settings, host: str | None, port: int | None) -> int:
     """Run HQ until interrupted."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())  # library logs may quote a bad request line or header
     _install_uvloop()
     ssl_context = None
     if settings.server.tls_cert and settings.server.tls_key:
