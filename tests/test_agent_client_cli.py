@@ -117,3 +117,24 @@ def test_usage_errors_exit_2(shared_hq: HQServer) -> None:
     assert_one_error_line(run_agent(shared_hq.url, "login", codename=None), "codename", exit_code=2)
     assert_one_error_line(run_agent(shared_hq.url, "frobnicate"), "invalid choice", exit_code=2)
     assert_one_error_line(run_agent(shared_hq.url, "send", "missions"), "required", exit_code=2)
+
+
+async def test_listen_stops_with_one_error_line_when_the_agent_is_disabled(shared_hq: HQServer) -> None:
+    shared_hq.add_agent("sleeper", "field-operative")
+    listener = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent_client", "--url", shared_hq.url, "--codename", "sleeper", "listen",
+        "missions", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+        env=agent_env(AGENT_PASSWORD=PASSWORD), start_new_session=True)
+    try:
+        assert listener.stderr is not None
+        status = await asyncio.wait_for(listener.stderr.readline(), 30)
+        assert status.decode().startswith("listening to #missions"), status
+        result = await asyncio.to_thread(shared_hq.cli, "agents", "disable", "sleeper")
+        assert result.returncode == 0, result.stderr
+        assert await asyncio.wait_for(listener.wait(), 15) == 1
+        lines = (await listener.stderr.read()).decode().strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: agent_disabled"), lines
+    finally:
+        if listener.returncode is None:
+            listener.kill()
+            await listener.wait()

@@ -213,7 +213,8 @@ async def test_sigkill_and_restart_deliver_every_message_once_in_order(
           f"dropped mid-call {len(ambiguous)} (stored anyway: {sum(t in stored_texts for t in ambiguous)}), "
           f"stored {len(stored)}, delivered to listener {len(received)} "
           f"(unique {len(set(received))}, in order {received == sorted(received)}), "
-          f"duplicates dropped by the client {fox.stats.duplicates_dropped}, catch-up requests "
+          f"duplicates dropped by the client {fox.stats.duplicates_dropped}, recovered from history "
+          f"{fox.stats.recovered}, catch-up requests "
           f"{fox.stats.catch_up_requests}, downtime {restarted_at - killed_at:.1f} s, "
           f"listener reconnects {fox.stats.connects - 1}, token refreshes {fox.refreshes}")
 
