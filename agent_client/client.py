@@ -65,6 +65,9 @@ class ClientStats:
     connects: int = 0
     disconnects: int = 0
     reauths: int = 0
+    expiry_warnings: int = 0
+    #: Re-authentications prompted by HQ's ``token_expiring`` rather than the client's own timer.
+    reauths_on_warning: int = 0
     catch_up_requests: int = 0
     delivered: int = 0
     #: Messages released by a history catch-up (missed live, or held behind a gap).
@@ -101,6 +104,7 @@ class AgentClient:
         self._link: Link | None = None
         self._ready = asyncio.Event()
         self._renew_now = asyncio.Event()
+        self._warned = False  # HQ sent token_expiring for the socket's token
         self._renew_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._dispatcher: asyncio.Task[None] | None = None
@@ -346,6 +350,8 @@ class AgentClient:
 
     # token renewal -------------------------------------------------------------------------------
     def _on_token_expiring(self, data: Any = None) -> None:
+        self.stats.expiry_warnings += 1
+        self._warned = True
         self._renew_now.set()
 
     async def _renew_loop(self) -> None:
@@ -353,7 +359,7 @@ class AgentClient:
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._renew_now.wait(), max(0.0, self._tokens.refresh_due_in()))
-            warned = self._renew_now.is_set()
+            warned, self._warned = self._warned, False
             self._renew_now.clear()
             try:
                 await self._renew(warned)
@@ -389,6 +395,7 @@ class AgentClient:
                 raise
             link.token = token
             self.stats.reauths += 1
+            self.stats.reauths_on_warning += warned
 
     # delivery ------------------------------------------------------------------------------------
     def _on_live_message(self, message: Message) -> None:

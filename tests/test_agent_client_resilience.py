@@ -86,6 +86,16 @@ async def test_stays_connected_across_several_token_expiries(hq_factory: Callabl
     assert connections_accepted(hq, "fox") == 1 and connections_accepted(hq, "hank") == 1
 
 
+async def test_token_expiring_from_hq_prompts_an_early_renewal(hq_factory: Callable[..., HQServer],
+                                                                clients: MakeClient) -> None:
+    # HQ warns 8 s before a 10 s token expires (≈ 2 s in), well before the client's own timer (≈ 4.5 s).
+    hq = hq_factory(auth={"access_ttl": 10, "expiry_warning": 8})
+    fox = await clients(hq, "fox", ["missions"])
+    await wait_until(lambda: fox.stats.reauths_on_warning >= 2, timeout=30, what="two warned renewals")
+    assert fox.stats.expiry_warnings >= 2
+    assert (fox.stats.connects, fox.stats.disconnects) == (1, 0)
+
+
 # a dropped link while the channel goes on ------------------------------------------------------------
 class CuttableProxy:
     """A real TCP relay to HQ that the test can cut (connections dropped, port closed) and restore."""
