@@ -1,0 +1,119 @@
+"""Drive the HQ browser console in real headless Chromium, by the accessible names of contract §7."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from playwright.async_api import Browser, Locator, Page, Playwright, expect
+
+from ..support import PASSWORD, ROOT
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package (`make browser`); Playwright downloads nothing
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+ARTIFACTS = ROOT / "test-artifacts"
+WAIT_MS = 15_000  # generous: the machine may be loaded
+
+
+async def launch(playwright: Playwright) -> Browser:
+    """Headless Chromium from the system package."""
+    return await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+
+
+class Console:
+    """One browser tab on HQ's console, with the steps a person takes in it."""
+
+    def __init__(self, page: Page, url: str) -> None:
+        self.page = page
+        self.url = url
+        self.errors: list[str] = []
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+
+    # the page's parts, found the way a screen reader user would ------------------------------
+    @property
+    def status(self) -> Locator:
+        return self.page.get_by_role("status")
+
+    @property
+    def alert(self) -> Locator:
+        return self.page.get_by_role("alert")
+
+    @property
+    def feed(self) -> Locator:
+        return self.page.get_by_role("log")
+
+    @property
+    def channel(self) -> Locator:
+        return self.page.get_by_role("combobox", name="Channel", exact=True)
+
+    @property
+    def message(self) -> Locator:
+        return self.page.get_by_role("textbox", name="Message", exact=True)
+
+    @property
+    def send_to(self) -> Locator:
+        return self.page.get_by_role("combobox", name="Send to", exact=True)
+
+    @property
+    def send_button(self) -> Locator:
+        return self.page.get_by_role("button", name="Send", exact=True)
+
+    @property
+    def login_button(self) -> Locator:
+        return self.page.get_by_role("button", name="Log in", exact=True)
+
+    @property
+    def logout_button(self) -> Locator:
+        return self.page.get_by_role("button", name="Log out", exact=True)
+
+    # steps ------------------------------------------------------------------------------------
+    async def open(self) -> "Console":
+        await self.page.goto(self.url)
+        # The page marks itself; a reload would lose the mark (tests check nothing reloads).
+        await self.page.evaluate("window.__sameDocument = true")
+        return self
+
+    async def log_in(self, codename: str, password: str = PASSWORD, wait: bool = True) -> None:
+        """Type the credentials and press Enter, as a keyboard user would."""
+        await self.page.get_by_label("Codename", exact=True).fill(codename)
+        await self.page.get_by_label("Password", exact=True).fill(password)
+        await self.page.get_by_label("Password", exact=True).press("Enter")
+        if wait:
+            await self.wait_connected()
+
+    async def wait_connected(self) -> None:
+        await expect(self.status).to_have_text(re.compile(r"^Connected"), timeout=WAIT_MS)
+
+    async def send(self, text: str, to: str | None = None) -> None:
+        if to is not None:
+            await self.send_to.select_option(to)
+        await self.message.fill(text)
+        await self.send_button.click()
+        await expect(self.page.get_by_text(re.compile(r"^Sent to "))).to_be_visible(timeout=WAIT_MS)
+
+    async def expect_message(self, sender: str, text: str) -> None:
+        """Wait until the live feed shows ``text`` from ``sender``."""
+        item = self.feed.get_by_role("listitem").filter(has_text=text)
+        await expect(item).to_have_count(1, timeout=WAIT_MS)
+        await expect(item.locator(".from")).to_have_text(sender)
+
+    async def feed_texts(self) -> list[str]:
+        return await self.feed.locator(".text").all_text_contents()
+
+    async def options(self, select: Locator) -> list[str]:
+        return [text.strip() for text in await select.locator("option").all_text_contents()]
+
+    async def same_document(self) -> bool:
+        """True while the page has not been reloaded since :meth:`open`."""
+        return bool(await self.page.evaluate("window.__sameDocument === true"))
+
+    async def screenshot(self, name: str) -> Path:
+        ARTIFACTS.mkdir(exist_ok=True)
+        path = ARTIFACTS / name
+        await self.page.screenshot(path=str(path))
+        return path
+
+    async def cookies(self) -> dict[str, dict[str, Any]]:
+        return {cookie["name"]: dict(cookie) for cookie in await self.page.context.cookies()}
