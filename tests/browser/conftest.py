@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser, BrowserContext, async_playwright, expect
 
 from ..support import HQServer
-from .console_page import ARTIFACTS, Console, launch
+from .console_page import ARTIFACTS, WAIT_MS, Console, launch
+
+expect.set_options(timeout=WAIT_MS)
 
 OpenConsole = Callable[..., Awaitable[Console]]
 
@@ -27,8 +29,12 @@ async def open_console(browser: Browser, request: pytest.FixtureRequest) -> Asyn
     """``await open_console(hq)``: a new browser profile with the console open; JS errors fail the test."""
     consoles: list[Console] = []
 
-    async def open_one(hq: HQServer, width: int = 1100, height: int = 720) -> Console:
-        context = await browser.new_context(viewport={"width": width, "height": height})
+    async def open_one(hq: HQServer, width: int = 1100, height: int = 720,
+                       context: BrowserContext | None = None) -> Console:
+        """A console tab; pass ``context`` for another tab of the same browser profile (shared cookies)."""
+        if context is None:
+            context = await browser.new_context(viewport={"width": width, "height": height})
+            context.set_default_timeout(WAIT_MS)
         console = Console(await context.new_page(), hq.url)
         consoles.append(console)
         return await console.open()
@@ -40,5 +46,7 @@ async def open_console(browser: Browser, request: pytest.FixtureRequest) -> Asyn
             await console.page.screenshot(path=str(ARTIFACTS / f"{request.node.name}-{index}.png"))
         except Exception:
             pass  # a closed page has nothing to show
-        await console.page.context.close()
+        await console.page.close()
+    for context in {id(c.page.context): c.page.context for c in consoles}.values():
+        await context.close()
     assert not [e for c in consoles for e in c.errors], [e for c in consoles for e in c.errors]

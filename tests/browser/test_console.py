@@ -194,6 +194,48 @@ async def test_token_refresh_without_a_reload(hq_factory, open_console: OpenCons
     await hank.close()
 
 
+async def test_two_tabs_share_one_session_through_refreshes(hq_factory, open_console: OpenConsole) -> None:
+    """Both tabs are warned at the same moment; only one may spend the rotating refresh token."""
+    hq = hq_factory(agents={"fox": "field-operative", "hank": "handler"},
+                    auth={"access_ttl": 4, "expiry_warning": 2, "leeway": 0})
+    first = await open_console(hq)
+    await first.log_in("fox")
+    second = await open_console(hq, context=first.page.context)
+    await second.wait_connected()  # resumed from the shared cookie, no second login
+
+    deadline = asyncio.get_running_loop().time() + 30
+    while sum(1 for line in hq.audit_lines() if line["event"] == "token_refreshed") < 3:
+        assert asyncio.get_running_loop().time() < deadline, hq.audit_lines()
+        await asyncio.sleep(0.2)
+    events = [line["event"] for line in hq.audit_lines()]
+    assert "refresh_refused" not in events and "session_revoked" not in events
+    hank = await agent(hq, "hank")
+    await say(hank, "missions", "Both tabs, one session")
+    for tab in (first, second):
+        await tab.wait_connected()
+        await tab.expect_message("hank", "Both tabs, one session")
+        assert await tab.same_document()
+    await hank.close()
+
+
+async def test_a_refused_reconnect_is_explained(hq: HQServer, open_console: OpenConsole) -> None:
+    console = await open_console(hq)
+    await console.log_in("fox")
+    await asyncio.to_thread(hq.stop)
+    await expect(console.status).to_have_text(re.compile(r"^Reconnecting"))
+    # While HQ is down the operator changes fox's password: the session is revoked in the store.
+    result = await asyncio.to_thread(hq.cli, "agents", "passwd", "fox", "--password-stdin",
+                                     stdin="a brand new password\n")
+    assert result.returncode == 0, result.stderr
+    await asyncio.to_thread(hq.start)
+    await expect(console.alert).to_have_text("Your session was ended (logged out or revoked). Log in again.")
+    await expect(console.login_button).to_be_visible()
+    refusals = [line for line in hq.audit_lines() if line["event"] == "connection_refused"]
+    assert refusals and refusals[-1]["code"] == "token_revoked"
+    await console.log_in("fox", "a brand new password")
+    assert await console.same_document()
+
+
 async def test_a_disabled_agent_is_told_its_session_ended(hq: HQServer, open_console: OpenConsole) -> None:
     console = await open_console(hq)
     await console.log_in("fox")
