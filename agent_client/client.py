@@ -105,6 +105,7 @@ class AgentClient:
         self._ready = asyncio.Event()
         self._renew_now = asyncio.Event()
         self._warned = False  # HQ sent token_expiring for the socket's token
+        self._expired_reauths = 0
         self._renew_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._dispatcher: asyncio.Task[None] | None = None
@@ -385,15 +386,20 @@ class AgentClient:
             try:
                 await link.call("reauth", {"token": token}, self._call_timeout)
             except TokenRejected as exc:
-                if exc.code in TOKEN_RETRY_CODES:
+                # Expired in flight: refresh and try again, a couple of times at most.
+                self._expired_reauths += exc.code == "token_expired"
+                if exc.code == "token_expired" and self._expired_reauths <= 2:
                     await self._tokens.refresh(stale=token)
                     self._renew_now.set()
                     return
-                raise SessionEnded("revoked", f"HQ refused the renewed token: {exc.code}") from None
+                if exc.code == "token_revoked":
+                    raise SessionEnded("revoked", "HQ refused the renewed token: session revoked") from None
+                raise
             except RateLimited:
                 self._renew_now.set()  # try again after the renew loop's pause
                 raise
             link.token = token
+            self._expired_reauths = 0
             self.stats.reauths += 1
             self.stats.reauths_on_warning += warned
 
