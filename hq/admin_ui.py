@@ -11,6 +11,7 @@ It runs in python-socketio's ``production`` mode: server statistics, socket coun
 and packet, byte and connection rates. The ``development`` mode is deliberately not used: it
 forwards every socket's handshake headers and query (the ``jwt`` cookie, ``Authorization``, a
 ``token`` parameter) and every event payload (``reauth`` carries a token) to the UI.
+``[admin] read_only = false`` adds the UI's actions (emit, join, leave, disconnect).
 """
 
 from __future__ import annotations
@@ -74,6 +75,12 @@ class AdminUI:
                                                   namespace=NAMESPACE)
         # Wrap the instrumented connect handler to learn the caller's address for limits and audit.
         self._sio.on("connect", self._connect, namespace=NAMESPACE)
+        if not self._settings.admin.read_only:
+            # python-socketio registers the UI's actions only in development mode; offer them here.
+            actions = {"emit": "admin_emit", "join": "admin_enter_room", "leave": "admin_leave_room",
+                       "_disconnect": "admin_disconnect"}
+            for event, method in actions.items():
+                self._sio.on(event, getattr(self._instrumented, method), namespace=NAMESPACE)
 
     async def shutdown(self) -> None:
         """Stop the statistics task."""

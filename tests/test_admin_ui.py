@@ -125,3 +125,23 @@ async def test_the_admin_never_receives_tokens(hq_factory) -> None:
     assert "for directors" not in seen
     await admin.close()
     await agent.close()
+
+
+async def test_read_only_unless_configured_otherwise(hq_factory) -> None:
+    for read_only in (True, False):
+        hq = hq_factory(agents={"dora": "director", "fox": "field-operative"},
+                        admin={"enabled": True, "read_only": read_only})
+        admin = await AdminClient().connect(hq, {"username": "dora", "password": PASSWORD})
+        (config,) = await admin.wait_for("config")
+        assert ("DISCONNECT" in config["supportedFeatures"]) is not read_only
+        agent = await RecordingClient().connect(hq.url, hq.login("fox")["access_token"])
+        await admin.sio.emit("_disconnect", ("/", False), namespace="/admin")
+        if read_only:
+            # Nothing handles the action: after the next statistics period fox is still connected.
+            admin.events.clear()
+            await admin.wait_for("server_stats")
+            assert agent.sio.connected and agent.disconnected_at is None
+        else:
+            await agent.wait_disconnected()
+        await agent.close()
+        await admin.close()
