@@ -6,11 +6,13 @@ interleaved (the order alternates per repetition), each time on a freshly starte
 medians and the HQ/Node ratios go to stdout as a markdown table and to bench/results/latest.json
 and latest.md.
 
-Usage: .venv/bin/python bench/run.py [--quick] [--scenario NAME ...] [--reps N]
-                                     [--servers hq,node] [--hq-ref GIT_REF] [--profile]
+Usage: .venv/bin/python bench/run.py [--quick] [--scenario NAME ...] [--reps N] [--servers hq,node]
+                                     [--hq-ref GIT_REF | --hq-source DIR] [--hq-python PYTHON]
+                                     [--profile [--native]]
 
 ``--hq-ref`` measures the ``hq`` package of an earlier commit (exported with ``git archive`` into a
-temporary folder put first on ``PYTHONPATH``) instead of the working tree, e.g. for a "before" table.
+temporary folder put first on ``PYTHONPATH``) instead of the working tree, e.g. for a "before" table;
+``--hq-source DIR`` measures a copy in DIR/hq (an experiment), ``--hq-python`` another interpreter.
 """
 
 from __future__ import annotations
@@ -147,34 +149,48 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 @dataclass(frozen=True)
 class HQSource:
-    """Which ``hq`` package runs: the working tree (``path`` None) or an exported commit."""
+    """Which ``hq`` package runs, and on which Python.
+
+    The working tree (``path`` None, the venv's editable install), the ``hq/`` of a commit exported
+    with ``git archive``, or any folder holding an ``hq/`` package (e.g. a patched copy for an
+    experiment); ``python`` may be another interpreter with HQ's dependencies installed.
+    """
 
     description: str
     path: Path | None = None
+    python: str = sys.executable
 
     @classmethod
-    def resolve(cls, ref: str | None, into: Path) -> "HQSource":
-        """The working tree, or the ``hq/`` folder of ``ref`` exported below ``into``."""
-        if ref is None:
+    def resolve(cls, ref: str | None, folder: Path | None, python: str | None, into: Path) -> "HQSource":
+        """Build the source from the command line (``--hq-ref``, ``--hq-source``, ``--hq-python``)."""
+        interpreter = python or sys.executable
+        if ref is not None:
+            commit = _git("rev-parse", "--verify", f"{ref}^{{commit}}")
+            folder = into / "hq-source"
+            folder.mkdir()
+            archive = subprocess.run(["git", "archive", commit, "hq"], cwd=ROOT, capture_output=True, check=True)
+            subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+            description = f"commit {commit[:12]} ({ref})"
+        elif folder is not None:
+            description = f"folder {folder}"
+        elif python is not None:
+            folder = ROOT  # another interpreter has no editable install of the working tree
+            description = f"working tree at {_git('describe', '--always', '--dirty')}"
+        else:
             return cls(f"working tree at {_git('describe', '--always', '--dirty')}")
-        commit = _git("rev-parse", "--verify", f"{ref}^{{commit}}")
-        target = into / "hq-source"
-        target.mkdir()
-        archive = subprocess.run(["git", "archive", commit, "hq"], cwd=ROOT, capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
-        source = cls(f"commit {commit[:12]} ({ref})", target)
+        source = cls(f"{description} on {interpreter}", folder.resolve(), interpreter)
         source.check()
         return source
 
     def check(self) -> None:
-        """Make sure Python imports ``hq`` from the exported folder, not the editable install."""
-        where = subprocess.run([sys.executable, "-c", "import hq; print(hq.__file__)"], env=self.env(),
+        """Make sure Python imports ``hq`` from ``path``, not from an editable install."""
+        where = subprocess.run([self.python, "-c", "import hq; print(hq.__file__)"], env=self.env(),
                                cwd=BENCH, capture_output=True, text=True, check=True).stdout.strip()
-        if self.path is None or not Path(where).is_relative_to(self.path):
+        if self.path is None or not Path(where).resolve().is_relative_to(self.path):
             raise RuntimeError(f"hq is imported from {where}, not from {self.path}")
 
     def env(self) -> dict[str, str]:
-        """The environment to run HQ with: no HQ_* overrides, and the exported package first."""
+        """The environment to run HQ with: no HQ_* overrides, and ``path`` first on the import path."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("HQ_")}
         if self.path is not None:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.path), env.get("PYTHONPATH")]))
@@ -197,7 +213,7 @@ class HQTemplate:
             self._cli("agents", "add", codename, "--role", role, "--password-stdin", stdin=PASSWORD + "\n")
 
     def _cli(self, *args: str, stdin: str) -> None:
-        result = subprocess.run([sys.executable, "-m", "hq", *args, "--config", "config.toml"], input=stdin,
+        result = subprocess.run([self.source.python, "-m", "hq", *args, "--config", "config.toml"], input=stdin,
                                 capture_output=True, text=True, cwd=self.path, env=self.source.env(), timeout=120)
         if result.returncode != 0:
             raise RuntimeError(f"hq {' '.join(args)} failed: {result.stderr.strip()}")
@@ -223,7 +239,7 @@ def start_hq(template: HQTemplate, workdir: Path) -> Running:
     data = template.copy(workdir / "hq")
     port = free_port()
     log = data / "server.log"
-    command = ["taskset", "-c", SERVER_CORE, sys.executable, "-m", "hq", "serve", "--config", "config.toml",
+    command = ["taskset", "-c", SERVER_CORE, template.source.python, "-m", "hq", "serve", "--config", "config.toml",
                "--port", str(port)]
     with open(log, "wb") as out:
         process = subprocess.Popen(command, cwd=data, stdout=out, stderr=subprocess.STDOUT,
@@ -268,12 +284,15 @@ class Profiler:
     The files open in speedscope or a flame-graph tool; bench/profile_report.py summarises them.
     """
 
-    def __init__(self, server: Running, output: Path) -> None:
+    def __init__(self, server: Running, output: Path, native: bool = False) -> None:
         self.output = output
         command = ["taskset", "-c", LOADGEN_CORE, str(Path(sys.executable).parent / "py-spy"), "record",
-                   "--pid", str(server.process.pid), "--rate", "250", "--nonblocking", "--format", "raw",
-                   "-o", str(output)]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                   "--pid", str(server.process.pid), "--rate", "250", "--format", "raw", "-o", str(output)]
+        # --native must pause the process to unwind C frames; plain sampling need not.
+        command += ["--native"] if native else ["--nonblocking"]
+        self.log = output.with_suffix(".log")
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
 
     def stop(self) -> None:
         """Stop sampling and let py-spy write its file."""
@@ -284,15 +303,17 @@ class Profiler:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if not self.output.exists():
+            print(f"py-spy wrote no profile: {self.log.read_text(errors='replace').strip()[-500:]}", file=sys.stderr)
 
 
 def run_once(name: str, scenario: str, params: dict[str, Any], template: HQTemplate, workdir: Path,
-             profile_dir: Path | None) -> dict[str, Any]:
+             profile_dir: Path | None, native: bool = False) -> dict[str, Any]:
     """Start a fresh server, run one scenario against it, stop it."""
     server = start_hq(template, workdir) if name == "hq" else start_node(workdir)
     profiler = None
     if profile_dir is not None and name == "hq":
-        profiler = Profiler(server, profile_dir / f"hq-{scenario}-{int(time.time())}.txt")
+        profiler = Profiler(server, profile_dir / f"hq-{scenario}-{int(time.time())}.txt", native)
         time.sleep(0.5)
     try:
         return run_loadgen(server, scenario, params)
@@ -382,9 +403,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scenario", action="append", choices=list(FULL), help="run only this scenario (repeatable)")
     parser.add_argument("--reps", type=int, default=3, help="repetitions per scenario and server (default 3)")
     parser.add_argument("--servers", default="hq,node", help="comma-separated subset of hq,node")
-    parser.add_argument("--hq-ref", metavar="GIT_REF", help="run the hq package of this commit, not the working tree")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--hq-ref", metavar="GIT_REF", help="run the hq package of this commit, not the working tree")
+    source.add_argument("--hq-source", metavar="DIR", type=Path, help="run the hq package found in DIR/hq")
+    parser.add_argument("--hq-python", metavar="PYTHON", help="run HQ on this interpreter (with HQ's dependencies)")
     parser.add_argument("--profile", action="store_true",
                         help="attach py-spy to HQ during each run (bench/results/profiles/*.txt)")
+    parser.add_argument("--native", action="store_true", help="with --profile: include C frames (py-spy --native)")
     return parser.parse_args(argv)
 
 
@@ -403,14 +428,15 @@ def main(argv: list[str] | None = None) -> int:
     load_before = load_average()
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="hq-bench-") as tmp:
-        source = HQSource.resolve(args.hq_ref, Path(tmp))
+        source = HQSource.resolve(args.hq_ref, args.hq_source, args.hq_python, Path(tmp))
         template = HQTemplate(Path(tmp), source)
         for rep in range(args.reps):
             order = servers if rep % 2 == 0 else servers[::-1]
             for scenario in scenarios:
                 for name in order:
                     workdir = Path(tempfile.mkdtemp(dir=tmp))
-                    result = run_once(name, scenario, params[scenario], template, workdir, profile_dir)
+                    result = run_once(name, scenario, params[scenario], template, workdir, profile_dir,
+                                      args.native)
                     runs.append({"rep": rep + 1, "scenario": scenario, "server": name, "result": result})
                     print(f"rep {rep + 1} {scenario:<12} {name:<5} {json.dumps(result)}", file=sys.stderr, flush=True)
     medians = summarize(runs)
