@@ -414,6 +414,7 @@ BAD_PAYLOADS: list[tuple[str, Any]] = [
     ("message", {"channel": "hq", "text": None}), ("message", {"channel": "hq", "text": ["x"]}),
     ("message", {"channel": "hq", "text": {"a": 1}}), ("message", {"text": "no channel"}),
     ("message", 42), ("message", {"channel": "hq", "text": "\ud800 lone surrogate"}),
+    ("message", {"channel": "hq", "text": b"binary attachment"}), ("join", {"channel": b"hq"}),
     ("reauth", None), ("reauth", {}), ("reauth", {"token": 5}), ("reauth", "a-token-string"), ("reauth", [1]),
 ]
 
