@@ -248,6 +248,11 @@ class Realtime:
         if sockets:
             reason = self.sio.eio.reason.SERVER_DISCONNECT
             await asyncio.wait([asyncio.create_task(s.close(wait=False, reason=reason)) for s in sockets], timeout=5)
+            for socket in sockets:
+                # Engine.IO's writer closes a websocket only at this sentinel; without it a client
+                # that ignores the CLOSE packet keeps the socket (and the shutdown) open until its
+                # ping timeout. tests/test_shutdown.py fails if the sentinel stops working.
+                socket.queue.put_nowait(None)
 
     @property
     def connection_count(self) -> int:
