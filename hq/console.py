@@ -16,8 +16,8 @@ from aiohttp import web
 
 from .clearance import ClearancePolicy
 from .errors import AuthError
-from .http_api import ACCESS_COOKIE, NO_STORE, error_response
-from .identity import Authenticator, Principal
+from .http_api import NO_STORE, error_response, identify_request
+from .identity import Authenticator
 
 # URL path -> (file under hq/web, content type)
 STATIC_FILES = {
@@ -75,7 +75,7 @@ class Console:
     async def channels(self, request: web.Request) -> web.Response:
         """``GET /api/channels``: every channel with whether the caller's stored role may read and write it."""
         try:
-            principal = await self._identify(request)
+            principal = await identify_request(self._auth, request)
         except AuthError as exc:
             return error_response(401, exc.code, exc.message, headers=NO_STORE)
         role = principal.role
@@ -83,13 +83,3 @@ class Console:
             {"name": name, "read": self._policy.may_read(role, name), "write": self._policy.may_write(role, name)}
             for name in self._channels
         ], headers=NO_STORE)
-
-    async def _identify(self, request: web.Request) -> Principal:
-        # Same sources, same order as the other HTTP routes: a Bearer header, else the jwt cookie.
-        header = request.headers.get("Authorization")
-        if header is not None:
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer":
-                raise AuthError("use the Bearer scheme", "token_invalid")
-            return await self._auth.identify(token.strip())
-        return await self._auth.identify(request.cookies.get(ACCESS_COOKIE))

@@ -56,6 +56,17 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(500, "internal", "internal error")
 
 
+async def identify_request(authenticator: Authenticator, request: web.Request) -> Principal:
+    """Who sent this HTTP request: the ``Authorization: Bearer`` token, else the ``jwt`` cookie."""
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer":
+            raise AuthError("use the Bearer scheme", "token_invalid")
+        return await authenticator.identify(token.strip())
+    return await authenticator.identify(request.cookies.get(ACCESS_COOKIE))
+
+
 class HttpApi:
     """The JSON routes, over the session service and the authenticator."""
 
@@ -169,13 +180,7 @@ class HttpApi:
         return body, None
 
     async def _identify(self, request: web.Request) -> Principal:
-        header = request.headers.get("Authorization")
-        if header is not None:
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer":
-                raise AuthError("use the Bearer scheme", "token_invalid")
-            return await self._auth.identify(token.strip())
-        return await self._auth.identify(request.cookies.get(ACCESS_COOKIE))
+        return await identify_request(self._auth, request)
 
     def _token_response(self, pair: TokenPair) -> web.Response:
         response = web.json_response({
