@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import getpass
 import logging
 import ssl
@@ -82,6 +83,7 @@ def serve(settings: Settings, host: str | None, port: int | None) -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())  # library logs may quote a bad request line or header
     _install_uvloop()
+    _tune_gc()
     ssl_context = None
     if settings.server.tls_cert and settings.server.tls_key:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -93,6 +95,15 @@ def serve(settings: Settings, host: str | None, port: int | None) -> int:
     web.run_app(app, host=host, port=port, ssl_context=ssl_context, access_log_class=RedactingAccessLogger,
                 print=lambda _: print(f"HQ listening on {scheme}://{host}:{port}/", flush=True))
     return 0
+
+
+def _tune_gc() -> None:
+    # A server allocates many short-lived objects per event; with the default threshold (700) the
+    # cyclic collector runs every few messages and walks every long-lived object. Freezing what
+    # start-up allocated and raising the first threshold cut fan-out CPU by ~30 % (bench/README.md).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
 
 
 def _install_uvloop() -> None:

@@ -36,12 +36,15 @@ class DirectFanout:
             return
         args = list(data) if isinstance(data, tuple) else ([] if data is None else [data])
         skip = set(skip_sid) if isinstance(skip_sid, list) else {skip_sid}
+        recipients = [eio_sid for sid, eio_sid in self.get_participants(namespace, room)  # type: ignore[attr-defined]
+                      if sid not in skip]
+        if not recipients:
+            return
         encoded = self.server.packet_class(packet.EVENT, namespace=namespace, data=[event, *args]).encode()
         frames = [eio_packet.Packet(eio_packet.MESSAGE, p) for p in (encoded if isinstance(encoded, list) else [encoded])]
-        for sid, eio_sid in list(self.get_participants(namespace, room)):  # type: ignore[attr-defined]
-            if sid not in skip:
-                for frame in frames:
-                    await self.server._send_eio_packet(eio_sid, frame)
+        for eio_sid in recipients:
+            for frame in frames:
+                await self.server._send_eio_packet(eio_sid, frame)
 
 
 class LocalManager(DirectFanout, socketio.AsyncManager):

@@ -43,6 +43,8 @@ class Metrics:
     def __init__(self, channels: Iterable[str], live_connections: Callable[[], int]) -> None:
         self.registry = CollectorRegistry()
         self._channels = frozenset(channels)
+        self._event_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._message_children: dict[str, Any] = {}
         reg = self.registry
         self.live = Gauge("hq_connections_live", "Authenticated Socket.IO connections open on this node",
                           registry=reg)
@@ -109,14 +111,23 @@ class Metrics:
     def event_handled(self, event: str, seconds: float, code: str | None) -> None:
         """Record one client event's duration and outcome (``code`` None when it succeeded)."""
         name = bounded(event, EVENTS)
-        self.latency.labels(name).observe(seconds)
-        self.events.labels(name, "ok" if code is None else bounded(code, EVENT_CODES)).inc()
+        outcome = "ok" if code is None else bounded(code, EVENT_CODES)
+        # Bound children are cached: .labels() costs more than the observation on the hot path.
+        children = self._event_children.get((name, outcome))
+        if children is None:
+            children = self._event_children[(name, outcome)] = (self.latency.labels(name),
+                                                                self.events.labels(name, outcome))
+        children[0].observe(seconds)
+        children[1].inc()
         if code == "rate_limited":
             self.rate_limited.labels("events").inc()
 
     def message_stored(self, channel: str) -> None:
         """Count one stored message on a configured channel."""
-        self.messages.labels(bounded(channel, self._channels)).inc()
+        child = self._message_children.get(channel)
+        if child is None:
+            child = self._message_children[channel] = self.messages.labels(bounded(channel, self._channels))
+        child.inc()
 
     def session_ended(self, reason: str) -> None:
         """Count one socket told that its session ended."""

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import os
+import sys
+import threading
 import hashlib
 import secrets
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +50,8 @@ class PasswordHasher:
 
     def __init__(self, rounds: int = 12, workers: int = 2) -> None:
         self._rounds = rounds
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bcrypt")
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bcrypt",
+                                        initializer=_lower_thread_priority)
         self._dummy_hash = bcrypt.hashpw(_prehash(secrets.token_urlsafe(16)), bcrypt.gensalt(rounds))
 
     def hash_sync(self, password: str) -> str:
@@ -68,6 +73,18 @@ class PasswordHasher:
     def close(self) -> None:
         """Stop the worker threads."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _lower_thread_priority() -> None:
+    """Run bcrypt at the lowest CPU priority, so a login storm cannot starve the event loop.
+
+    bcrypt releases the GIL, but its threads still compete with the event loop for the cores; at
+    nice 19 the loop (live sockets, acks) wins, and logins take the CPU that is left. On Linux
+    ``setpriority`` applies to one thread; elsewhere this does nothing.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def _checkpw(prehashed: bytes, target: bytes) -> bool:

@@ -108,3 +108,20 @@ def test_generated_passwords_are_long_and_random() -> None:
     for password in generated:
         check_new_password(password)
         assert len(password) >= 20
+
+
+async def test_bcrypt_threads_run_at_the_lowest_priority() -> None:
+    import os
+    import sys
+    import threading
+
+    from hq.passwords import PasswordHasher
+
+    hasher = PasswordHasher(rounds=4, workers=1)
+    try:
+        await hasher.hash("a long enough password")
+        niceness = await asyncio.get_running_loop().run_in_executor(
+            hasher._pool, lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+    finally:
+        hasher.close()
+    assert niceness == (19 if sys.platform.startswith("linux") else 0)

@@ -96,3 +96,11 @@ async def test_message_ids_grow_by_one_per_channel_and_history_pages(store: Stor
     assert [m.id for m in page] == [4, 5, 6, 7]
     assert page[0].to_wire().keys() == {"id", "channel", "from", "text", "ts"}
     assert await store.history("missions", 20, 10) == []
+
+
+async def test_a_large_burst_is_committed_in_chunks_with_unique_ids(store: Store) -> None:
+    messages = await asyncio.gather(*(store.add_message("missions", "hank", f"m{i}", "2026-01-01T00:00:00Z")
+                                      for i in range(2500)))
+    assert sorted(m.id for m in messages) == list(range(1, 2501))
+    by_id = {m.id: m.text for m in messages}
+    assert [(m.id, m.text) for m in await store.history("missions", 2497, 10)] == [(i, by_id[i]) for i in (2498, 2499, 2500)]

@@ -56,6 +56,8 @@ CREATE TABLE IF NOT EXISTS messages (
 """
 
 
+# Five parameters a row; SQLite allows 32766 parameters a statement.
+_ROWS_PER_INSERT = 1000
 _PendingMessage = tuple[str, str, str, str, "asyncio.Future[Message]"]
 
 
@@ -276,22 +278,26 @@ class SQLiteStore:
     async def _flush_pending(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
-            try:
-                async with self._lock:
-                    messages = await self._insert_batch(batch)
-            except Exception as exc:
-                self._last_ids.clear()
-                for *_, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for message, (*_, future) in zip(messages, batch):
-                if not future.done():
-                    future.set_result(message)
+            for offset in range(0, len(batch), _ROWS_PER_INSERT):
+                await self._commit_chunk(batch[offset:offset + _ROWS_PER_INSERT])
 
-    async def _insert_batch(self, batch: list[_PendingMessage]) -> list[Message]:
+    async def _commit_chunk(self, chunk: list[_PendingMessage]) -> None:
+        try:
+            async with self._lock:
+                messages = await self._insert_chunk(chunk)
+        except Exception as exc:
+            self._last_ids.clear()
+            for *_, future in chunk:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for message, (*_, future) in zip(messages, chunk):
+            if not future.done():
+                future.set_result(message)
+
+    async def _insert_chunk(self, chunk: list[_PendingMessage]) -> list[Message]:
         messages = []
-        for channel, sender, text, ts, _ in batch:
+        for channel, sender, text, ts, _ in chunk:
             if channel not in self._last_ids:
                 async with self.db.execute("SELECT COALESCE(MAX(id), 0) FROM messages WHERE channel = ?",
                                            (channel,)) as cur:
@@ -299,14 +305,10 @@ class SQLiteStore:
                 self._last_ids[channel] = int(row[0]) if row else 0
             self._last_ids[channel] += 1
             messages.append(Message(self._last_ids[channel], channel, sender, text, ts))
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
-            await self.db.executemany("INSERT INTO messages (channel, id, sender, text, ts) VALUES (?, ?, ?, ?, ?)",
-                                      [(m.channel, m.id, m.sender, m.text, m.ts) for m in messages])
-            await self.db.execute("COMMIT")
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
+        # One multi-row INSERT is one atomic statement: one hand-off to the SQLite thread, one fsync.
+        rows = ", ".join(["(?, ?, ?, ?, ?)"] * len(messages))
+        values = [v for m in messages for v in (m.channel, m.id, m.sender, m.text, m.ts)]
+        await self.db.execute(f"INSERT INTO messages (channel, id, sender, text, ts) VALUES {rows}", values)
         return messages
 
     async def history(self, channel: str, after_id: int | None, limit: int) -> list[Message]:
