@@ -111,6 +111,7 @@ def test_generated_passwords_are_long_and_random() -> None:
 
 
 async def test_bcrypt_threads_run_at_the_lowest_priority() -> None:
+    import asyncio
     import os
     import sys
     import threading
