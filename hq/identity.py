@@ -35,12 +35,11 @@ class Authenticator:
         if not token:
             raise AuthError("no token was sent", "token_missing")
         claims = self._tokens.verify(token)
-        agent = await self._store.get_agent(claims.sub)
+        agent, session = await self._store.get_agent_and_session(claims.sub, claims.sid)
         if agent is None or agent.codename != claims.sub:
             raise AuthError("token is not valid", "token_invalid")
         if not agent.enabled:
             raise AuthError("agent is disabled", "agent_disabled")
-        session = await self._store.get_session(claims.sid)
         if session is None or session.codename != agent.codename.lower():
             raise AuthError("token is not valid", "token_invalid")
         if session.revoked:

@@ -104,3 +104,13 @@ async def test_a_large_burst_is_committed_in_chunks_with_unique_ids(store: Store
     assert sorted(m.id for m in messages) == list(range(1, 2501))
     by_id = {m.id: m.text for m in messages}
     assert [(m.id, m.text) for m in await store.history("missions", 2497, 10)] == [(i, by_id[i]) for i in (2498, 2499, 2500)]
+
+
+async def test_agent_and_session_in_one_query(store: Store) -> None:
+    await store.add_agent("Viper", "handler", "hash")
+    await store.create_session("s1", "Viper")
+    agent, session = await store.get_agent_and_session("VIPER", "s1")
+    assert agent.codename == "Viper" and session.sid == "s1" and session.codename == "viper" and not session.revoked
+    agent, session = await store.get_agent_and_session("viper", "missing")
+    assert agent.codename == "Viper" and session is None
+    assert await store.get_agent_and_session("ghost", "s1") == (None, None)

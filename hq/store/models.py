@@ -6,6 +6,13 @@ from dataclasses import dataclass
 from enum import Enum
 
 
+# Both backends' query for the connect path: an agent and one of its sessions.
+AGENT_AND_SESSION = """
+    SELECT a.codename, a.role, a.enabled, a.created, a.password_hash, s.sid, s.codename_key,
+           s.created AS session_created, s.revoked_reason
+    FROM agents a LEFT JOIN sessions s ON s.sid = {p1} WHERE a.codename_key = {p2}"""
+
+
 @dataclass(frozen=True)
 class Agent:
     """A registered agent. ``password_hash`` never leaves the server."""

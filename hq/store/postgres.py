@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 import asyncpg
 
 from .base import AgentExistsError, UnknownAgentError
-from .models import Agent, LoginSession, Message, RefreshOutcome, RefreshResult, Revocation
+from .models import AGENT_AND_SESSION, Agent, LoginSession, Message, RefreshOutcome, RefreshResult, Revocation
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
@@ -150,6 +150,14 @@ class PostgresStore:
         if row is None:
             return None
         return LoginSession(row["sid"], row["codename_key"], row["created"], row["revoked_reason"])
+
+    async def get_agent_and_session(self, codename: str, sid: str) -> tuple[Agent | None, LoginSession | None]:
+        """An agent and one login session in one query (the connect path asks for both)."""
+        row = await self.pool.fetchrow(AGENT_AND_SESSION.format(p1="$1", p2="$2"), sid, codename.lower())
+        session = None
+        if row is not None and row["sid"] is not None:
+            session = LoginSession(row["sid"], row["codename_key"], row["session_created"], row["revoked_reason"])
+        return _agent(row), session
 
     async def revoke_sessions(self, codename: str, reason: str, sid: str | None = None) -> list[str]:
         """Revoke one session (``sid``) or all of an agent's, and append to the revocation feed."""

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
 from .base import AgentExistsError, UnknownAgentError
-from .models import Agent, LoginSession, Message, RefreshOutcome, RefreshResult, Revocation
+from .models import AGENT_AND_SESSION, Agent, LoginSession, Message, RefreshOutcome, RefreshResult, Revocation
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
@@ -70,6 +71,12 @@ def _agent(row: aiosqlite.Row | None) -> Agent | None:
         return None
     return Agent(codename=row["codename"], role=row["role"], enabled=bool(row["enabled"]),
                  created=row["created"], password_hash=row["password_hash"])
+
+
+def _joined_session(row: Any) -> LoginSession | None:
+    if row is None or row["sid"] is None:
+        return None
+    return LoginSession(row["sid"], row["codename_key"], row["session_created"], row["revoked_reason"])
 
 
 def _message(row: aiosqlite.Row) -> Message:
@@ -186,6 +193,11 @@ class SQLiteStore:
         if row is None:
             return None
         return LoginSession(row["sid"], row["codename_key"], row["created"], row["revoked_reason"])
+
+    async def get_agent_and_session(self, codename: str, sid: str) -> tuple[Agent | None, LoginSession | None]:
+        """An agent and one login session in one query (the connect path asks for both)."""
+        row = await self._one(AGENT_AND_SESSION.format(p1="?", p2="?"), sid, codename.lower())
+        return _agent(row), _joined_session(row)
 
     async def revoke_sessions(self, codename: str, reason: str, sid: str | None = None) -> list[str]:
         """Revoke one session (``sid``) or all of an agent's, and append to the revocation feed."""
