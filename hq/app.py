@@ -73,7 +73,6 @@ def build(settings: Settings) -> HQ:
     tokens = TokenService(keys, settings.auth)
     policy = ClearancePolicy(settings.clearance.levels, settings.channels)
     audit = AuditLog(settings.audit.path, settings.base_dir)
-    limits = settings.limits
     redis = aioredis.Redis.from_url(settings.cluster.redis_url) if settings.cluster.redis_url else None
     throttle = _login_limiter(settings, redis)
     sessions = SessionService(store, hasher, tokens, throttle, audit, settings.auth)

@@ -17,7 +17,6 @@ from .config import Settings
 from .errors import AuthError, HQError, LoginError
 from .identity import Authenticator, Principal
 from .sessions import SessionService, TokenPair
-from .store import Store
 from .tokens import KeyRing
 
 log = logging.getLogger("hq.http")

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import ipaddress
-import ssl
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -15,15 +11,12 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from agent_client import (Agent, AgentClient, AgentClientError, AgentDisabled, BadRequest, CertificateError,
                           ClientClosed, ConnectionRefused, Forbidden, LoginFailed, Message, NotConnected,
                           NotFound, NotLoggedIn, PayloadTooLarge, RateLimited, TooManyAttempts, Unavailable)
 
+from .keys import write_self_signed
 from .support import PASSWORD, HQServer, free_port, make_server
 
 MakeClient = Callable[..., Awaitable[AgentClient]]
@@ -308,63 +301,17 @@ async def test_unreachable_hq_raises_unavailable() -> None:
 
 
 # TLS -----------------------------------------------------------------------------------------------------
-def make_certificate(folder: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 (it is its own CA) and its key."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hq test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
-class TLSServer(HQServer):
-    """An HQ process serving HTTPS and WSS, trusted through ``ca_file``."""
-
-    ca_file: Path
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 20) -> "TLSServer":
-        log = open(self.log_path, "a")
-        self.process = subprocess.Popen([sys.executable, "-m", "hq", "serve", "--config", str(self.config)],
-                                        cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, text=True)
-        context = ssl.create_default_context(cafile=str(self.ca_file))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log_path.read_text()
-            try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1, context=context):
-                    return self
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.05)
-        raise RuntimeError(f"HQ did not start:\n{self.log_path.read_text()}")
-
-
 @pytest.fixture
 def tls_hq(tmp_path: Path) -> Any:
-    """HQ over TLS with a self-signed certificate made for the test."""
-    cert, key = make_certificate(tmp_path)
-    plain = make_server(tmp_path / "tls", {"fox": "field-operative", "hank": "handler"},
-                        server={"tls_cert": str(cert), "tls_key": str(key)})
-    server = TLSServer(plain.workdir, plain.port, plain.config)
-    server.ca_file = cert
+    """HQ over TLS with a self-signed certificate made for the test (``ca_file`` trusts it)."""
+    cert, key = write_self_signed(tmp_path)
+    server = make_server(tmp_path / "tls", {"fox": "field-operative", "hank": "handler"},
+                         server={"tls_cert": str(cert), "tls_key": str(key)})
     yield server.start()
     server.stop()
 
 
-async def test_tls_with_ca_file_works_and_unknown_certificates_are_refused(tls_hq: TLSServer,
+async def test_tls_with_ca_file_works_and_unknown_certificates_are_refused(tls_hq: HQServer,
                                                                            clients: MakeClient) -> None:
     fox = await clients(tls_hq, "fox", ["missions"], ca_file=str(tls_hq.ca_file))
     hank = await clients(tls_hq, "hank", [], ca_file=str(tls_hq.ca_file))

@@ -16,7 +16,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import jwt
