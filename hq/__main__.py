@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     passwd = actions.add_parser("passwd", parents=[common], help="set a password and end the agent's sessions")
     passwd.add_argument("codename")
     passwd.add_argument("--password-stdin", action="store_true")
+    role = actions.add_parser("role", parents=[common], help="change an agent's role and end its sessions")
+    role.add_argument("codename")
+    role.add_argument("--role", required=True)
     for name, text in (("disable", "disable an agent and end its sessions"), ("enable", "enable an agent")):
         actions.add_parser(name, parents=[common], help=text).add_argument("codename")
     return parser
@@ -145,6 +148,7 @@ async def _run_agent_action(hq: HQ, args: argparse.Namespace) -> int:
         "passwd": lambda: admin.set_password(args.codename, _read_password(args.password_stdin)),
         "disable": lambda: admin.set_enabled(args.codename, False),
         "enable": lambda: admin.set_enabled(args.codename, True),
+        "role": lambda: admin.set_role(args.codename, args.role),
     }
     agent = await actions[args.action]()
     print(f"{args.action}: {agent.codename} ({agent.role}{'' if agent.enabled else ', disabled'})")

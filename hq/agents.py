@@ -45,6 +45,14 @@ class AgentAdmin:
         await self._sessions.revoke(agent.codename, "revoked")
         return agent
 
+    async def set_role(self, codename: str, role: str) -> Agent:
+        """Change the clearance level and end the agent's sessions, so no socket or token keeps the old one."""
+        if not self._policy.is_role(role):
+            raise AgentAdminError(f"unknown role {role!r}; one of: {', '.join(self._policy.levels)}")
+        agent = await self._store.set_role(codename, role)
+        await self._sessions.revoke(agent.codename, "revoked")
+        return agent
+
     async def set_enabled(self, codename: str, enabled: bool) -> Agent:
         """Enable or disable; disabling ends the agent's sessions and live sockets at once."""
         agent = await self._store.set_enabled(codename, enabled)

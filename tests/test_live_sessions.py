@@ -87,3 +87,22 @@ async def test_passwd_from_another_process_ends_sessions(hq: HQServer) -> None:
         await again.connect(hq.url, token)
     assert again.connect_error["data"] == {"code": "token_revoked"}
     assert hq.login("fox", "a brand new password")["agent"]["codename"] == "fox"
+
+
+async def test_role_change_from_another_process_takes_effect_at_once(hq: HQServer) -> None:
+    token = hq.login("hank")["access_token"]
+    hank = await RecordingClient().connect(hq.url, token)
+    assert (await hank.call("message", {"channel": "missions", "text": "as handler"}))["ok"]
+    result = hq.cli("agents", "role", "hank", "--role", "analyst")
+    assert result.returncode == 0, result.stderr
+    assert (await hank.wait_for("session_ended"))[0] == {"reason": "revoked"}
+    again = RecordingClient()
+    with pytest.raises(Exception):
+        await again.connect(hq.url, token)
+    assert again.connect_error["data"] == {"code": "token_revoked"}
+    demoted = await RecordingClient().connect(hq.url, hq.login("hank")["access_token"])
+    ack = await demoted.call("message", {"channel": "missions", "text": "as analyst"})
+    assert ack["ok"] is False and ack["error"]["code"] == "forbidden"
+    await demoted.close()
+    bad = hq.cli("agents", "role", "hank", "--role", "emperor")
+    assert bad.returncode == 2 and "unknown role" in bad.stderr

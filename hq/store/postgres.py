@@ -131,6 +131,10 @@ class PostgresStore:
         """Enable or disable an agent."""
         return await self._update_agent(codename, "enabled", enabled)
 
+    async def set_role(self, codename: str, role: str) -> Agent:
+        """Change an agent's clearance level."""
+        return await self._update_agent(codename, "role", role)
+
     async def _update_agent(self, codename: str, column: str, value: object) -> Agent:
         row = await self.pool.fetchrow(
             f"UPDATE agents SET {column} = $1 WHERE codename_key = $2 RETURNING *", value, codename.lower())

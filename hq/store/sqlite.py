@@ -169,6 +169,10 @@ class SQLiteStore:
         """Enable or disable an agent."""
         return await self._update_agent(codename, "enabled = ?", int(enabled))
 
+    async def set_role(self, codename: str, role: str) -> Agent:
+        """Change an agent's clearance level."""
+        return await self._update_agent(codename, "role = ?", role)
+
     async def _update_agent(self, codename: str, assignment: str, value: object) -> Agent:
         async with self._lock:
             cur = await self.db.execute(
