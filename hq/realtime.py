@@ -224,9 +224,9 @@ class Realtime:
     async def end_socket(self, sid: str, reason: str) -> None:
         """Tell one socket why its session ended, then disconnect it."""
         connection = self._connections.get(sid)
-        if connection is None:
+        if connection is None or connection.end_reason is not None:
             return
-        connection.principal = Principal(connection.principal.codename, connection.principal.role, "", 0)
+        # From here on the socket's events are refused, though it stays until it is disconnected.
         connection.end_reason = reason
         for observer in self._observers:
             observer.session_ended(reason)
@@ -236,8 +236,8 @@ class Realtime:
     async def end_sessions(self, codename: str, sid: str | None, reason: str) -> int:
         """End this node's sockets of one login session, or of every session of ``codename``."""
         key = codename.lower()
-        targets = [s for s, c in self._connections.items()
-                   if (c.principal.sid == sid if sid else c.principal.codename.lower() == key)]
+        targets = [s for s, c in self._connections.items() if c.end_reason is None
+                   and (c.principal.sid == sid if sid else c.principal.codename.lower() == key)]
         await asyncio.gather(*(self.end_socket(s, reason) for s in targets))
         return len(targets)
 
@@ -274,7 +274,7 @@ class Realtime:
         async def attempt(sid: str, *args: Any) -> Ack:
             connection = self._connections.get(sid)
             try:
-                if connection is None:
+                if connection is None or connection.end_reason is not None:
                     raise EventError("not connected", "forbidden")
                 if not connection.bucket.take():
                     raise EventError("too many events; slow down", "rate_limited")
