@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import secrets
 import shutil
 import signal
 import socket
@@ -41,7 +42,8 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
 SERVER_CORE, LOADGEN_CORE = "0", "1"
-PASSWORD = "bench password for both servers"
+# The throw-away bench agents get a fresh random password each run (the same on both servers).
+PASSWORD = secrets.token_urlsafe(18)
 # Same bcrypt cost on both servers: HQ's bcrypt (native, on its thread pool) and Node's bcryptjs.
 BCRYPT_ROUNDS = 10
 AGENTS = {"hank": "handler", "fox": "field-operative"}
