@@ -1,5 +1,8 @@
 """Typed, frozen settings: built-in defaults, then a TOML file, then ``HQ_<SECTION>_<KEY>``.
 
+``HQ_`` variables whose first word names no section (``HQ_URL``, read by agent_client) are not
+HQ's and are ignored; ``HQ_CONFIG`` names the file.
+
 Every key is validated once, at start-up; a bad one raises :class:`ConfigError` naming the key,
 which the CLI turns into one line on stderr and exit code 2.
 """
@@ -66,6 +69,8 @@ class AuthSettings:
     bcrypt_workers: int = 2
     expiry_warning: int = 60
     leeway: int = 10
+    # Seconds a just-rotated refresh token may come back (a retry after a lost reply); 0 = never.
+    refresh_grace: int = 5
 
 
 @dataclass(frozen=True)
@@ -194,8 +199,10 @@ def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
         if section == "channels":
             raw.setdefault("channels", {})[key] = _parse_env_json(name, value)
             continue
-        if section not in _SECTIONS or not key:
-            raise ConfigError(name, "unknown setting")
+        if section not in _SECTIONS:
+            # Other programs share the prefix (agent_client reads HQ_URL): a name outside HQ's
+            # sections is not HQ's to refuse. A typo inside a known section still stops start-up.
+            continue
         fields = {f.name: f for f in dataclasses.fields(_SECTIONS[section])}
         if key not in fields:
             raise ConfigError(name, "unknown setting")
@@ -320,6 +327,8 @@ def _validate_auth(a: AuthSettings) -> None:
     _require(1 <= a.bcrypt_workers <= 64, "auth.bcrypt_workers", "must be between 1 and 64")
     _require(a.expiry_warning >= 0, "auth.expiry_warning", "must not be negative")
     _require(0 <= a.leeway <= 30, "auth.leeway", "must be between 0 and 30 seconds")
+    # Longer windows give a thief with a copied token more time to race the owner unnoticed.
+    _require(0 <= a.refresh_grace <= 60, "auth.refresh_grace", "must be between 0 and 60 seconds")
     _require(bool(a.issuer) and bool(a.audience), "auth.issuer", "issuer and audience must be set")
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from hq.config import ChannelPolicy, ConfigError, find_config, load_settings
 
-from .support import free_port, write_config
+from .support import free_port, run_cli, write_config
 
 SHORT_SECRET = "too-short-secret-xyz"  # 20 bytes: under the 32-byte minimum
 
@@ -92,6 +92,31 @@ def test_environment_overrides_beat_the_file(tmp_path: Path) -> None:
     assert s.limits.events_per_second == 2.5
 
 
+def test_environment_names_outside_hq_sections_are_ignored(tmp_path: Path) -> None:
+    # HQ_URL belongs to agent_client; HQ's own variables all start HQ_<SECTION>_.
+    others = {"HQ_URL": "https://hq.example", "HQ_NOPE_PORT": "not json", "HQ_": "x", "HQ_SERVERS_PORT": "1"}
+    s = load_settings(None, environ=others | {"HQ_SERVER_PORT": "4200"})
+    assert s.server.port == 4200
+    assert s == load_settings(None, environ={"HQ_SERVER_PORT": "4200"}) and s.base_dir == Path.cwd()
+
+
+def test_a_typo_inside_a_known_section_is_still_refused_beside_foreign_names() -> None:
+    # HQ_URL comes first, so a loader that refused it would name it instead of the typo.
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, environ={"HQ_URL": "https://hq.example", "HQ_SERVER_PROT": "3000"})
+    assert info.value.key == "HQ_SERVER_PROT"
+
+
+def test_cli_runs_with_agent_client_variables_exported(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    write_config(config, {"auth": {"bcrypt_rounds": 4}, "audit": {"path": "audit.log"}})
+    result = run_cli(config, "agents", "list", env={"HQ_URL": "http://127.0.0.1:3000"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["CODENAME", "ROLE", "ENABLED", "CREATED"] and result.stderr == ""
+    typo = run_cli(config, "agents", "list", env={"HQ_URL": "http://127.0.0.1:3000", "HQ_SERVER_PROT": "1"})
+    assert typo.returncode == 2 and typo.stderr.strip() == "hq: config: HQ_SERVER_PROT: unknown setting"
+
+
 def test_config_file_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("HQ_CONFIG", raising=False)
@@ -123,7 +148,7 @@ REFUSALS: dict[str, tuple[dict[str, Any], dict[str, str], str]] = {
     "short secret in file": ({"auth": {"secret": SHORT_SECRET}}, {}, "auth.secret"),
     "short secret in env": ({}, {"HQ_AUTH_SECRET": SHORT_SECRET}, "auth.secret"),
     "unknown env key": ({}, {"HQ_SERVER_PROT": "1"}, "HQ_SERVER_PROT"),
-    "unknown env section": ({}, {"HQ_NOPE_PORT": "1"}, "HQ_NOPE_PORT"),
+    "env section without key": ({}, {"HQ_SERVER": "1"}, "HQ_SERVER"),
     "env not JSON": ({}, {"HQ_SERVER_PORT": "three"}, "HQ_SERVER_PORT"),
     "env wrong type": ({}, {"HQ_SERVER_PORT": '"3000"'}, "server.port"),
     "env list not JSON": ({}, {"HQ_SERVER_ALLOWED_ORIGINS": "https://hq.example"}, "HQ_SERVER_ALLOWED_ORIGINS"),
