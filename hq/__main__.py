@@ -1,7 +1,7 @@
 """The operator CLI: ``python -m hq [serve] | agents add|list|passwd|disable|enable``.
 
-Exit codes: 0 success, 1 runtime error, 2 usage or configuration error; errors are one line on
-stderr.
+Exit codes: 0 success, 1 runtime error, 2 usage or configuration error, 3 the store is in use by
+another HQ (``serve`` on an SQLite file another HQ process serves); errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from .app import HQ, build, create_app
 from .config import ConfigError, Settings, find_config, load_settings
 from .passwords import PasswordPolicyError
 from .store import AgentExistsError, UnknownAgentError
+from .store.lock import StoreInUseError, serving_lock
 
 
 class UsageError(Exception):
@@ -73,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ConfigError) as exc:
         print(f"hq: {exc}", file=sys.stderr)
         return 2
+    except StoreInUseError as exc:
+        print(f"hq: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
@@ -81,7 +85,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(settings: Settings, host: str | None, port: int | None) -> int:
-    """Run HQ until interrupted."""
+    """Run HQ until interrupted, holding the store's serving lock (SQLite) the whole time."""
+    # Before anything is built or bound: a second HQ on the same file must leave at once, untouched.
+    with serving_lock(settings.storage_url):
+        return _serve(settings, host, port)
+
+
+def _serve(settings: Settings, host: str | None, port: int | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())  # library logs may quote a bad request line or header
