@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 VENDOR := hq/web/vendor
 
-.PHONY: serve test setup setup-test python-deps js-deps browser bench clean
+.PHONY: serve test setup setup-test python-deps js-deps vendor browser bench clean
 
 serve: setup
 	$(PY) -m hq serve
@@ -21,14 +21,24 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 
-# socket.io-client comes from the npm registry (package-lock.json) and is copied into the package,
-# so that an HQ installed afterwards with `pip install .` serves it.
+# socket.io-client comes from the npm registry (package-lock.json). The console's copy is committed
+# in $(VENDOR), so a wheel or `pip install .` from a clean clone serves it without npm; js-deps only
+# checks that the copy is still the locked version (tests/test_packaging.py checks it too).
+NPM_CLIENT := node_modules/socket.io-client/dist/socket.io.esm.min.js
+
 js-deps:
 	npm ci --no-audit --no-fund --loglevel=error
-	mkdir -p $(VENDOR)
-	cp node_modules/socket.io-client/dist/socket.io.esm.min.js $(VENDOR)/
+	@cmp -s $(NPM_CLIENT) $(VENDOR)/socket.io.esm.min.js || { \
+		echo "$(VENDOR)/socket.io.esm.min.js is not the socket.io-client in package-lock.json: run 'make vendor' and commit it" >&2; \
+		exit 1; }
 
-python-deps: $(PY) js-deps
+# After changing socket.io-client in package.json / package-lock.json: refresh the committed copy.
+vendor:
+	npm ci --no-audit --no-fund --loglevel=error
+	mkdir -p $(VENDOR)
+	cp $(NPM_CLIENT) $(VENDOR)/
+
+python-deps: $(PY)
 	$(VENV)/bin/pip install --quiet -e .
 
 # Headless Chromium for the browser tests, from Debian's packages (no browser download).
@@ -41,4 +51,4 @@ bench: setup
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) node_modules $(VENDOR) *.egg-info
+	rm -rf $(VENV) node_modules *.egg-info
