@@ -31,7 +31,7 @@ from .revocation import RevocationWatcher
 from .sessions import SessionService
 from .store import Store, open_store
 from .tokens import KeyRing, TokenService
-from .transport import decline_websocket_compression, refuse_foreign_origins
+from .transport import refuse_foreign_origins
 
 
 @dataclass
@@ -107,8 +107,6 @@ def create_app(settings: Settings, on_first_agent: FirstAgentReporter = print_fi
     addresses = AddressResolver(settings.server.trusted_proxies)
     middlewares = [json_errors, audit_context(addresses),
                    refuse_foreign_origins(settings.server.allowed_origins, hq.audit, addresses)]
-    if not settings.server.websocket_compression:
-        middlewares.append(decline_websocket_compression())
     app = web.Application(middlewares=middlewares)
     app[HQ_KEY] = hq
     health = hq.health_checks()
@@ -144,6 +142,7 @@ def add_console_and_monitoring(app: web.Application, hq: HQ) -> AdminUI:
     metrics = Metrics(settings.channels, lambda: hq.realtime.connection_count)
     hq.audit.subscribe(metrics.audit_event)
     hq.realtime.observe(metrics)
+    hq.realtime.faults.observe(metrics)
     app.add_routes(metrics.routes())
     app[METRICS_KEY] = metrics
     admin_ui = AdminUI(settings, hq.realtime.sio, hq.store, hq.hasher, hq.audit,

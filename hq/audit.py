@@ -1,8 +1,11 @@
 """Structured audit events: one JSON line each, never a token or a password.
 
-Fields are chosen by the caller from a fixed vocabulary (codename, address, transport, user agent,
-code, reason); free text from clients (the user agent) is truncated so a hostile client cannot
-flood the log, and anything in it shaped like a token is redacted, so a token pasted there never lands.
+Every field is checked here, whoever records it: codes, reasons, transports and scopes must come
+from a fixed vocabulary (anything else is written as ``other``), codenames must be valid stored
+spellings, addresses must be IP addresses, so no text a client sent can become an audit field.
+The two descriptive fields a client supplies (``user_agent``, ``origin``) are reduced to a fixed
+alphabet (no quotes, braces or line breaks), clipped, and anything in them shaped like a token is
+redacted, so a token pasted there never lands.
 HTTP requests bind their client address, ``transport: "http"`` and user agent once (see
 :func:`audit_context`), so every event recorded while handling them carries those fields.
 """
@@ -10,6 +13,7 @@ HTTP requests bind their client address, ``transport: "http"`` and user agent on
 from __future__ import annotations
 
 import contextvars
+import ipaddress
 import json
 import logging
 import re
@@ -21,13 +25,28 @@ from typing import Any, Awaitable, Callable, Mapping
 from aiohttp import web
 
 from .addresses import AddressResolver
+from .config import is_valid_codename
 
 AUDIT_EVENTS = (
     "login_succeeded", "login_failed", "connection_accepted", "connection_refused", "connection_ended",
     "session_revoked", "token_refreshed", "refresh_refused",
 )
 _MAX_FIELD = 256
-_FREE_TEXT = frozenset({"user_agent"})
+_FREE_TEXT = frozenset({"user_agent", "origin"})
+_UNSAFE = re.compile(r"[^A-Za-z0-9 ._/;:()+,@*=\[\]-]")
+OTHER = "other"
+#: The values each vocabulary field may take.
+VOCABULARY: dict[str, frozenset[str]] = {
+    "code": frozenset({"invalid_credentials", "agent_disabled", "too_many_attempts", "forbidden", "token_missing",
+                       "token_invalid", "token_expired", "token_revoked", "token_reused", "origin_not_allowed",
+                       "mfa_required", "invalid_otp", "unavailable", "bad_request"}),
+    "reason": frozenset({"token_expired", "logged_out", "revoked", "agent_disabled", "password_changed",
+                         "role_changed", "client disconnect", "server disconnect", "ping timeout",
+                         "transport close", "transport error", "disconnected"}),
+    "transport": frozenset({"http", "websocket", "polling", "unknown"}),
+    "scope": frozenset({"session", "agent"}),
+    "interface": frozenset({"admin_ui", "console", "api", "cli"}),
+}
 # A JWT (three base64url parts) or any long opaque base64url run, like a refresh token.
 _TOKEN_SHAPED = re.compile(r"[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*|[A-Za-z0-9_+/=-]{32,}")
 
@@ -82,7 +101,7 @@ class AuditLog:
         line = {"ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
                 "event": event}
         fields = {**_request_fields.get(), **{k: v for k, v in fields.items() if v is not None}}
-        line.update({k: _clip(_scrub(v) if k in _FREE_TEXT else v) for k, v in fields.items()})
+        line.update({k: _checked(k, v) for k, v in fields.items()})
         self._logger.info(json.dumps(line, ensure_ascii=False))
         for listener in self._listeners:
             listener(event, fields)
@@ -91,6 +110,26 @@ class AuditLog:
         """Flush and release the destination."""
         self._logger.removeHandler(self._handler)
         self._handler.close()
+
+
+def _checked(key: str, value: Any) -> Any:
+    """``value`` as the audit log may show it under ``key``."""
+    if isinstance(value, (bool, int, float)):
+        return value
+    if not isinstance(value, str):
+        return OTHER
+    if key in VOCABULARY:
+        return value if value in VOCABULARY[key] else OTHER
+    if key == "codename":
+        return value if value == "<unknown>" or is_valid_codename(value) else "<unknown>"
+    if key == "address":
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            return "unknown"
+    if key in _FREE_TEXT:
+        return _clip(_UNSAFE.sub("?", _scrub(value)))
+    return OTHER
 
 
 def _scrub(value: Any) -> Any:

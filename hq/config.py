@@ -48,6 +48,7 @@ class ServerSettings:
     trusted_proxies: tuple[str, ...] = ()
     websocket_compression: bool = False
     max_packet_bytes: int = 65536
+    max_buffered_bytes: int = 1048576
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
 
@@ -298,6 +299,8 @@ def _validate(s: Settings) -> None:
     _require((s.server.tls_cert is None) == (s.server.tls_key is None), "server.tls_cert",
              "tls_cert and tls_key must be set together")
     _require(s.server.max_packet_bytes >= 1024, "server.max_packet_bytes", "must be at least 1024")
+    _require(s.server.max_buffered_bytes >= 4 * s.server.max_packet_bytes, "server.max_buffered_bytes",
+             "must be at least four times max_packet_bytes")
     _validate_auth(s.auth)
     _validate_limits(s.limits)
     levels = s.clearance.levels

@@ -14,8 +14,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
+from .engine import FAULT_KINDS
+
 OTHER = "other"
-EVENTS = frozenset({"join", "leave", "message", "history", "reauth"})
+EVENTS = frozenset({"join", "leave", "message", "history", "reauth", "unknown"})
 TRANSPORTS = frozenset({"polling", "websocket"})
 TOKEN_CODES = frozenset({"token_missing", "token_invalid", "token_expired", "token_revoked", "token_reused",
                          "agent_disabled", "origin_not_allowed"})
@@ -69,6 +71,8 @@ class Metrics:
                                  ["event"], buckets=LATENCY_BUCKETS, registry=reg)
         self.rate_limited = Counter("hq_rate_limit_hits", "Requests refused by a rate limit, by limit",
                                     ["limit"], registry=reg)
+        self.faults = Counter("hq_protocol_faults", "Malformed or forbidden client packets, by kind", ["kind"],
+                              registry=reg)
         self._start_at_zero()
 
     def _start_at_zero(self) -> None:
@@ -83,6 +87,8 @@ class Metrics:
             self.sessions_ended.labels(reason)
         for limit in ("events", "login"):
             self.rate_limited.labels(limit)
+        for kind in FAULT_KINDS:
+            self.faults.labels(kind)
 
     # audit listener ---------------------------------------------------------------------------
     def audit_event(self, event: str, fields: dict[str, Any]) -> None:
@@ -132,6 +138,10 @@ class Metrics:
     def session_ended(self, reason: str) -> None:
         """Count one socket told that its session ended."""
         self.sessions_ended.labels(bounded(reason, SESSION_REASONS)).inc()
+
+    def protocol_fault(self, kind: str) -> None:
+        """Count one malformed or forbidden packet (see :class:`hq.engine.ProtocolFaults`)."""
+        self.faults.labels(bounded(kind, FAULT_KINDS)).inc()
 
     # exposition -------------------------------------------------------------------------------
     def exposition(self, accept: str | None = None) -> tuple[bytes, str]:

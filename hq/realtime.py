@@ -24,9 +24,11 @@ from .audit import AuditLog
 from .clearance import ClearancePolicy
 from .config import Settings
 from .errors import AuthError, EventError
+from .engine import ProtocolFaults
 from .fanout import LocalManager, RedisManager
 from .identity import Authenticator, Principal
 from .limits import TokenBucket
+from .socket_server import REFUSED_EVENT, SocketServer
 from .store import Store
 from .wire import SocketJSON
 
@@ -34,6 +36,9 @@ log = logging.getLogger("hq.realtime")
 
 DEFAULT_HISTORY_LIMIT = 100
 Ack = dict[str, Any]
+#: Why python-socketio says a socket went away; anything else is recorded as "disconnected".
+DISCONNECT_REASONS = frozenset({"client disconnect", "server disconnect", "ping timeout", "transport close",
+                                "transport error"})
 
 
 @dataclass
@@ -107,19 +112,28 @@ class Realtime:
         self._addresses = addresses
         self._connections: dict[str, Connection] = {}
         self._observers: list[RealtimeObserver] = []
-        self.sio = self._create_server(settings)
+        self.faults = ProtocolFaults()
+        self.sio = self._create_server(settings, self.faults)
         self._register()
 
     def observe(self, observer: RealtimeObserver) -> None:
         """Report handled events, stored messages and ended sessions to ``observer``."""
         self._observers.append(observer)
 
-    @staticmethod
-    def _create_server(settings: Settings) -> socketio.AsyncServer:
+    #: The events a client can reach; every other name is refused at the boundary (socket_server.py).
+    CLIENT_EVENTS = frozenset({"join", "leave", "message", "history", "reauth"})
+
+    @classmethod
+    def _create_server(cls, settings: Settings, faults: ProtocolFaults) -> SocketServer:
         manager: socketio.AsyncManager = LocalManager()
         if settings.cluster.redis_url:
             manager = RedisManager(settings.cluster.redis_url, channel=f"{settings.cluster.channel}:socketio")
-        return socketio.AsyncServer(
+        return SocketServer(
+            client_events=cls.CLIENT_EVENTS,
+            faults=faults,
+            keep_environ=settings.admin.enabled,  # the Admin UI shows each socket's handshake
+            max_buffered_bytes=settings.server.max_buffered_bytes,
+            websocket_compression=settings.server.websocket_compression,
             async_mode="aiohttp",
             client_manager=manager,
             cors_allowed_origins=list(settings.server.allowed_origins),
@@ -136,15 +150,12 @@ class Realtime:
     def _register(self) -> None:
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
-        for name, handler in (("join", self._join), ("leave", self._leave), ("message", self._message),
-                              ("history", self._history), ("reauth", self._reauth)):
+        handlers = {"join": self._join, "leave": self._leave, "message": self._message,
+                    "history": self._history, "reauth": self._reauth}
+        assert handlers.keys() == self.CLIENT_EVENTS
+        for name, handler in handlers.items():
             self.sio.on(name, self._event(name, handler))
-        unknown = self._event("unknown", self._unknown_event)
-
-        async def any_other_event(event: str, sid: str, *args: Any) -> Ack:
-            return await unknown(sid, *args)
-
-        self.sio.on("*", any_other_event)
+        self.sio.on(REFUSED_EVENT, self._event("unknown", self._unknown_event))
 
     # connect / disconnect ---------------------------------------------------------------------
     async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
@@ -184,7 +195,7 @@ class Realtime:
         self._audit.record("connection_ended", codename=connection.principal.codename,
                            address=connection.address, transport=connection.transport,
                            user_agent=connection.user_agent,
-                           reason=connection.end_reason or (str(reason) if reason is not None else "disconnected"))
+                           reason=connection.end_reason or (reason if reason in DISCONNECT_REASONS else "disconnected"))
 
     # expiry -------------------------------------------------------------------------------------
     def _schedule_expiry(self, sid: str, connection: Connection) -> None:
@@ -231,7 +242,12 @@ class Realtime:
         for observer in self._observers:
             observer.session_ended(reason)
         await self.sio.emit("session_ended", {"reason": reason}, to=sid)
+        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
         await self.sio.disconnect(sid)
+        if eio_sid is not None:
+            # python-socketio leaves the Engine.IO connection for the client to close; a client that
+            # ignores the DISCONNECT packet must not keep it (HQ serves one namespace).
+            await self.sio.eio.disconnect(eio_sid)
 
     async def end_sessions(self, codename: str, sid: str | None, reason: str) -> int:
         """End this node's sockets of one login session, or of every session of ``codename``."""
@@ -246,13 +262,10 @@ class Realtime:
         wait for live websockets and long-polls to time out (aiohttp's on_shutdown signal)."""
         sockets = list(self.sio.eio.sockets.values())
         if sockets:
+            # HQ's lean sockets write the CLOSE packet, end a pending long-poll and close a websocket
+            # at once (hq/engine.py); tests/test_shutdown.py fails if a client can hold the stop up.
             reason = self.sio.eio.reason.SERVER_DISCONNECT
             await asyncio.wait([asyncio.create_task(s.close(wait=False, reason=reason)) for s in sockets], timeout=5)
-            for socket in sockets:
-                # Engine.IO's writer closes a websocket only at this sentinel; without it a client
-                # that ignores the CLOSE packet keeps the socket (and the shutdown) open until its
-                # ping timeout. tests/test_shutdown.py fails if the sentinel stops working.
-                socket.queue.put_nowait(None)
 
     @property
     def connection_count(self) -> int:
