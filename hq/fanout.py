@@ -1,14 +1,18 @@
-"""Broadcast fan-out without a task per recipient.
+"""Broadcast fan-out without a task per recipient, on one node and across a cluster.
 
 python-socketio's ``AsyncManager.emit`` encodes a broadcast once but then creates one asyncio
 task per recipient and waits for them all; with a channel of 1000 members that is 1000 task
-creations and ~3000 loop callbacks per message. Handing each recipient's Engine.IO socket the
-already-encoded packet in a plain loop does the same work (the socket's own writer task still
-does the network write) without the tasks.
+creations and ~3000 loop callbacks per message. HQ encodes each broadcast once, as the final
+Engine.IO text, and hands it to each recipient's :class:`~hq.engine.LeanSocket` in a plain loop:
+on a websocket that is a direct write (no queue, no writer task), on long-polling a queue entry.
 
-This relies on two internals: ``AsyncServer._send_eio_packet(eio_sid, pkt)`` and
-``BaseManager.get_participants(namespace, room)``. The python-socketio range is pinned in
-pyproject.toml, and tests/test_fanout.py fails if either changes shape.
+``AsyncServer.emit`` always passes ``ignore_queue`` to the manager, and the Redis manager's own
+``_handle_emit`` (the delivery of every cluster broadcast, this node's included) calls
+``AsyncManager.emit`` past any override of ``emit``: both are taken over here, and
+tests/test_fanout.py fails if a broadcast to 100 members creates a task or reaches the fallback.
+
+Relies on ``BaseManager.get_participants(namespace, room)``, ``AsyncPubSubManager._handle_emit``'s
+message shape and ``server.packet_class``; the python-socketio range is pinned in pyproject.toml.
 """
 
 from __future__ import annotations
@@ -19,32 +23,47 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet
 
+from .engine import LeanSocket
+
 
 class DirectFanout:
     """Mixin for a python-socketio async manager: broadcasts without per-recipient tasks."""
 
     server: Any
+    rooms: Any
+    get_participants: Any  # BaseManager's
 
     async def emit(self, event: str, data: Any, namespace: str, room: Any = None, skip_sid: Any = None,
-                   callback: Any = None, to: Any = None, **kwargs: Any) -> None:
+                   callback: Any = None, to: Any = None, ignore_queue: bool = False, **kwargs: Any) -> None:
+        """Deliver ``event`` to this node's members of ``room`` (python-socketio's signature)."""
         if callback is not None or kwargs:
             await super().emit(event, data, namespace, room=room, skip_sid=skip_sid,  # type: ignore[misc]
-                               callback=callback, to=to, **kwargs)
+                               callback=callback, to=to, ignore_queue=ignore_queue, **kwargs)
             return
-        room = to or room
-        if namespace not in self.rooms:  # type: ignore[attr-defined]
+        await self.deliver(event, data, namespace, to or room, skip_sid)
+
+    async def deliver(self, event: str, data: Any, namespace: str | None, room: Any, skip_sid: Any) -> None:
+        """The direct path: encode once, write to each local recipient in a plain loop."""
+        namespace = namespace or "/"
+        if namespace not in self.rooms:
             return
         args = list(data) if isinstance(data, tuple) else ([] if data is None else [data])
-        skip = set(skip_sid) if isinstance(skip_sid, list) else {skip_sid}
-        recipients = [eio_sid for sid, eio_sid in self.get_participants(namespace, room)  # type: ignore[attr-defined]
-                      if sid not in skip]
-        if not recipients:
-            return
         encoded = self.server.packet_class(packet.EVENT, namespace=namespace, data=[event, *args]).encode()
-        frames = [eio_packet.Packet(eio_packet.MESSAGE, p) for p in (encoded if isinstance(encoded, list) else [encoded])]
-        for eio_sid in recipients:
-            for frame in frames:
-                await self.server._send_eio_packet(eio_sid, frame)
+        if isinstance(encoded, list):  # binary attachments (HQ sends none): python-socketio's way
+            await socketio.AsyncManager.emit(self, event, data, namespace, room=room,  # type: ignore[arg-type]
+                                             skip_sid=skip_sid)
+            return
+        text = f"{eio_packet.MESSAGE}{encoded}"
+        skip = set(skip_sid) if isinstance(skip_sid, list) else {skip_sid}
+        sockets = self.server.eio.sockets
+        for sid, eio_sid in list(self.get_participants(namespace, room)):
+            if sid in skip:
+                continue
+            socket = sockets.get(eio_sid)
+            if isinstance(socket, LeanSocket):
+                await socket.send_encoded(text)
+            elif socket is not None:  # not adopted yet (mid-handshake): the ordinary way
+                await socket.send(eio_packet.Packet(eio_packet.MESSAGE, encoded))
 
 
 class LocalManager(DirectFanout, socketio.AsyncManager):
@@ -52,4 +71,28 @@ class LocalManager(DirectFanout, socketio.AsyncManager):
 
 
 class RedisManager(DirectFanout, socketio.AsyncRedisManager):
-    """The cluster manager: python-socketio's Redis pub/sub, with direct local fan-out."""
+    """The cluster manager: python-socketio's Redis pub/sub, with direct local fan-out.
+
+    A broadcast is published to Redis (``ignore_queue`` false) and delivered on every node,
+    this one included, when the message comes back through ``_handle_emit``.
+    """
+
+    async def emit(self, event: str, data: Any, namespace: str, room: Any = None, skip_sid: Any = None,
+                   callback: Any = None, to: Any = None, ignore_queue: bool = False, **kwargs: Any) -> None:
+        """Publish to every node, or with ``ignore_queue`` deliver on this one only (directly)."""
+        if ignore_queue or callback is not None or kwargs:
+            await super().emit(event, data, namespace, room=room, skip_sid=skip_sid, callback=callback,
+                               to=to, ignore_queue=ignore_queue, **kwargs)
+            return
+        await socketio.AsyncRedisManager.emit(self, event, data, namespace=namespace, room=room,
+                                              skip_sid=skip_sid, to=to)
+
+    async def _handle_emit(self, message: dict[str, Any]) -> None:
+        if message.get("callback") is not None or message.get("binary"):
+            await super()._handle_emit(message)
+            return
+        data = message["data"]
+        if isinstance(data, list):  # as python-socketio publishes it: one argument or a tuple
+            data = data[0] if len(data) == 1 else tuple(data)
+        await self.deliver(message["event"], data, message.get("namespace"), message.get("room"),
+                           message.get("skip_sid"))

@@ -1,4 +1,5 @@
-"""Direct fan-out: the python-socketio internals it relies on, and its behaviour."""
+"""Direct fan-out: that it is taken (no task per recipient, no fallback), the internals it relies on,
+and its behaviour over real sockets."""
 
 from __future__ import annotations
 
@@ -8,16 +9,108 @@ import inspect
 import socketio
 from socketio.base_manager import BaseManager
 
+from engineio.async_socket import AsyncSocket
+
+from hq.engine import LeanSocket, ProtocolFaults
 from hq.fanout import LocalManager, RedisManager
+from hq.socket_server import SocketServer
 
 from .sio import RecordingClient
 from .support import HQServer
 
 
+MEMBERS = 100
+
+
+async def server_with_members(manager: socketio.AsyncManager) -> tuple[SocketServer, list[LeanSocket]]:
+    """A real SocketServer whose room ``channel:x`` has 100 members on lean (polling) sockets."""
+    sio = SocketServer(client_events=frozenset({"message"}), faults=ProtocolFaults(), client_manager=manager,
+                       async_mode="aiohttp")
+    sio.manager.initialize()
+    sockets = []
+    for number in range(MEMBERS):
+        eio_sid = f"eio{number}"
+        socket = LeanSocket.adopt(AsyncSocket(sio.eio, eio_sid))
+        socket.connected = True
+        sio.eio.sockets[eio_sid] = socket
+        sid = await sio.manager.connect(eio_sid, "/")
+        await sio.manager.enter_room(sid, "/", "channel:x")
+        sockets.append(socket)
+    return sio, sockets
+
+
+class TaskCounter:
+    """Counts every task created on the running loop (a task factory sees them all)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __enter__(self) -> "TaskCounter":
+        loop = asyncio.get_running_loop()
+        self._previous = loop.get_task_factory()
+
+        def factory(loop: asyncio.AbstractEventLoop, coro: object, **kwargs: object) -> asyncio.Task:
+            self.count += 1
+            return asyncio.Task(coro, loop=loop, **kwargs)  # type: ignore[arg-type]
+        loop.set_task_factory(factory)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.get_running_loop().set_task_factory(self._previous)
+
+
+async def test_a_broadcast_to_100_members_creates_no_task_and_skips_the_fallback(monkeypatch) -> None:
+    fallback: list[str] = []
+    original = socketio.AsyncManager.emit
+
+    async def spy(self, event, *args, **kwargs):  # type: ignore[no-untyped-def]
+        fallback.append(event)
+        return await original(self, event, *args, **kwargs)
+    monkeypatch.setattr(socketio.AsyncManager, "emit", spy)
+    sio, sockets = await server_with_members(LocalManager())
+    skipped = sio.manager.sid_from_eio_sid("eio0", "/")
+    with TaskCounter() as tasks:
+        await sio.emit("message", {"id": 1, "text": "to all"}, room="channel:x", skip_sid=skipped)
+    assert tasks.count == 0 and fallback == []
+    assert sockets[0].queue.qsize() == 0
+    for socket in sockets[1:]:
+        assert socket.queue.get_nowait().encode() == '42["message",{"id":1,"text":"to all"}]'
+    # The spy does see python-socketio's own path (so the zero above is not a blind spy).
+    await socketio.AsyncManager.emit(sio.manager, "message", {"id": 2}, "/", room="channel:x")
+    assert fallback == ["message"]
+
+
+async def test_a_cluster_broadcast_is_delivered_directly_too(monkeypatch) -> None:
+    fallback: list[str] = []
+    original = socketio.AsyncManager.emit
+
+    async def spy(self, event, *args, **kwargs):  # type: ignore[no-untyped-def]
+        fallback.append(event)
+        return await original(self, event, *args, **kwargs)
+    monkeypatch.setattr(socketio.AsyncManager, "emit", spy)
+    published: list[dict] = []
+    manager = RedisManager("redis://127.0.0.1:1/0", channel="hq-test-fanout")
+
+    async def publish(message: dict) -> None:  # no Redis needed to see the local delivery
+        published.append(message)
+    monkeypatch.setattr(manager, "_publish", publish)
+    sio, sockets = await server_with_members(manager)
+    with TaskCounter() as tasks:
+        await sio.emit("message", {"id": 1}, room="channel:x")  # this node's own broadcast
+        await manager._handle_emit({"method": "emit", "event": "message", "data": [{"id": 2}], "binary": False,
+                                    "namespace": "/", "room": "channel:x", "skip_sid": None, "callback": None,
+                                    "host_id": "another-node"})  # one that came in from another node
+    assert tasks.count == 0 and fallback == []
+    assert [p["data"] for p in published] == [[{"id": 1}]]
+    for socket in sockets:
+        assert [socket.queue.get_nowait().encode() for _ in range(2)] == ['42["message",{"id":1}]',
+                                                                          '42["message",{"id":2}]']
+
+
 def test_the_internals_fanout_relies_on_are_still_there() -> None:
-    send = inspect.signature(socketio.AsyncServer._send_eio_packet)
-    assert list(send.parameters) == ["self", "eio_sid", "eio_pkt"]
-    assert inspect.iscoroutinefunction(socketio.AsyncServer._send_eio_packet)
+    handle_emit = inspect.signature(socketio.AsyncRedisManager._handle_emit)
+    assert list(handle_emit.parameters) == ["self", "message"]
+    assert "ignore_queue" in inspect.getsource(socketio.AsyncServer.emit)
     assert list(inspect.signature(BaseManager.get_participants).parameters) == ["self", "namespace", "room"]
     emit = inspect.signature(socketio.AsyncManager.emit)
     assert list(emit.parameters)[:8] == ["self", "event", "data", "namespace", "room", "skip_sid", "callback", "to"]
