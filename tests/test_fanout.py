@@ -44,6 +44,7 @@ class TaskCounter:
 
     def __init__(self) -> None:
         self.count = 0
+        self.names: list[str] = []
 
     def __enter__(self) -> "TaskCounter":
         loop = asyncio.get_running_loop()
@@ -51,6 +52,7 @@ class TaskCounter:
 
         def factory(loop: asyncio.AbstractEventLoop, coro: object, **kwargs: object) -> asyncio.Task:
             self.count += 1
+            self.names.append(getattr(coro, "__qualname__", repr(coro)))
             return asyncio.Task(coro, loop=loop, **kwargs)  # type: ignore[arg-type]
         loop.set_task_factory(factory)
         return self
