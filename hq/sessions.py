@@ -72,11 +72,19 @@ class SessionService:
         return pair
 
     async def refresh(self, refresh_token: str, address: str) -> TokenPair:
-        """Spend a refresh token for a new pair; reuse of a spent one revokes the whole session."""
+        """Spend a refresh token for a new pair; reuse of a spent one revokes the whole session.
+
+        The one exception is ``auth.refresh_grace``: the token most recently rotated, presented
+        again within that many seconds while the token it was exchanged for is still unspent, is
+        taken for a client retrying after a lost reply and gets a fresh pair. The token the first
+        exchange issued is then spent, so the session still has exactly one live refresh token
+        and whichever holder is left with the spent one revokes the session when it presents it.
+        """
         new_token, new_hash = new_refresh_token()
         now = time.time()
         result = await self._store.rotate_refresh_token(
-            hash_refresh_token(refresh_token), new_hash, now + self._auth.refresh_ttl, now)
+            hash_refresh_token(refresh_token), new_hash, now + self._auth.refresh_ttl, now,
+            grace=self._auth.refresh_grace)
         if result.outcome is RefreshOutcome.REUSED:
             assert result.codename is not None
             self._audit.record("refresh_refused", codename=result.codename, address=address, code="token_reused")
@@ -85,11 +93,13 @@ class SessionService:
         if result.outcome is RefreshOutcome.EXPIRED:
             raise AuthError("refresh token has expired", "token_expired")
         agent = await self._store.get_agent(result.codename) if result.codename else None
-        if result.outcome is not RefreshOutcome.ROTATED or agent is None or result.sid is None:
+        if not result.issued or agent is None or result.sid is None:
             raise AuthError("refresh token is not valid", "token_invalid")
         if not agent.enabled:
             raise AuthError("agent is disabled", "agent_disabled")
-        self._audit.record("token_refreshed", codename=agent.codename, address=address)
+        # A grace retry is marked so that an operator can tell lost replies (or a racing thief) apart.
+        self._audit.record("token_refreshed", codename=agent.codename, address=address,
+                           grace=True if result.outcome is RefreshOutcome.GRACE else None)
         access = self._tokens.issue(agent.codename, agent.role, result.sid)
         return TokenPair(agent, access, new_token, self._auth.refresh_ttl)
 

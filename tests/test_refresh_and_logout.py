@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Callable
 
 import aiohttp
 
@@ -50,7 +51,10 @@ async def test_refresh_from_cookie_sets_new_cookies(hq: HQServer) -> None:
         assert cookies["hq_refresh"].value != old["hq_refresh"]
 
 
-async def test_reused_refresh_token_revokes_the_whole_session(hq: HQServer) -> None:
+async def test_reused_refresh_token_revokes_the_whole_session(hq_factory: Callable[..., HQServer]) -> None:
+    # Without the grace window a spent token coming back is reuse at once (tests/test_refresh_grace.py
+    # covers the window itself).
+    hq = hq_factory(auth={"refresh_grace": 0})
     async with aiohttp.ClientSession() as session:
         stolen = await login(session, hq)
         status, owner = await post(session, f"{hq.url}/api/auth/refresh", {"refresh_token": stolen["refresh_token"]})
@@ -68,7 +72,24 @@ async def test_reused_refresh_token_revokes_the_whole_session(hq: HQServer) -> N
         await live.close()
 
 
-async def test_concurrent_refreshes_with_one_token_at_most_one_wins(hq: HQServer) -> None:
+async def test_reuse_after_the_new_token_was_used_is_caught_with_the_default_window(hq: HQServer) -> None:
+    # The default config has a grace window, but it only covers a retry whose reply was lost: once
+    # the owner has used the token it got, the old one coming back is reuse however soon it comes.
+    async with aiohttp.ClientSession() as session:
+        stolen = await login(session, hq)
+        status, owner = await post(session, f"{hq.url}/api/auth/refresh", {"refresh_token": stolen["refresh_token"]})
+        assert status == 200
+        status, owner = await post(session, f"{hq.url}/api/auth/refresh", {"refresh_token": owner["refresh_token"]})
+        assert status == 200
+        status, body = await post(session, f"{hq.url}/api/auth/refresh", {"refresh_token": stolen["refresh_token"]})
+        assert (status, body["error"]["code"]) == (401, "token_reused")
+        async with session.get(f"{hq.url}/api/auth/me",
+                               headers={"Authorization": f"Bearer {owner['access_token']}"}) as me:
+            assert me.status == 401 and (await me.json())["error"]["code"] == "token_revoked"
+
+
+async def test_concurrent_refreshes_with_one_token_at_most_one_wins(hq_factory: Callable[..., HQServer]) -> None:
+    hq = hq_factory(auth={"refresh_grace": 0})
     async with aiohttp.ClientSession() as session:
         pair = await login(session, hq)
         results = await asyncio.gather(*(post(session, f"{hq.url}/api/auth/refresh",
@@ -76,6 +97,20 @@ async def test_concurrent_refreshes_with_one_token_at_most_one_wins(hq: HQServer
         statuses = sorted(status for status, _ in results)
         assert statuses.count(200) == 1, results
         assert all(body["error"]["code"] == "token_reused" for status, body in results if status != 200)
+
+
+async def test_concurrent_refreshes_with_one_token_inside_the_grace_window(hq: HQServer) -> None:
+    # With the default window the losers count as retries: all get pairs, the session lives, and
+    # only the refresh token issued last stays live (see README, "Refresh grace window").
+    async with aiohttp.ClientSession() as session:
+        pair = await login(session, hq)
+        results = await asyncio.gather(*(post(session, f"{hq.url}/api/auth/refresh",
+                                               {"refresh_token": pair["refresh_token"]}) for _ in range(8)))
+        assert [status for status, _ in results] == [200] * 8, results
+        assert len({body["refresh_token"] for _, body in results}) == 8
+        async with session.get(f"{hq.url}/api/auth/me",
+                               headers={"Authorization": f"Bearer {results[0][1]['access_token']}"}) as me:
+            assert me.status == 200
 
 
 async def test_refresh_refusals(hq_factory) -> None:

@@ -39,7 +39,15 @@ class Store(Protocol):
 
     async def add_refresh_token(self, token_hash: str, sid: str, expires_at: float) -> None: ...
     async def rotate_refresh_token(self, old_hash: str, new_hash: str, new_expires_at: float,
-                                   now: float) -> RefreshResult: ...
+                                   now: float, grace: float = 0.0) -> RefreshResult:
+        """Spend ``old_hash`` and store ``new_hash``, atomically.
+
+        An unspent, unexpired token of a live session is ROTATED. A spent one is REUSED (the
+        session is revoked) unless it is the token most recently rotated, presented within
+        ``grace`` seconds of that rotation, while the child it got is still unspent: then the
+        child is spent and ``new_hash`` replaces it (GRACE), so one refresh token stays live.
+        """
+        ...
 
     async def add_message(self, channel: str, sender: str, text: str, ts: str) -> Message: ...
     async def history(self, channel: str, after_id: int | None, limit: int) -> list[Message]: ...

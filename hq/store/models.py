@@ -12,6 +12,19 @@ AGENT_AND_SESSION = """
            s.created AS session_created, s.revoked_reason
     FROM agents a LEFT JOIN sessions s ON s.sid = {p1} WHERE a.codename_key = {p2}"""
 
+# Both backends' query for rotation: a refresh token with its session.
+REFRESH_TOKEN_AND_SESSION = """
+    SELECT r.sid, r.expires_at, r.used_at, s.codename_key, s.revoked_reason FROM refresh_tokens r
+    JOIN sessions s ON s.sid = r.sid WHERE r.token_hash = {p1}"""
+
+# Both backends' grace retry, step one: spend the child that rotating {p2} issued, if it is still
+# unspent (a spent child means the reply did arrive, so the retry is reuse). The condition is in the
+# UPDATE itself so that on PostgreSQL a concurrent rotation of the child is waited for and re-checked.
+SUPERSEDE_CHILD = """
+    UPDATE refresh_tokens SET used_at = {p1} WHERE used_at IS NULL
+    AND token_hash = (SELECT child_hash FROM refresh_successors WHERE parent_hash = {p2})
+    RETURNING token_hash"""
+
 
 @dataclass(frozen=True)
 class Agent:
@@ -64,10 +77,23 @@ class Revocation:
 
 
 class RefreshOutcome(Enum):
+    """What presenting a refresh token led to."""
+
+    #: An unspent token was spent and a new one stored.
     ROTATED = "rotated"
+    #: The token just rotated came back within the grace window while its child was still unspent
+    #: (a retry after a lost reply): a new child was stored and the previous child was spent, so
+    #: the session keeps exactly one live refresh token.
+    GRACE = "grace"
+    #: A spent token came back outside the grace rules: the whole session was revoked.
     REUSED = "reused"
     EXPIRED = "expired"
     UNKNOWN = "unknown"
+
+
+def in_grace_window(used_at: float, now: float, grace: float) -> bool:
+    """Whether a refresh token spent at ``used_at`` may be retried at ``now``; ``grace`` 0 means never."""
+    return grace > 0 and now - used_at <= grace
 
 
 @dataclass(frozen=True)
@@ -77,3 +103,8 @@ class RefreshResult:
     outcome: RefreshOutcome
     sid: str | None = None
     codename: str | None = None
+
+    @property
+    def issued(self) -> bool:
+        """Whether a new refresh token was stored (a normal rotation or a grace retry)."""
+        return self.outcome in (RefreshOutcome.ROTATED, RefreshOutcome.GRACE)

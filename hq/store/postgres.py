@@ -11,7 +11,8 @@ from datetime import datetime, timezone
 import asyncpg
 
 from .base import AgentExistsError, UnknownAgentError
-from .models import AGENT_AND_SESSION, Agent, LoginSession, Message, RefreshOutcome, RefreshResult, Revocation
+from .models import (AGENT_AND_SESSION, REFRESH_TOKEN_AND_SESSION, SUPERSEDE_CHILD, Agent, LoginSession, Message,
+                     RefreshOutcome, RefreshResult, Revocation, in_grace_window)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
@@ -34,6 +35,12 @@ CREATE TABLE IF NOT EXISTS refresh_tokens (
     sid TEXT NOT NULL,
     expires_at DOUBLE PRECISION NOT NULL,
     used_at DOUBLE PRECISION
+);
+-- The token each rotation issued, so a retry of a just-rotated token can find (and spend) it.
+-- A table of its own rather than a column: databases made before it gain it without a migration.
+CREATE TABLE IF NOT EXISTS refresh_successors (
+    parent_hash TEXT PRIMARY KEY,
+    child_hash TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS revocations (
     id BIGSERIAL PRIMARY KEY,
@@ -195,16 +202,22 @@ class PostgresStore:
                                 token_hash, sid, expires_at)
 
     async def rotate_refresh_token(self, old_hash: str, new_hash: str, new_expires_at: float,
-                                   now: float) -> RefreshResult:
-        """Spend ``old_hash`` and store ``new_hash`` atomically; a second use revokes the session."""
+                                   now: float, grace: float = 0.0) -> RefreshResult:
+        """Spend ``old_hash`` and store ``new_hash`` atomically; a second use revokes the session.
+
+        A retry within ``grace`` seconds is the exception: see :meth:`hq.store.base.Store.rotate_refresh_token`.
+        """
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "SELECT r.sid, r.expires_at, r.used_at, s.codename_key, s.revoked_reason FROM refresh_tokens r"
-                " JOIN sessions s ON s.sid = r.sid WHERE r.token_hash = $1 FOR UPDATE OF r", old_hash)
+            # The row lock serialises every use of this token, rotation and retries alike.
+            row = await conn.fetchrow(REFRESH_TOKEN_AND_SESSION.format(p1="$1") + " FOR UPDATE OF r", old_hash)
             if row is None:
                 return RefreshResult(RefreshOutcome.UNKNOWN)
             sid, codename = row["sid"], row["codename_key"]
             if row["used_at"] is not None:
+                if (row["revoked_reason"] is None and row["expires_at"] > now
+                        and in_grace_window(row["used_at"], now, grace)
+                        and await self._retry(conn, old_hash, new_hash, sid, new_expires_at, now)):
+                    return RefreshResult(RefreshOutcome.GRACE, sid, codename)
                 await self._revoke(conn, codename, "revoked", sid)
                 return RefreshResult(RefreshOutcome.REUSED, sid, codename)
             if row["revoked_reason"] is not None:
@@ -214,7 +227,26 @@ class PostgresStore:
             await conn.execute("UPDATE refresh_tokens SET used_at = $1 WHERE token_hash = $2", now, old_hash)
             await conn.execute("INSERT INTO refresh_tokens (token_hash, sid, expires_at) VALUES ($1, $2, $3)",
                                new_hash, sid, new_expires_at)
+            await conn.execute("INSERT INTO refresh_successors (parent_hash, child_hash) VALUES ($1, $2)",
+                               old_hash, new_hash)
             return RefreshResult(RefreshOutcome.ROTATED, sid, codename)
+
+    @staticmethod
+    async def _retry(conn: asyncpg.Connection, old_hash: str, new_hash: str, sid: str, new_expires_at: float,
+                     now: float) -> bool:
+        """Re-issue from ``old_hash`` if its child is unspent, spending that child; False if it is not.
+
+        The parent's ``used_at`` stays as it was, so retries cannot stretch the window. The parent's
+        row lock (held by the caller) keeps its successor fixed; this statement runs after that
+        lock was granted, so it sees what an earlier retry committed.
+        """
+        superseded = await conn.fetchval(SUPERSEDE_CHILD.format(p1="$1", p2="$2"), now, old_hash)
+        if superseded is None:
+            return False
+        await conn.execute("INSERT INTO refresh_tokens (token_hash, sid, expires_at) VALUES ($1, $2, $3)",
+                           new_hash, sid, new_expires_at)
+        await conn.execute("UPDATE refresh_successors SET child_hash = $1 WHERE parent_hash = $2", new_hash, old_hash)
+        return True
 
     async def add_message(self, channel: str, sender: str, text: str, ts: str) -> Message:
         """Store a message durably; its id is one more than the channel's last."""

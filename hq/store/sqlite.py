@@ -16,7 +16,8 @@ from typing import Any
 import aiosqlite
 
 from .base import AgentExistsError, UnknownAgentError
-from .models import AGENT_AND_SESSION, Agent, LoginSession, Message, RefreshOutcome, RefreshResult, Revocation
+from .models import (AGENT_AND_SESSION, REFRESH_TOKEN_AND_SESSION, SUPERSEDE_CHILD, Agent, LoginSession, Message,
+                     RefreshOutcome, RefreshResult, Revocation, in_grace_window)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
@@ -39,6 +40,12 @@ CREATE TABLE IF NOT EXISTS refresh_tokens (
     sid TEXT NOT NULL,
     expires_at REAL NOT NULL,
     used_at REAL
+);
+-- The token each rotation issued, so a retry of a just-rotated token can find (and spend) it.
+-- A table of its own rather than a column: files made before it gain it without a migration.
+CREATE TABLE IF NOT EXISTS refresh_successors (
+    parent_hash TEXT PRIMARY KEY,
+    child_hash TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS revocations (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -244,12 +251,15 @@ class SQLiteStore:
                                   (token_hash, sid, expires_at))
 
     async def rotate_refresh_token(self, old_hash: str, new_hash: str, new_expires_at: float,
-                                   now: float) -> RefreshResult:
-        """Spend ``old_hash`` and store ``new_hash`` atomically; a second use revokes the session."""
+                                   now: float, grace: float = 0.0) -> RefreshResult:
+        """Spend ``old_hash`` and store ``new_hash`` atomically; a second use revokes the session.
+
+        A retry within ``grace`` seconds is the exception: see :meth:`hq.store.base.Store.rotate_refresh_token`.
+        """
         async with self._lock:
             await self.db.execute("BEGIN IMMEDIATE")
             try:
-                result = await self._rotate_locked(old_hash, new_hash, new_expires_at, now)
+                result = await self._rotate_locked(old_hash, new_hash, new_expires_at, now, grace)
                 await self.db.execute("COMMIT")
             except BaseException:
                 await self.db.execute("ROLLBACK")
@@ -257,16 +267,18 @@ class SQLiteStore:
         return result
 
     async def _rotate_locked(self, old_hash: str, new_hash: str, new_expires_at: float,
-                             now: float) -> RefreshResult:
-        cur = await self.db.execute(
-            "SELECT r.sid, r.expires_at, r.used_at, s.codename_key, s.revoked_reason FROM refresh_tokens r"
-            " JOIN sessions s ON s.sid = r.sid WHERE r.token_hash = ?", (old_hash,))
+                             now: float, grace: float) -> RefreshResult:
+        cur = await self.db.execute(REFRESH_TOKEN_AND_SESSION.format(p1="?"), (old_hash,))
         row = await cur.fetchone()
         await cur.close()
         if row is None:
             return RefreshResult(RefreshOutcome.UNKNOWN)
         sid, codename = row["sid"], row["codename_key"]
         if row["used_at"] is not None:
+            if (row["revoked_reason"] is None and row["expires_at"] > now
+                    and in_grace_window(row["used_at"], now, grace)
+                    and await self._retry_locked(old_hash, new_hash, sid, new_expires_at, now)):
+                return RefreshResult(RefreshOutcome.GRACE, sid, codename)
             await self._revoke_locked(codename, "revoked", sid)
             return RefreshResult(RefreshOutcome.REUSED, sid, codename)
         if row["revoked_reason"] is not None:
@@ -276,7 +288,26 @@ class SQLiteStore:
         await self.db.execute("UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ?", (now, old_hash))
         await self.db.execute("INSERT INTO refresh_tokens (token_hash, sid, expires_at) VALUES (?, ?, ?)",
                               (new_hash, sid, new_expires_at))
+        await self.db.execute("INSERT INTO refresh_successors (parent_hash, child_hash) VALUES (?, ?)",
+                              (old_hash, new_hash))
         return RefreshResult(RefreshOutcome.ROTATED, sid, codename)
+
+    async def _retry_locked(self, old_hash: str, new_hash: str, sid: str, new_expires_at: float,
+                            now: float) -> bool:
+        """Re-issue from ``old_hash`` if its child is unspent, spending that child; False if it is not.
+
+        The parent's ``used_at`` stays as it was, so retries cannot stretch the window.
+        """
+        cur = await self.db.execute(SUPERSEDE_CHILD.format(p1="?", p2="?"), (now, old_hash))
+        superseded = await cur.fetchone()
+        await cur.close()
+        if superseded is None:
+            return False
+        await self.db.execute("INSERT INTO refresh_tokens (token_hash, sid, expires_at) VALUES (?, ?, ?)",
+                              (new_hash, sid, new_expires_at))
+        await self.db.execute("UPDATE refresh_successors SET child_hash = ? WHERE parent_hash = ?",
+                              (new_hash, old_hash))
+        return True
 
     # messages --------------------------------------------------------------------------------
     async def add_message(self, channel: str, sender: str, text: str, ts: str) -> Message:
