@@ -116,9 +116,9 @@ async def test_websocket_frames_are_read_and_answered_without_tasks(http: aiohtt
     await fox.wait_frame(lambda f: '"m51"' in f)
     # python-engineio made a Task per frame, a Task per event and a queue hop per packet (≥ 100
     # tasks for 50 messages); the store's group commit may start one per group.
-    # The store starts one task per group commit (here one per message: they come one at a time).
-    others = [name for name in tasks.names if name != "SQLiteStore._flush_pending"]
-    assert len(others) <= 5 and tasks.count - len(others) <= 50, tasks.names
+    # (An uncontended message is committed by its own handler; the store starts a task only for
+    # messages that arrive while a commit is in flight.)
+    assert tasks.count <= 5, tasks.names
     assert [e["text"] for e in fox.events("message")][-50:] == [f"m{n}" for n in range(2, 52)]
     await hank.close()
     await fox.close()

@@ -96,6 +96,7 @@ class SQLiteStore:
     def __init__(self, path: Path) -> None:
         self._path = path
         self._db: aiosqlite.Connection | None = None
+        self._committing = False
         self._lock = asyncio.Lock()
         self._pending: list[_PendingMessage] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -318,8 +319,18 @@ class SQLiteStore:
         """
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending.append((channel, sender, text, ts, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_pending())
+        if not self._committing and (self._flusher is None or self._flusher.done()):
+            # No commit in flight: this caller commits what is pending itself (no task for an
+            # uncontended message); what arrives meanwhile is committed by one task, group by group.
+            self._committing = True
+            try:
+                batch, self._pending = self._pending, []
+                for offset in range(0, len(batch), _ROWS_PER_INSERT):
+                    await self._commit_chunk(batch[offset:offset + _ROWS_PER_INSERT])
+            finally:
+                self._committing = False
+            if self._pending:
+                self._flusher = asyncio.create_task(self._flush_pending())
         return await future
 
     async def _flush_pending(self) -> None:
