@@ -176,7 +176,7 @@ def write_auth(path: Path, body: str) -> Path:
     return path
 
 
-def test_refresh_grace_defaults_to_five_seconds(tmp_path: Path) -> None:
+def test_refresh_grace_defaults_to_five_seconds() -> None:
     assert load_settings(None, environ={}).auth.refresh_grace == 5
 
 
@@ -193,7 +193,7 @@ def test_refresh_grace_refuses_other_values(value: str, tmp_path: Path) -> None:
     assert refused.value.key == "auth.refresh_grace"
 
 
-def test_refresh_grace_from_the_environment(tmp_path: Path) -> None:
+def test_refresh_grace_from_the_environment() -> None:
     assert load_settings(None, environ={"HQ_AUTH_REFRESH_GRACE": "0"}).auth.refresh_grace == 0
     with pytest.raises(ConfigError):
         load_settings(None, environ={"HQ_AUTH_REFRESH_GRACE": "120"})
