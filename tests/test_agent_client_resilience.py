@@ -265,7 +265,9 @@ async def test_logout_elsewhere_ends_the_client_with_session_ended(hq: HQServer,
 
 async def test_refreshing_with_a_stolen_and_spent_token_is_terminal(hq_factory: Callable[..., HQServer],
                                                                    clients: MakeClient) -> None:
-    hq = hq_factory(auth={"access_ttl": 8, "expiry_warning": 1})
+    # No refresh grace window: fox's own refresh comes within 5 s of the thief's, which the default
+    # window would take for a retry after a lost reply (tests/test_refresh_grace.py covers that).
+    hq = hq_factory(auth={"access_ttl": 8, "expiry_warning": 1, "refresh_grace": 0})
     fox = await clients(hq, "fox")
     # A thief spends fox's refresh token first; fox's own refresh (due after 3.5 s) is then a reuse.
     status, thief = await asyncio.to_thread(post_json, f"{hq.url}/api/auth/refresh",
@@ -289,7 +291,7 @@ async def test_refreshing_with_a_stolen_and_spent_token_is_terminal(hq_factory: 
 
 async def test_a_thief_reusing_a_spent_token_ends_the_owners_session(hq_factory: Callable[..., HQServer],
                                                                     clients: MakeClient) -> None:
-    hq = hq_factory(auth=SHORT_TOKENS)
+    hq = hq_factory(auth={**SHORT_TOKENS, "refresh_grace": 0})  # as above: no grace window
     fox = await clients(hq, "fox", ["missions"])
     stolen = fox.refresh_token
     await wait_until(lambda: fox.refreshes >= 1, what="fox to refresh")

@@ -70,7 +70,8 @@ def secret_fragments(secrets: list[str]) -> list[str]:
 
 @pytest.fixture
 def audited(hq_factory) -> HQServer:
-    return hq_factory(admin={"enabled": True}, auth={"access_ttl": 60, "expiry_warning": 1},
+    # refresh_grace 0: the reuse below is refused at once (the grace window has its own tests).
+    return hq_factory(admin={"enabled": True}, auth={"access_ttl": 60, "expiry_warning": 1, "refresh_grace": 0},
                       limits={"login_failures_per_codename": 50, "login_failures_per_address": 100})
 
 
