@@ -2,6 +2,9 @@
 
 Each run logs in (password from ``$AGENT_PASSWORD`` or a prompt without echo), does its one job and
 logs out. Errors are one line on stderr naming the contract's code; exit 1, or 2 for usage errors.
+
+Several nodes of one HQ cluster: ``--url`` given more than once, or ``$HQ_URL`` holding a
+comma-separated list; the client uses the first that answers and fails over to the next.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import NoReturn, Sequence
 from .client import AgentClient
 from .errors import AgentClientError
 from .messages import Message
+from .nodes import parse_urls
 
 DEFAULT_URL = "http://127.0.0.1:3000"
 
@@ -32,8 +36,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (global options before the command)."""
     parser = _Parser(prog="python -m agent_client", description="HQ field-agent client")
-    parser.add_argument("--url", default=os.environ.get("HQ_URL") or DEFAULT_URL,
-                        help="HQ's base URL (default: $HQ_URL or %(default)s)")
+    parser.add_argument("--url", action="append", dest="urls", metavar="URL",
+                        help="HQ's base URL; repeat it (or give a comma-separated list) for several "
+                             f"nodes of one cluster, tried in turn (default: $HQ_URL or {DEFAULT_URL})")
     parser.add_argument("--codename", default=os.environ.get("AGENT_CODENAME"),
                         help="your codename (default: $AGENT_CODENAME)")
     parser.add_argument("--ca-file", help="PEM file of CA certificates to trust for HQ's TLS certificate")
@@ -62,7 +67,7 @@ def format_message(message: Message, as_json: bool) -> str:
 
 async def run(args: argparse.Namespace, password: str) -> int:
     """Log in, run the command, log out."""
-    async with AgentClient(args.url, ca_file=args.ca_file) as client:
+    async with AgentClient(args.urls, ca_file=args.ca_file) as client:
         agent = await client.login(args.codename, password)
         try:
             if args.command == "login":
@@ -116,6 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        # --url replaces $HQ_URL rather than adding to it: the command line names the nodes to use.
+        args.urls = parse_urls(args.urls or os.environ.get("HQ_URL") or DEFAULT_URL)
+    except ValueError:
+        parser.error("--url and $HQ_URL name no HQ URL")
     if not args.codename:
         parser.error("a codename is needed: --codename NAME or $AGENT_CODENAME")
     password = os.environ.get("AGENT_PASSWORD")

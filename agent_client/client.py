@@ -11,7 +11,10 @@ Three background tasks keep it alive:
   ``token_expiring``) and hands the new one to the live socket with ``reauth``;
 * the *supervisor* waits for the socket to end and then reconnects with backoff and a fresh
   token, re-joins the channels and catches up on what it missed with ``history``; a terminal
-  refusal (disabled agent, logout, revoked or reused session) stops the client instead;
+  refusal (disabled agent, logout, revoked or reused session) stops the client instead. Given
+  several HQ nodes, it moves to the next one when the socket drops or a node does not answer,
+  trying each once per round and backing off between rounds; the per-channel cursors make
+  catching up through another node no different from catching up through the same one;
 * the *dispatcher* hands messages to callbacks and the inbox in order.
 
 A terminal refusal is raised from ``async for`` (after the messages delivered before it) and from
@@ -28,13 +31,14 @@ import random
 import time
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 
 from .errors import (AgentClientError, AgentDisabled, ClientClosed, ConnectionLost, ConnectionRefused, NotConnected,
                      NotLoggedIn, RateLimited, SessionEnded, TokenRejected, Unavailable)
 from .inbox import Inbox
 from .link import CALL_TIMEOUT, Link
 from .messages import Agent, Message
+from .nodes import Nodes
 from .ordering import ChannelCursor
 from .tokens import TokenSession, make_ssl_context
 
@@ -49,6 +53,8 @@ TOKEN_RETRY_CODES = frozenset({"token_expired", "token_invalid"})
 HISTORY_PAGE = 500
 #: Own sends and gaps within this window share one catch-up request (HQ limits events per second).
 CATCH_UP_DELAY = 0.1
+#: Pause before asking again when HQ answered a catch-up with ``unavailable`` (a backend is down).
+CATCH_UP_RETRY = 1.0
 
 
 def session_error(reason: str) -> AgentClientError:
@@ -68,6 +74,8 @@ class ClientStats:
     expiry_warnings: int = 0
     #: Re-authentications prompted by HQ's ``token_expiring`` rather than the client's own timer.
     reauths_on_warning: int = 0
+    #: Times the client moved to another HQ node because the one in use stopped answering.
+    failovers: int = 0
     catch_up_requests: int = 0
     delivered: int = 0
     #: Messages released by a history catch-up (missed live, or held behind a gap).
@@ -80,16 +88,18 @@ class ClientStats:
 class AgentClient:
     """A field agent's client for HQ. Use as ``async with AgentClient(url) as client: ...``."""
 
-    def __init__(self, url: str, *, ca_file: str | None = None, verify: bool = True,
+    def __init__(self, url: str | Sequence[str], *, ca_file: str | None = None, verify: bool = True,
                  transports: list[str] | None = None, inbox: bool = True,
                  backoff_initial: float = 0.25, backoff_max: float = 5.0,
                  call_timeout: float = CALL_TIMEOUT) -> None:
-        """``url`` is HQ's base URL (``https://hq.example``); ``ca_file`` adds a trusted CA bundle;
-        ``verify=False`` skips certificate checks (tests only). ``transports`` defaults to WebSocket.
-        ``inbox=False`` skips filling the ``async for`` queue when only callbacks are used."""
-        self._url = url.rstrip("/")
+        """``url`` is HQ's base URL (``https://hq.example``), or several nodes of one HQ cluster (a
+        list, or one comma-separated string), tried in turn when the one in use stops answering.
+        ``ca_file`` adds a trusted CA bundle; ``verify=False`` skips certificate checks (tests
+        only). ``transports`` defaults to WebSocket. ``inbox=False`` skips filling the
+        ``async for`` queue when only callbacks are used."""
+        self._nodes = Nodes(url, self._on_failover)
         self._verify = verify
-        self._tokens = TokenSession(self._url, make_ssl_context(ca_file, verify))
+        self._tokens = TokenSession(self._nodes, make_ssl_context(ca_file, verify))
         self._transports = transports or ["websocket"]
         self._use_inbox = inbox
         self._backoff = (backoff_initial, backoff_max)
@@ -114,6 +124,16 @@ class AgentClient:
         self.stats = ClientStats()
 
     # public API ----------------------------------------------------------------------------------
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The HQ node URLs this client may use, in the order given."""
+        return self._nodes.urls
+
+    @property
+    def url(self) -> str:
+        """The HQ node in use (the socket's, or the one the next connection attempt goes to)."""
+        return self._link.url if self._link is not None and self._link.connected else self._nodes.current
+
     @property
     def agent(self) -> Agent | None:
         """The logged-in agent (stored codename and role), or ``None``."""
@@ -166,7 +186,7 @@ class AgentClient:
         self._catch_up_locks = {c: asyncio.Lock() for c in self._channels}
         await self._tokens.ensure_fresh()
         try:
-            await self._open_link()
+            await self._open_first_link()
         except BaseException:
             self._link = None
             raise
@@ -272,9 +292,32 @@ class AgentClient:
         return await self._link.call(event, payload, timeout)
 
     # connecting ----------------------------------------------------------------------------------
+    async def _open_first_link(self) -> None:
+        """The first connection: each node once, in turn, until one accepts; raise the last failure."""
+        for attempt in range(len(self._nodes)):
+            try:
+                await self._open_link()
+                return
+            except AgentClientError as exc:
+                if not self._node_failed(exc, self._link) or attempt == len(self._nodes) - 1:
+                    raise
+
+    def _node_failed(self, error: AgentClientError, link: Link | None) -> bool:
+        """Whether ``error``, raised while opening ``link``, means its node is not serving; if so,
+        prefer the next node."""
+        if link is None or error.terminal or isinstance(error, RateLimited):
+            return False  # a refusal (or a rate limit) another node of the same HQ would repeat
+        self._nodes.failed(link.url)
+        return True
+
+    def _on_failover(self, left: str, now: str) -> None:
+        self.stats.failovers += 1
+        log.info("HQ node %s is not answering; moving to %s", left, now)
+
     async def _open_link(self) -> None:
-        """One connection attempt: connect, join every channel, catch up. Raises on any failure."""
-        link = Link(self._url, self._tokens.http, self._verify, self._transports,
+        """One connection attempt to the preferred node: connect, join every channel, catch up.
+        Raises on any failure."""
+        link = Link(self._nodes.current, self._tokens.http, self._verify, self._transports,
                     self._on_live_message, self._on_token_expiring)
         self._link = link
         await link.open(lambda: self._tokens.access_token)
@@ -288,6 +331,7 @@ class AgentClient:
         except BaseException:
             await link.close()
             raise
+        self._nodes.answered(link.url)
         self.stats.connects += 1
         self._ready.set()
         if link.token != self._tokens.access_token:
@@ -313,17 +357,24 @@ class AgentClient:
                 await self._tokens.settled()
                 await self._fail(session_error(reason or "unknown"))
                 return
+            if reason is None:
+                # Dropped without a word from HQ: the node may be gone, so start with the next one.
+                # (An expired token is HQ speaking; that node is fine.)
+                self._nodes.failed(link.url)
             if not await self._reconnect(refresh_first=reason == "token_expired"):
                 return
 
     async def _reconnect(self, refresh_first: bool) -> bool:
-        """Reconnect with exponential backoff and jitter; False when the client stopped instead."""
+        """Reconnect, each node once per round, with exponential backoff and jitter between rounds;
+        False when the client stopped instead."""
         delay, ceiling = self._backoff
+        tried = 0  # nodes that failed in this round
         # The token to replace before connecting (HQ said it expired), and the last one a forced
         # refresh produced: if HQ refuses that one too, refreshing again cannot help.
         stale = self._link.token if refresh_first and self._link else None
         forced: str | None = None
         while not self._closed:
+            before = self._link  # a failure before a new Link exists is HTTP's, which fails over itself
             try:
                 if stale is not None:
                     await self._tokens.refresh(stale=stale)
@@ -344,7 +395,13 @@ class AgentClient:
                 if exc.terminal:
                     await self._fail(exc)
                     return False
+                tried += 1
+                link = self._link if self._link is not before else None
+                if self._node_failed(exc, link) and tried < len(self._nodes):
+                    log.info("reconnect failed (%s); trying %s", exc.code, self._nodes.current)
+                    continue  # another node may be up: no reason to wait
                 log.info("reconnect failed (%s); retrying in %.1f s", exc.code, delay)
+            tried = 0
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, ceiling)
         return False
@@ -434,13 +491,21 @@ class AgentClient:
         link = self._link
         if link is None or self._closed or self._error is not None:
             return
-        try:
-            await self._catch_up(channel, link)
-        except (ConnectionLost, Unavailable):
-            return
-        except AgentClientError as exc:
-            if exc.terminal:
-                await self._fail(exc)
+        while True:
+            try:
+                await self._catch_up(channel, link)
+                return
+            except ConnectionLost:
+                return  # the reconnect catches up
+            except Unavailable:
+                # HQ is up but a backend it needs is not: nobody else will ask again for this gap.
+                if not link.connected or self._closed or self._error is not None:
+                    return
+                await asyncio.sleep(CATCH_UP_RETRY)
+            except AgentClientError as exc:
+                if exc.terminal:
+                    await self._fail(exc)
+                return
 
     async def _catch_up(self, channel: str, link: Link) -> None:
         """Fetch ``history(after_id=last delivered)`` page by page until nothing is missing."""

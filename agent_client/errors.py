@@ -150,7 +150,8 @@ class ServerError(AgentClientError):
 
 # -- transport and client state --------------------------------------------------------------------
 class Unavailable(AgentClientError):
-    """HQ could not be reached (connection refused, reset, timeout)."""
+    """HQ could not be reached (connection refused, reset, timeout), or answered ``unavailable``
+    (a backend it needs is down); worth retrying, on another node too."""
 
     code = "unavailable"
 
@@ -185,7 +186,7 @@ class ClientClosed(AgentClientError):
 _BY_CODE: dict[str, type[AgentClientError]] = {
     cls.code: cls for cls in (
         LoginFailed, AgentDisabled, TooManyAttempts, TokenReused, BadRequest, Forbidden, NotFound,
-        RateLimited, PayloadTooLarge, UnsupportedMediaType, ServerError)
+        RateLimited, PayloadTooLarge, UnsupportedMediaType, ServerError, Unavailable)
 }
 _TOKEN_CODES = frozenset({"token_missing", "token_invalid", "token_expired", "token_revoked"})
 

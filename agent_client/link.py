@@ -32,7 +32,8 @@ class Link:
 
     def __init__(self, url: str, http: aiohttp.ClientSession, verify: bool, transports: list[str] | None,
                  on_message: MessageHandler, on_token_expiring: NoticeHandler) -> None:
-        self._url = url
+        #: The HQ node this socket goes to.
+        self.url = url
         self._transports = transports
         self._on_message = on_message
         self._on_token_expiring = on_token_expiring
@@ -72,7 +73,7 @@ class Link:
             return {"token": self.token}
 
         try:
-            await self.sio.connect(self._url, auth=auth, transports=self._transports,
+            await self.sio.connect(self.url, auth=auth, transports=self._transports,
                                    wait_timeout=CONNECT_TIMEOUT)
         except socketio.exceptions.ConnectionError as exc:
             self.ended.set()

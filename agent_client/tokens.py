@@ -3,6 +3,11 @@
 Tokens live only in memory (no cookie jar, never logged). Refreshing is single-flight: HQ rotates
 the refresh token on every use and treats a second use as theft, so two tasks that both decide to
 refresh must end up sending one request.
+
+Every request goes to whichever HQ node answers: the preferred one first, then the others in turn
+when a node cannot be reached or a proxy answers 502/503. A 4xx is HQ's decision and is never
+retried elsewhere (another node of the same cluster would decide the same, and a second login
+attempt would count twice against the login limits).
 """
 
 from __future__ import annotations
@@ -18,11 +23,14 @@ import aiohttp
 from .errors import (AgentClientError, CertificateError, NotLoggedIn, ServerError, TokenRejected,
                      TooManyAttempts, Unavailable, error_from_body)
 from .messages import Agent
+from .nodes import Nodes
 
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=15, connect=10)
 #: Refresh when this much of the token's life is left: half of it, at most a minute.
 MAX_REFRESH_MARGIN = 60.0
 EXP_GRANULARITY = 1.0
+#: Statuses meaning "this node (or the proxy's upstream) is not serving now": try the next node.
+FAILOVER_STATUSES = frozenset({502, 503})
 
 
 def make_ssl_context(ca_file: str | None, verify: bool) -> ssl.SSLContext | bool:
@@ -35,8 +43,9 @@ def make_ssl_context(ca_file: str | None, verify: bool) -> ssl.SSLContext | bool
 class TokenSession:
     """The agent's login session as seen over HTTP, and the ``aiohttp`` session that carries it."""
 
-    def __init__(self, base_url: str, ssl_setting: ssl.SSLContext | bool) -> None:
-        self._base = base_url.rstrip("/")
+    def __init__(self, nodes: Nodes, ssl_setting: ssl.SSLContext | bool) -> None:
+        """``nodes`` is shared with the socket side, so both follow the node that answers."""
+        self._nodes = nodes
         self._ssl = ssl_setting
         self._http: aiohttp.ClientSession | None = None
         self._lock = asyncio.Lock()
@@ -156,8 +165,30 @@ class TokenSession:
 
     async def _request(self, path: str, payload: dict[str, Any] | None, headers: dict[str, str],
                        default_error: type[AgentClientError]) -> Any:
+        """POST to the preferred node, then to the others in turn while none answers."""
+        failure: AgentClientError | None = None
+        for base in self._nodes.in_turn():
+            try:
+                body = await self._post_once(base, path, payload, headers, default_error)
+            except Unavailable as exc:
+                if exc.terminal:  # a certificate that does not verify is not an outage
+                    raise
+                # A request that reached a node before the connection broke may have been acted on;
+                # retrying a refresh then presents a spent token, which HQ's refresh grace window
+                # accepts for a few seconds: the same as retrying on this node later, only sooner.
+                failure = exc
+                self._nodes.failed(base)
+                continue
+            self._nodes.answered(base)
+            return body
+        assert failure is not None
+        raise failure
+
+    async def _post_once(self, base: str, path: str, payload: dict[str, Any] | None, headers: dict[str, str],
+                         default_error: type[AgentClientError]) -> Any:
+        """One POST to one node; :class:`Unavailable` (non-terminal) when that node did not answer."""
         try:
-            async with self.http.post(self._base + path, json=payload, headers=headers) as response:
+            async with self.http.post(base + path, json=payload, headers=headers) as response:
                 text = await response.text()
                 if response.status == 204:
                     return None
@@ -165,6 +196,9 @@ class TokenSession:
                 if response.status == 200 and body is not None:
                     return body
                 error = error_from_body(body, response.status, default_error)
+                if response.status in FAILOVER_STATUSES and not isinstance(error, Unavailable):
+                    # A proxy's 502/503 page, or HQ's 503 without a contract body.
+                    error = Unavailable(f"HQ at {base} answered HTTP {response.status}")
                 if isinstance(error, TooManyAttempts):
                     error.retry_after = _int_or_zero(response.headers.get("Retry-After"))
                 raise error
@@ -173,7 +207,7 @@ class TokenSession:
         except aiohttp.ClientSSLError as exc:
             raise CertificateError(f"TLS failed: {exc}") from None
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise Unavailable(f"cannot reach HQ at {self._base}: {type(exc).__name__}") from None
+            raise Unavailable(f"cannot reach HQ at {base}: {type(exc).__name__}") from None
 
 
 def _json_or_none(text: str) -> Any:
