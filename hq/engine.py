@@ -30,7 +30,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from typing import Any, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 import engineio
 from aiohttp import WSMsgType, web
@@ -310,6 +310,7 @@ class LeanSocket(AsyncSocket):
     async def _read_frames(self, ws: web.WebSocketResponse) -> Any:
         """Read, decode and dispatch frames in this task until the connection ends; returns the reason."""
         faults = self.server.faults
+        on_message = self.server.message_handler()
         while True:
             msg = await ws.receive()
             if msg.type is WSMsgType.TEXT:
@@ -318,7 +319,7 @@ class LeanSocket(AsyncSocket):
                     faults.report("bad_engineio_packet")
                     return self.server.reason.TRANSPORT_ERROR
                 if data[0] == "4":  # MESSAGE, by far the most frequent: no Packet object
-                    await self.server._trigger_event("message", self.sid, data[1:], run_async=False)
+                    await on_message(self.sid, data[1:])
                     continue
                 if data == "3":
                     self.schedule_ping()
@@ -328,7 +329,7 @@ class LeanSocket(AsyncSocket):
                 faults.report("unexpected_engineio_packet")
                 return self.server.reason.TRANSPORT_ERROR
             if msg.type is WSMsgType.BINARY:
-                await self.server._trigger_event("message", self.sid, msg.data, run_async=False)
+                await on_message(self.sid, msg.data)
                 continue
             if msg.type is WSMsgType.ERROR:
                 # aiohttp reports frames over max_msg_size and protocol violations here.
@@ -383,6 +384,24 @@ class LeanEngineServer(engineio.AsyncServer):
             self.faults.report("bad_request")
             log.warning("Engine.IO request refused: %s", type(exc).__name__)
             return web.json_response({"code": 3, "message": "Bad request"}, status=400)
+
+    def message_handler(self) -> Callable[[str, Any], Awaitable[None]]:
+        """The ``message`` handler (python-socketio's), called directly by the websocket read loop.
+
+        python-engineio's ``_trigger_event`` builds a closure per call and logs a traceback for a
+        handler's exception; HQ's handler answers every error itself, and one that escapes is
+        logged once here.
+        """
+        handler = self.handlers.get("message")
+
+        async def on_message(sid: str, data: Any) -> None:
+            if handler is None:
+                return
+            try:
+                await handler(sid, data)
+            except Exception:
+                log.exception("message handler failed")
+        return on_message
 
     def _log_error_once(self, message: str, message_key: str) -> None:
         # python-engineio logs each kind of bad request once at ERROR; HQ counts them instead

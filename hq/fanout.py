@@ -47,18 +47,24 @@ class DirectFanout:
         namespace = namespace or "/"
         if namespace not in self.rooms:
             return
+        skip = set(skip_sid) if isinstance(skip_sid, list) else {skip_sid}
+        recipients = [eio_sid for sid, eio_sid in self.get_participants(namespace, room) if sid not in skip]
+        if not recipients:
+            return  # nothing to encode
         args = list(data) if isinstance(data, tuple) else ([] if data is None else [data])
-        encoded = self.server.packet_class(packet.EVENT, namespace=namespace, data=[event, *args]).encode()
+        pkt = self.server.packet_class(packet.EVENT, namespace=namespace, data=[event, *args])
+        if namespace == "/" and not pkt.data_is_binary(args):
+            # What socketio.packet would produce, in one step: type, then the JSON array.
+            encoded: Any = f"{packet.EVENT}{pkt.json.dumps(pkt.data)}"
+        else:
+            encoded = pkt.encode()
         if isinstance(encoded, list):  # binary attachments (HQ sends none): python-socketio's way
             await socketio.AsyncManager.emit(self, event, data, namespace, room=room,  # type: ignore[arg-type]
                                              skip_sid=skip_sid)
             return
         text = f"{eio_packet.MESSAGE}{encoded}"
-        skip = set(skip_sid) if isinstance(skip_sid, list) else {skip_sid}
         sockets = self.server.eio.sockets
-        for sid, eio_sid in list(self.get_participants(namespace, room)):
-            if sid in skip:
-                continue
+        for eio_sid in recipients:
             socket = sockets.get(eio_sid)
             if isinstance(socket, LeanSocket):
                 await socket.send_encoded(text)

@@ -34,7 +34,7 @@ from typing import Any, Coroutine, Generator
 import socketio
 from socketio import packet as sio_packet
 
-from .engine import LeanEngineServer, ProtocolFaults
+from .engine import LeanEngineServer, LeanSocket, ProtocolFaults
 
 #: Socket.IO's reserved event names: a client may never emit them (socket.io-parser refuses them).
 RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "disconnecting", "newListener",
@@ -129,6 +129,27 @@ class SocketServer(socketio.AsyncServer):
         if not self._may_emit(namespace or "/", data[0]):
             data[0] = REFUSED_EVENT  # a reassembled BINARY_EVENT comes here without passing the gate above
         self.run_eagerly(self._handle_event_internal(self, sid, eio_sid, data, namespace or "/", id))
+
+    async def _handle_event_internal(self, server: Any, sid: str, eio_sid: str, data: list[Any],
+                                     namespace: str, id: Any) -> None:
+        """Run HQ's handler for an event on its namespace and write the ack straight to the socket.
+
+        Other namespaces (the Admin UI's) go python-socketio's way. HQ's acks never carry binary
+        data, so the ack is encoded here in one step, exactly as ``socketio.packet`` would.
+        """
+        handler = self.handlers.get(namespace, {}).get(data[0]) if namespace == "/" else None
+        if handler is None:
+            await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
+            return
+        ack = await handler(sid, *data[1:])
+        if id is None:
+            return
+        socket = self.eio.sockets.get(eio_sid)
+        if isinstance(socket, LeanSocket):
+            await socket.send_encoded(f"43{id}{self.packet_class.json.dumps([ack])}")
+        elif socket is not None:
+            await self._send_packet(eio_sid, self.packet_class(sio_packet.ACK, namespace=namespace, id=id,
+                                                              data=[ack]))
 
     def run_eagerly(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` now, up to its first wait; only if it waits, finish it in a Task.
