@@ -8,8 +8,9 @@ handshake, long-polling and upgrade logic and replaces only the per-socket machi
 - a socket is adopted as a :class:`LeanSocket` when Engine.IO's ``connect`` event fires (the one
   hook between the socket's creation and its first use);
 - on the websocket transport, frames are read, decoded and dispatched in the connection's own
-  aiohttp handler task, one after another (per-socket order for free), and every packet is
-  written straight to the aiohttp ``WebSocketResponse``: no queue, no writer task;
+  aiohttp handler task, and every packet is written straight to the connection's transport as a
+  whole WebSocket frame (through aiohttp's writer when compression was negotiated): no queue,
+  no writer task; a broadcast is framed once for all its recipients;
 - a slow reader cannot grow memory without bound: the transport's write buffer is capped
   (``[server] max_buffered_bytes``) and a socket that would pass the cap is closed;
 - pings are timer handles, not sleeping Tasks; a client that misses a PONG for ``ping_timeout``
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections import Counter
 from typing import Any, Awaitable, Callable, Protocol
@@ -91,11 +93,29 @@ class ProtocolFaults:
             self._last_log = now
 
 
+def websocket_text_frame(text: str) -> bytes:
+    """``text`` as one final, unmasked, uncompressed WebSocket text frame, as a server sends it
+    (RFC 6455 §5.2): a broadcast is framed once and the same bytes written to every recipient."""
+    payload = text.encode("utf-8")
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 65536:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+    return header + payload
+
+
+PING_FRAME = websocket_text_frame(str(eio_packet.PING))
+
+
 class LeanSocket(AsyncSocket):
     """An Engine.IO socket without per-frame Tasks, a writer Task, a queue on websocket or ping Tasks."""
 
     server: "LeanEngineServer"
     ws: web.WebSocketResponse | None
+    _raw_frames: bool
     _transport: asyncio.Transport | None
     _ping_timer: asyncio.TimerHandle | None
 
@@ -105,6 +125,7 @@ class LeanSocket(AsyncSocket):
         socket.__class__ = cls
         lean: LeanSocket = socket  # type: ignore[assignment]
         lean.ws = None
+        lean._raw_frames = False
         lean._transport = None
         lean._ping_timer = None
         return lean
@@ -127,7 +148,9 @@ class LeanSocket(AsyncSocket):
         self.last_ping = time.time()
         self._arm(self.server.ping_timeout, self._pong_overdue)
         ping = eio_packet.Packet(eio_packet.PING)
-        if self.ws is not None:
+        if self.ws is not None and self._raw_frames:
+            self._write_frame(PING_FRAME)
+        elif self.ws is not None:
             asyncio.ensure_future(self._write_ws(ping.encode()))
         else:
             self._enqueue(ping)
@@ -160,7 +183,7 @@ class LeanSocket(AsyncSocket):
         self.queue.put_nowait(pkt)
 
     async def send_encoded(self, text: str) -> None:
-        """Send an already encoded Engine.IO packet (fan-out encodes a broadcast once for all)."""
+        """Send an already encoded Engine.IO packet."""
         if self.closed:
             return
         if self.ws is not None:
@@ -168,23 +191,45 @@ class LeanSocket(AsyncSocket):
         else:
             self._enqueue(eio_packet.Packet(encoded_packet=text))
 
+    def send_frame(self, frame: bytes, text: str) -> bool:
+        """Send a broadcast prepared once for all recipients: ``frame`` is ``text`` as a WebSocket
+        frame (:func:`websocket_text_frame`). Returns False if it must go ``send_encoded``'s way
+        (long-polling, a compressed websocket)."""
+        if self.closed:
+            return True
+        if self.ws is None or not self._raw_frames:
+            return False
+        self._write_frame(frame)
+        return True
+
     async def _write_ws(self, text: str) -> None:
-        ws, transport = self.ws, self._transport
-        if ws is None or transport is None or transport.is_closing():
+        ws = self.ws
+        if ws is None:
             return
-        if transport.get_write_buffer_size() + len(text) > self.server.max_buffered_bytes:
-            # Never wait for a slow reader (a broadcast would wait with it) and never buffer
-            # without bound: close it; the client reconnects and catches up from history.
-            self.ws = None
-            self.server.faults.report("slow_consumer")
-            transport.abort()
-            await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_ERROR)
+        if self._raw_frames:
+            self._write_frame(websocket_text_frame(text))
             return
-        try:
-            # The transport's high-water mark is the cap, so this never waits for a drain.
+        try:  # a compressed websocket: aiohttp keeps the compressor's state per frame
             await ws.send_str(text)
         except (ConnectionError, RuntimeError):
             self.ws = None
+
+    def _write_frame(self, frame: bytes) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > self.server.max_buffered_bytes:
+            # Never wait for a slow reader (a broadcast would wait with it) and never buffer
+            # without bound: close it; the client reconnects and catches up from history. (The
+            # check is before a write, so one frame larger than the cap, a big history, still goes.)
+            self.ws = None
+            self.server.faults.report("slow_consumer")
+            transport.abort()
+            asyncio.ensure_future(self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_ERROR))
+            return
+        # One write of a whole frame: nothing aiohttp writes can interleave with it, and as the
+        # transport's high-water mark is the cap, no writer is ever parked on drain().
+        transport.write(frame)
 
     # receiving ----------------------------------------------------------------------------------
     async def receive(self, pkt: eio_packet.Packet) -> None:
@@ -264,6 +309,8 @@ class LeanSocket(AsyncSocket):
             # The cap is the high-water mark: aiohttp then never parks a writer on drain().
             transport.set_write_buffer_limits(high=self.server.max_buffered_bytes)
             self._transport = transport
+            # Uncompressed frames are the same bytes for every recipient: HQ writes them itself.
+            self._raw_frames = not ws.compress
             pending = self._take_queued()
             self.ws = ws
             for pkt in pending:

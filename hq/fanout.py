@@ -3,8 +3,9 @@
 python-socketio's ``AsyncManager.emit`` encodes a broadcast once but then creates one asyncio
 task per recipient and waits for them all; with a channel of 1000 members that is 1000 task
 creations and ~3000 loop callbacks per message. HQ encodes each broadcast once, as the final
-Engine.IO text, and hands it to each recipient's :class:`~hq.engine.LeanSocket` in a plain loop:
-on a websocket that is a direct write (no queue, no writer task), on long-polling a queue entry.
+Engine.IO text and as one WebSocket frame, and hands it to each recipient's
+:class:`~hq.engine.LeanSocket` in a plain loop: on a websocket that is one ``transport.write`` of
+the same bytes (no queue, no writer task, no await), on long-polling a queue entry.
 
 ``AsyncServer.emit`` always passes ``ignore_queue`` to the manager, and the Redis manager's own
 ``_handle_emit`` (the delivery of every cluster broadcast, this node's included) calls
@@ -23,7 +24,7 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet
 
-from .engine import LeanSocket
+from .engine import LeanSocket, websocket_text_frame
 
 
 class DirectFanout:
@@ -63,11 +64,13 @@ class DirectFanout:
                                              skip_sid=skip_sid)
             return
         text = f"{eio_packet.MESSAGE}{encoded}"
+        frame = websocket_text_frame(text)
         sockets = self.server.eio.sockets
         for eio_sid in recipients:
             socket = sockets.get(eio_sid)
             if isinstance(socket, LeanSocket):
-                await socket.send_encoded(text)
+                if not socket.send_frame(frame, text):
+                    await socket.send_encoded(text)
             elif socket is not None:  # not adopted yet (mid-handshake): the ordinary way
                 await socket.send(eio_packet.Packet(eio_packet.MESSAGE, encoded))
 

@@ -273,3 +273,22 @@ async def test_pipelined_messages_keep_their_order(http: aiohttp.ClientSession, 
     assert [m["text"] for m in received] == [f"p{n}" for n in range(1, 41)] and [m["id"] for m in received] == ids
     await hank.close()
     await fox.close()
+
+
+async def test_a_history_larger_than_the_buffer_cap_is_delivered(http: aiohttp.ClientSession, hq_factory) -> None:
+    # HQ frames what it sends itself (hq/engine.py websocket_text_frame): every length encoding
+    # (7-bit, 16-bit, 64-bit) goes through a real client's decoder here, multi-byte text included.
+    hq = hq_factory(server={"max_buffered_bytes": 262144}, limits={"events_per_second": 1e6, "events_burst": 1000000})
+    hank = await RawWebSocket.open(http, hq.url, hq.login("hank")["access_token"])
+    dora = await RawWebSocket.open(http, hq.url, hq.login("dora")["access_token"])
+    assert (await dora.call("join", {"channel": "hq"}, 1))["ok"] is True
+    texts = [f"{number:02d}" + "é" * (number * 191) for number in range(40)]  # up to ~15 KB each
+    for number, text in enumerate(texts):
+        assert (await hank.call("message", {"channel": "hq", "text": text}, number))["ok"]
+    await dora.wait_frame(lambda f: f.startswith('42["message"') and '"39' in f)
+    assert [m["text"] for m in dora.events("message")] == texts
+    history = await hank.call("history", {"channel": "hq", "limit": 40}, 99)  # ~600 KB in one frame
+    assert [m["text"] for m in history["messages"]] == texts
+    assert not hank.closed.is_set()
+    await hank.close()
+    await dora.close()
