@@ -278,27 +278,22 @@ class Realtime:
         @functools.wraps(handler)
         async def run(sid: str, *args: Any) -> Ack:
             started = time.perf_counter()
-            ack = await attempt(sid, *args)
-            error = ack.get("error")
-            for observer in self._observers:
-                observer.event_handled(name, time.perf_counter() - started, error["code"] if error else None)
-            return ack
-
-        async def attempt(sid: str, *args: Any) -> Ack:
             connection = self._connections.get(sid)
             try:
                 if connection is None or connection.end_reason is not None:
                     raise EventError("not connected", "forbidden")
                 if not connection.bucket.take():
                     raise EventError("too many events; slow down", "rate_limited")
-                return await handler(sid, connection, args[0] if len(args) == 1 else None)
-            except EventError as exc:
-                return {"ok": False, "error": {"code": exc.code, "message": exc.message}}
-            except AuthError as exc:
-                return {"ok": False, "error": {"code": exc.code, "message": exc.message}}
+                ack = await handler(sid, connection, args[0] if len(args) == 1 else None)
+                code = None
+            except (EventError, AuthError) as exc:
+                ack, code = {"ok": False, "error": {"code": exc.code, "message": exc.message}}, exc.code
             except Exception:
                 log.exception("%s handler failed", name)
-                return {"ok": False, "error": {"code": "internal", "message": "internal error"}}
+                ack, code = {"ok": False, "error": {"code": "internal", "message": "internal error"}}, "internal"
+            for observer in self._observers:
+                observer.event_handled(name, time.perf_counter() - started, code)
+            return ack
         return run
 
     async def _unknown_event(self, sid: str, connection: Connection, payload: Any) -> Ack:
