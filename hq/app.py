@@ -27,7 +27,7 @@ from .limits import LoginLimiter, LoginThrottle, RedisLoginThrottle
 from .metrics import Metrics
 from .passwords import PasswordHasher
 from .realtime import Realtime
-from .revocation import RevocationWatcher
+from .revocation import RevocationBus, RevocationWatcher, revocation_channel
 from .sessions import SessionService
 from .store import Store, open_store
 from .tokens import KeyRing, TokenService
@@ -79,8 +79,11 @@ def build(settings: Settings) -> HQ:
     authenticator = Authenticator(tokens, store)
     addresses = AddressResolver(settings.server.trusted_proxies)
     realtime = Realtime(settings, authenticator, policy, store, audit, addresses)
-    sessions.on_revoke(realtime.end_sessions)
-    watcher = RevocationWatcher(store, realtime.end_sessions, settings.storage.revocation_poll)
+    cluster = settings.cluster
+    bus = RevocationBus(cluster.redis_url, revocation_channel(cluster.channel)) if cluster.redis_url else None
+    watcher = RevocationWatcher(store, realtime.end_sessions, settings.storage.revocation_poll, bus)
+    # Ends this process's sockets and publishes to the other nodes; the CLI builds the same parts.
+    sessions.on_revoke(watcher.revoked_here)
     admin = AgentAdmin(store, hasher, policy, sessions)
     return HQ(settings, store, hasher, keys, tokens, policy, audit, sessions, authenticator, realtime,
               admin, watcher, redis)

@@ -1,53 +1,321 @@
-"""Follows the store's revocation feed so that a revocation made anywhere ends sockets here.
+"""Revocations made anywhere end the affected sockets here: pushed over Redis, the store's feed as catch-up.
 
-The operator CLI and other HQ nodes write to the same store; polling the feed with a short
-interval bounds the delay (default 0.25 s) without needing a message bus.
+A revocation (logout, refresh reuse, ``passwd``, ``disable``, ``role``) is first written to the
+store, which refuses the session's tokens from then on, and appends an entry to the store's
+revocation feed. What is left is ending the live sockets of that session on every HQ node:
+
+* on the node (or CLI process) that revoked, :meth:`RevocationWatcher.revoked_here` ends the local
+  sockets at once and, with ``[cluster] redis_url``, publishes the revocation on the Redis channel
+  ``<cluster.channel>:revocations``;
+* every node subscribes to that channel and ends its sockets as soon as a message arrives
+  (milliseconds while Redis is up);
+* every node also keeps reading the store's feed. That is the catch-up for whatever pub/sub cannot
+  promise (it delivers to those subscribed at the moment of publishing, at most once): a Redis
+  outage, a publisher that could not reach Redis, a node that was restarting. It is read every
+  ``[storage] revocation_poll`` seconds while the push is down (or not configured), and
+  :data:`PUSHED_POLL_FACTOR` times less often while the push is subscribed.
+
+Each revocation therefore reaches a node twice (push and feed); :class:`_Ledger` pairs the two so it
+is applied once. Applying an agent-wide revocation twice is not harmless: a late second
+application would also end the sockets of a session the agent opened after being re-enabled.
+
+A revocation can never fail because Redis is down: publishing is bounded in time, its errors are
+logged (one warning per outage) and swallowed, and the feed delivers the revocation instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from typing import Awaitable, Callable
+import time
+import uuid
+from collections import deque
+from typing import Any, Awaitable, Callable
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from .store import Store
 
 log = logging.getLogger("hq.revocation")
 
 EndSessions = Callable[[str, str | None, str], Awaitable[int]]
+#: What identifies one revocation in both the push and the feed: (codename in lower case, sid, reason).
+Key = tuple[str, str | None, str]
+
+#: While the push is subscribed the feed is only the safety net, so it is read this many times less often.
+PUSHED_POLL_FACTOR = 8
+#: A publish never holds a revocation (a logout, a CLI command) up for longer than this.
+PUBLISH_TIMEOUT = 1.0
+#: An idle subscription is checked with a PING this often; no answer within as long again means it is dead.
+PING_EVERY = 5.0
+#: Waits between attempts to subscribe again while Redis is away, doubling up to the maximum.
+RESUBSCRIBE_FIRST, RESUBSCRIBE_MAX = 0.1, 2.0
+#: How long an application from the feed waits for the same revocation's push (which is normally
+#: milliseconds behind); kept short so that a push lost in an outage cannot shadow a later one.
+FEED_WAITS_FOR_PUSH = 5.0
+#: The least time an application from the push waits for the feed entry (at most one feed period behind).
+PUSH_WAITS_FOR_FEED = 60.0
+
+
+def revocation_channel(prefix: str) -> str:
+    """The Redis pub/sub channel that carries revocations, under the ``[cluster] channel`` prefix."""
+    return f"{prefix}:revocations"
+
+
+class RevocationBus:
+    """Redis pub/sub for revocations: publish one, or subscribe to everyone's.
+
+    It has a client of its own that fails fast (one immediate retry, short timeouts): a revocation
+    must not wait on a Redis that is away, and the subscriber must notice an outage at once so that
+    the feed takes over. The one retry is on a new connection, for the pooled one that a restarted
+    Redis has closed: without it the first revocation after a restart would reach the other nodes
+    only through their (then slow) feed.
+    """
+
+    def __init__(self, redis_url: str, channel: str) -> None:
+        self.channel = channel
+        #: Marks this process's own messages, which its subscriber has already applied locally.
+        self.node = uuid.uuid4().hex
+        self._redis = aioredis.Redis.from_url(redis_url, retry=Retry(NoBackoff(), 1),
+                                              socket_connect_timeout=PUBLISH_TIMEOUT,
+                                              socket_timeout=PUBLISH_TIMEOUT)
+        self._failing = False
+
+    async def publish(self, codename: str, sid: str | None, reason: str) -> bool:
+        """Tell every subscribed node; never raises. Returns whether Redis took the message."""
+        payload = json.dumps({"node": self.node, "codename": codename, "sid": sid, "reason": reason})
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                await self._redis.publish(self.channel, payload)
+        except Exception as error:  # Redis down, unreachable or slow: the store's feed delivers instead
+            if not self._failing:
+                self._failing = True
+                log.warning("could not publish a revocation to Redis (%s); other nodes apply it from "
+                            "the store's revocation feed instead", _describe(error))
+            return False
+        if self._failing:
+            self._failing = False
+            log.info("publishing revocations to Redis again")
+        return True
+
+    def pubsub(self) -> PubSub:
+        """A new, not yet subscribed, pub/sub connection."""
+        return self._redis.pubsub()
+
+    async def close(self) -> None:
+        """Close every connection (the bus can still be used afterwards; it connects again)."""
+        await self._redis.aclose()
 
 
 class RevocationWatcher:
-    """Polls ``store.revocations_after`` and calls ``end_sessions(codename, sid, reason)``."""
+    """Ends this node's sockets for every revocation, wherever it was made, once.
 
-    def __init__(self, store: Store, end_sessions: EndSessions, interval: float) -> None:
+    ``end_sessions(codename, sid, reason)`` ends the local sockets of one session (``sid``) or of
+    every session of ``codename``. Register :meth:`revoked_here` with
+    :meth:`hq.sessions.SessionService.on_revoke`; :meth:`start` follows the others' revocations.
+    """
+
+    def __init__(self, store: Store, end_sessions: EndSessions, interval: float,
+                 bus: RevocationBus | None = None) -> None:
         self._store = store
         self._end_sessions = end_sessions
         self._interval = interval
+        self._bus = bus
+        self._ledger = _Ledger(feed_waits=FEED_WAITS_FOR_PUSH,
+                               push_waits=max(PUSH_WAITS_FOR_FEED, 4 * interval * PUSHED_POLL_FACTOR))
         self._cursor = 0
-        self._task: asyncio.Task[None] | None = None
+        self._subscribed = False
+        self._push_warned = False  # one warning per Redis outage, not one per attempt
+        self._feed_failing = False
+        self._poll_now = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether revocations are being pushed to this node right now (Redis subscription live)."""
+        return self._subscribed
+
+    @property
+    def poll_interval(self) -> float:
+        """Seconds between two reads of the store's feed, as things stand."""
+        return self._interval * PUSHED_POLL_FACTOR if self._subscribed else self._interval
+
+    @property
+    def _following(self) -> bool:
+        return bool(self._tasks)
 
     async def start(self) -> None:
-        """Skip the feed's past and begin following it."""
+        """Skip the feed's past, then follow the feed and (with a bus) the pushed revocations."""
         self._cursor = await self._store.last_revocation_id()
-        self._task = asyncio.create_task(self._run(), name="revocation-watcher")
+        self._tasks.append(asyncio.create_task(self._follow_feed(), name="revocation-feed"))
+        if self._bus is not None:
+            # Not awaited: a Redis that is down at start-up must not stop HQ; the feed covers for it.
+            self._tasks.append(asyncio.create_task(self._follow_pushes(self._bus), name="revocation-push"))
 
     async def stop(self) -> None:
-        """Stop following the feed."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        """Stop following and close the bus's connections."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._bus is not None:
+            await self._bus.close()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.poll()
-            except Exception:
-                log.exception("revocation feed poll failed")
+    async def revoked_here(self, codename: str, sid: str | None, reason: str) -> None:
+        """A revocation this process made (already in the store): end local sockets, tell the others."""
+        await self._apply(codename, sid, reason, _PUSH)
+        if self._bus is None:
+            return
+        await self._bus.publish(codename, sid, reason)
+        if not self._following:
+            # A process that does not follow revocations (the operator CLI) has no cleanup context to
+            # close the connection later; it publishes once and leaves, so let it go now.
+            await self._bus.close()
 
     async def poll(self) -> None:
-        """Apply every feed entry written since the last poll."""
+        """Apply every feed entry written since the last poll (those already pushed are skipped)."""
+        self._ledger.expire(time.monotonic())
         for entry in await self._store.revocations_after(self._cursor):
             self._cursor = entry.id
-            await self._end_sessions(entry.codename, entry.sid, entry.reason)
+            await self._apply(entry.codename, entry.sid, entry.reason, _FEED)
+
+    async def _apply(self, codename: str, sid: str | None, reason: str, path: str) -> None:
+        if self._ledger.first((codename.lower(), sid or None, reason), path, time.monotonic()):
+            await self._end_sessions(codename, sid, reason)
+
+    # the feed -----------------------------------------------------------------------------------
+    async def _follow_feed(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._poll_now.wait(), self.poll_interval)
+            except TimeoutError:
+                pass
+            self._poll_now.clear()
+            try:
+                await self.poll()
+            except Exception as error:
+                # The store being down is logged once per outage, not once per poll.
+                if not self._feed_failing:
+                    self._feed_failing = True
+                    log.warning("cannot read the revocation feed (%s); retrying", _describe(error))
+                continue
+            if self._feed_failing:
+                self._feed_failing = False
+                log.info("reading the revocation feed again")
+
+    # the push -----------------------------------------------------------------------------------
+    async def _follow_pushes(self, bus: RevocationBus) -> None:
+        wait = RESUBSCRIBE_FIRST
+        while True:
+            pubsub = bus.pubsub()
+            try:
+                await self._receive(bus, pubsub)  # returns only by raising
+            except Exception as error:  # connection refused, reset or silent: the feed takes over
+                if not self._push_warned:
+                    self._push_warned = True
+                    log.warning("revocation push from Redis unavailable (%s); following the store's "
+                                "feed every %g s until Redis returns", _describe(error), self._interval)
+                if self._subscribed:
+                    self._set_subscribed(False)
+                    wait = RESUBSCRIBE_FIRST
+            finally:
+                await asyncio.shield(_close_quietly(pubsub))
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, RESUBSCRIBE_MAX)
+
+    async def _receive(self, bus: RevocationBus, pubsub: PubSub) -> None:
+        await pubsub.subscribe(bus.channel)
+        pinged: float | None = None
+        while True:
+            message = await pubsub.get_message(timeout=PING_EVERY)
+            if message is None:
+                # Quiet for a while: a dead peer without a reset (a cut network) only shows by not answering.
+                if pinged is not None:
+                    raise ConnectionError(f"no answer to PING within {PING_EVERY:g} s")
+                await pubsub.ping()
+                pinged = time.monotonic()
+                continue
+            pinged = None
+            kind = message["type"]
+            if kind == "subscribe":
+                self._set_subscribed(True)
+            elif kind == "message":
+                await self._pushed(bus, message["data"])
+
+    async def _pushed(self, bus: RevocationBus, data: Any) -> None:
+        try:
+            fields = json.loads(data)
+            node, codename, sid, reason = fields["node"], fields["codename"], fields["sid"], fields["reason"]
+            if not (isinstance(codename, str) and isinstance(reason, str) and (sid is None or isinstance(sid, str))):
+                raise TypeError("codename, sid or reason of the wrong type")
+        except (ValueError, KeyError, TypeError) as error:
+            log.warning("ignored a malformed revocation message on %s (%s)", bus.channel, _describe(error))
+            return
+        if node == bus.node:
+            return  # revoked_here has applied it already
+        try:
+            await self._apply(codename, sid, reason, _PUSH)
+        except Exception:
+            log.exception("ending sockets for a pushed revocation failed")
+
+    def _set_subscribed(self, subscribed: bool) -> None:
+        self._subscribed = subscribed
+        if subscribed:
+            self._push_warned = False
+            log.info("revocations are pushed through Redis; the store's feed is read every %g s",
+                     self.poll_interval)
+        # Read the feed now: what was pushed while this node was not subscribed is only there, and the
+        # wait in progress may be the long one of a subscribed node.
+        self._poll_now.set()
+
+
+_PUSH, _FEED = "push", "feed"
+
+
+class _Ledger:
+    """Pairs the two arrivals of each revocation (pushed and from the feed) so it is applied once.
+
+    The first arrival of a key by one path is applied and waits for its twin; an arrival by the other
+    path consumes a waiting twin instead of applying. Twins that never come (a push lost in an outage,
+    or one of a revocation older than this node's start) expire, the feed's early: pushes trail the
+    feed by milliseconds, the feed trails pushes by up to one feed period.
+    """
+
+    def __init__(self, feed_waits: float, push_waits: float) -> None:
+        self._ttl = {_FEED: feed_waits, _PUSH: push_waits}
+        self._waiting: dict[tuple[Key, str], deque[float]] = {}
+
+    def first(self, key: Key, path: str, now: float) -> bool:
+        """True if this arrival is the revocation's first (apply it); False if it is the twin of one applied."""
+        twin = (key, _FEED if path == _PUSH else _PUSH)
+        deadlines = self._waiting.get(twin)
+        if deadlines:
+            deadlines.popleft()
+            if not deadlines:
+                del self._waiting[twin]
+            return False
+        self._waiting.setdefault((key, path), deque()).append(now + self._ttl[path])
+        return True
+
+    def expire(self, now: float) -> None:
+        """Forget arrivals whose twin is overdue."""
+        for entry, deadlines in list(self._waiting.items()):
+            while deadlines and deadlines[0] <= now:
+                deadlines.popleft()
+            if not deadlines:
+                del self._waiting[entry]
+
+
+async def _close_quietly(pubsub: PubSub) -> None:
+    try:
+        await pubsub.aclose()
+    except Exception:  # already broken; nothing left to release
+        pass
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}".splitlines()[0] if str(error) else type(error).__name__
