@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ class ServerSettings:
     websocket_compression: bool = False
     max_packet_bytes: int = 65536
     max_buffered_bytes: int = 1048576
+    eager_tasks: bool = False
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
 
@@ -301,6 +303,8 @@ def _validate(s: Settings) -> None:
     _require(s.server.max_packet_bytes >= 1024, "server.max_packet_bytes", "must be at least 1024")
     _require(s.server.max_buffered_bytes >= 4 * s.server.max_packet_bytes, "server.max_buffered_bytes",
              "must be at least four times max_packet_bytes")
+    _require(not s.server.eager_tasks or sys.version_info >= (3, 12), "server.eager_tasks",
+             "needs Python 3.12 or newer (asyncio.eager_task_factory)")
     _validate_auth(s.auth)
     _validate_limits(s.limits)
     levels = s.clearance.levels
