@@ -1,8 +1,9 @@
 """The browser console: ``GET /`` and its static files, plus ``GET /api/channels`` it lists channels with.
 
 The files live in the installed package (``hq/web``), read through :mod:`importlib.resources`, so
-an HQ installed with ``pip install .`` serves them; ``socket.io-client`` is copied into
-``hq/web/vendor`` from ``node_modules`` by ``make setup`` (never fetched from a CDN). Only the
+an HQ installed with ``pip install .`` serves them; ``socket.io-client``'s ESM build is committed in
+``hq/web/vendor`` (from npm through package-lock.json, kept in step by tests/test_packaging.py;
+never fetched from a CDN). Only the
 files named here are served, so no request path can reach anything else.
 """
 
@@ -65,9 +66,9 @@ class Console:
         async def serve(request: web.Request) -> web.StreamResponse:
             target = self._root.joinpath(name)
             if not target.is_file():
-                # Only the vendored client can be missing: `make setup` copies it from node_modules.
+                # Only the vendored client could be missing (a package built without it).
                 return error_response(503, "not_installed",
-                                      f"{name} is missing from the HQ package; run `make setup`")
+                                      f"{name} is missing from the HQ package; reinstall HQ")
             return web.Response(body=target.read_bytes(), content_type=content_type, charset="utf-8",
                                 headers=SECURITY_HEADERS)
         return serve
