@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Callable
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -21,9 +21,9 @@ from .audit import AuditLog, audit_context
 from .clearance import ClearancePolicy
 from .config import Settings
 from .console import Console
-from .http_api import HttpApi, json_errors
+from .http_api import HealthCheck, HttpApi, json_errors
 from .identity import Authenticator
-from .limits import LoginLimiter, LoginThrottle, RedisLoginThrottle
+from .limits import LoginLimiter, LoginThrottle, RedisLoginThrottle, redis_client
 from .metrics import Metrics
 from .passwords import PasswordHasher
 from .realtime import Realtime
@@ -52,11 +52,12 @@ class HQ:
     watcher: RevocationWatcher
     redis: aioredis.Redis | None = None
 
-    def health_checks(self) -> list[Callable[[], Awaitable[object]]]:
-        """Backends that must answer for ``/healthz`` to say ok."""
-        checks: list[Callable[[], Awaitable[object]]] = [self.store.ping]
+    def health_checks(self) -> list[HealthCheck]:
+        """The backends ``/healthz`` asks about: the database is required; without Redis HQ serves,
+        degraded (login limits per node, cross-node delivery and revocation push paused)."""
+        checks = [HealthCheck("database", self.store.ping)]
         if self.redis is not None:
-            checks.append(self.redis.ping)
+            checks.append(HealthCheck("redis", self.redis.ping, required=False))
         return checks
 
 
@@ -73,7 +74,7 @@ def build(settings: Settings) -> HQ:
     tokens = TokenService(keys, settings.auth)
     policy = ClearancePolicy(settings.clearance.levels, settings.channels)
     audit = AuditLog(settings.audit.path, settings.base_dir)
-    redis = aioredis.Redis.from_url(settings.cluster.redis_url) if settings.cluster.redis_url else None
+    redis = redis_client(settings.cluster.redis_url) if settings.cluster.redis_url else None
     throttle = _login_limiter(settings, redis)
     sessions = SessionService(store, hasher, tokens, throttle, audit, settings.auth)
     authenticator = Authenticator(tokens, store)
@@ -125,8 +126,10 @@ def create_app(settings: Settings, on_first_agent: FirstAgentReporter = print_fi
         if first is not None:
             on_first_agent(*first)
         await hq.watcher.start()
+        hq.realtime.start()
         yield
         await admin_ui.shutdown()
+        await hq.realtime.stop()
         await hq.watcher.stop()
         await hq.store.close()
         if hq.redis is not None:

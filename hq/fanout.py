@@ -18,13 +18,19 @@ message shape and ``server.packet_class``; the python-socketio range is pinned i
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import time
+from typing import Any, Callable
 
 import socketio
 from engineio import packet as eio_packet
 from socketio import packet
 
 from .engine import LeanSocket, websocket_text_frame
+from .sequencer import ChannelSequencer
+from .store import Store
+
+log = logging.getLogger("hq.fanout")
 
 
 class DirectFanout:
@@ -33,6 +39,15 @@ class DirectFanout:
     server: Any
     rooms: Any
     get_participants: Any  # BaseManager's
+
+    def channel_joined(self, channel: str, last_id: int) -> None:
+        """A member of this node joined ``channel`` whose last stored id was ``last_id``."""
+
+    def start(self) -> None:
+        """Start background work (the cluster's catch-up)."""
+
+    async def stop(self) -> None:
+        """Stop background work."""
 
     async def emit(self, event: str, data: Any, namespace: str, room: Any = None, skip_sid: Any = None,
                    callback: Any = None, to: Any = None, ignore_queue: bool = False, **kwargs: Any) -> None:
@@ -56,7 +71,7 @@ class DirectFanout:
         pkt = self.server.packet_class(packet.EVENT, namespace=namespace, data=[event, *args])
         if namespace == "/" and not pkt.data_is_binary(args):
             # What socketio.packet would produce, in one step: type, then the JSON array.
-            encoded: Any = f"{packet.EVENT}{pkt.json.dumps(pkt.data)}"
+            encoded: Any = f"{packet.EVENT}{pkt.json.dumps(pkt.data, separators=(',', ':'))}"
         else:
             encoded = pkt.encode()
         if isinstance(encoded, list):  # binary attachments (HQ sends none): python-socketio's way
@@ -82,9 +97,34 @@ class LocalManager(DirectFanout, socketio.AsyncManager):
 class RedisManager(DirectFanout, socketio.AsyncRedisManager):
     """The cluster manager: python-socketio's Redis pub/sub, with direct local fan-out.
 
-    A broadcast is published to Redis (``ignore_queue`` false) and delivered on every node,
-    this one included, when the message comes back through ``_handle_emit``.
+    A broadcast is delivered on this node first and then published to Redis for the others
+    (python-socketio's order). Channel messages pass a :class:`~hq.sequencer.ChannelSequencer`,
+    so that every node delivers them once and in id order, and reads from the store what Redis
+    did not bring. While Redis does not answer, publishing is skipped for a second at a time
+    (an ack never waits for it; one warning per outage): the other nodes catch up from the store.
     """
+
+    PUBLISH_PAUSE = 1.0
+
+    def __init__(self, url: str, *, channel: str, store: Store, room_of: Callable[[str], str]) -> None:
+        # Short timeouts: a hung Redis must not hold an ack (publish) for long.
+        super().__init__(url, channel=channel, redis_options={"socket_timeout": 1.0, "socket_connect_timeout": 1.0})
+        self.sequencer = ChannelSequencer(store, self._deliver_message)
+        self._room_of = room_of
+        self._publish_paused_until = 0.0
+        self._publish_failing = False
+
+    def channel_joined(self, channel: str, last_id: int) -> None:
+        """Start owing this node's members ``channel``'s messages after ``last_id``."""
+        self.sequencer.joined(channel, last_id)
+
+    def start(self) -> None:
+        """Start the catch-up from the store."""
+        self.sequencer.start()
+
+    async def stop(self) -> None:
+        """Stop the catch-up."""
+        await self.sequencer.stop()
 
     async def emit(self, event: str, data: Any, namespace: str, room: Any = None, skip_sid: Any = None,
                    callback: Any = None, to: Any = None, ignore_queue: bool = False, **kwargs: Any) -> None:
@@ -103,5 +143,35 @@ class RedisManager(DirectFanout, socketio.AsyncRedisManager):
         data = message["data"]
         if isinstance(data, list):  # as python-socketio publishes it: one argument or a tuple
             data = data[0] if len(data) == 1 else tuple(data)
+        if message["event"] == "message" and _is_channel_message(data) and (message.get("namespace") or "/") == "/":
+            await self.sequencer.offer(data, message.get("skip_sid"))
+            return
         await self.deliver(message["event"], data, message.get("namespace"), message.get("room"),
                            message.get("skip_sid"))
+
+    async def _deliver_message(self, message: dict[str, Any], skip_sid: Any) -> None:
+        await self.deliver("message", message, "/", self._room_of(message["channel"]), skip_sid)
+
+    async def _publish(self, data: Any) -> None:
+        now = time.monotonic()
+        if now < self._publish_paused_until:
+            return
+        try:
+            if not self.connected:
+                self._redis_connect()
+            await self.redis.publish(self.channel, self.json.dumps(data))
+        except Exception as exc:  # redis-py's connection and timeout errors, whatever their class
+            self.connected = False
+            self._publish_paused_until = now + self.PUBLISH_PAUSE
+            if not self._publish_failing:
+                self._publish_failing = True
+                log.warning("cannot publish to Redis (%s); other nodes catch up from the store",
+                            type(exc).__name__)
+            return
+        if self._publish_failing:
+            self._publish_failing = False
+            log.warning("publishing to Redis again")
+
+
+def _is_channel_message(data: Any) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("channel"), str) and type(data.get("id")) is int

@@ -23,7 +23,7 @@ from .addresses import AddressResolver
 from .audit import AuditLog
 from .clearance import ClearancePolicy
 from .config import Settings
-from .errors import AuthError, EventError
+from .errors import AuthError, EventError, UnavailableError
 from .engine import ProtocolFaults
 from .fanout import LocalManager, RedisManager
 from .identity import Authenticator, Principal
@@ -113,7 +113,7 @@ class Realtime:
         self._connections: dict[str, Connection] = {}
         self._observers: list[RealtimeObserver] = []
         self.faults = ProtocolFaults()
-        self.sio = self._create_server(settings, self.faults)
+        self.sio = self._create_server(settings, self.faults, store)
         self._register()
 
     def observe(self, observer: RealtimeObserver) -> None:
@@ -124,10 +124,11 @@ class Realtime:
     CLIENT_EVENTS = frozenset({"join", "leave", "message", "history", "reauth"})
 
     @classmethod
-    def _create_server(cls, settings: Settings, faults: ProtocolFaults) -> SocketServer:
-        manager: socketio.AsyncManager = LocalManager()
+    def _create_server(cls, settings: Settings, faults: ProtocolFaults, store: Store) -> SocketServer:
+        manager: LocalManager | RedisManager = LocalManager()
         if settings.cluster.redis_url:
-            manager = RedisManager(settings.cluster.redis_url, channel=f"{settings.cluster.channel}:socketio")
+            manager = RedisManager(settings.cluster.redis_url, channel=f"{settings.cluster.channel}:socketio",
+                                   store=store, room_of=channel_room)
         return SocketServer(
             client_events=cls.CLIENT_EVENTS,
             faults=faults,
@@ -257,6 +258,14 @@ class Realtime:
         await asyncio.gather(*(self.end_socket(s, reason) for s in targets))
         return len(targets)
 
+    def start(self) -> None:
+        """Start the Socket.IO layer's background work (a cluster's catch-up from the store)."""
+        self.sio.manager.start()
+
+    async def stop(self) -> None:
+        """Stop it."""
+        await self.sio.manager.stop()
+
     async def shutdown(self, app: object = None) -> None:
         """Close every Engine.IO session of this node, so that a graceful stop (SIGTERM) does not
         wait for live websockets and long-polls to time out (aiohttp's on_shutdown signal)."""
@@ -286,7 +295,8 @@ class Realtime:
                     raise EventError("too many events; slow down", "rate_limited")
                 ack = await handler(sid, connection, args[0] if len(args) == 1 else None)
                 code = None
-            except (EventError, AuthError) as exc:
+            except (EventError, AuthError, UnavailableError) as exc:
+                # UnavailableError: a backend (the database) is down; the socket stays, the client retries.
                 ack, code = {"ok": False, "error": {"code": exc.code, "message": exc.message}}, exc.code
             except Exception:
                 log.exception("%s handler failed", name)
@@ -316,7 +326,9 @@ class Realtime:
         self._require_read(connection, channel)
         await self.sio.enter_room(sid, channel_room(channel))
         connection.channels.add(channel)
-        return {"ok": True, "channel": channel, "last_id": await self._store.last_message_id(channel)}
+        last_id = await self._store.last_message_id(channel)
+        self.sio.manager.channel_joined(channel, last_id)
+        return {"ok": True, "channel": channel, "last_id": last_id}
 
     async def _leave(self, sid: str, connection: Connection, payload: Any) -> Ack:
         channel = self._channel(payload)

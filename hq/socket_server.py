@@ -146,7 +146,7 @@ class SocketServer(socketio.AsyncServer):
             return
         socket = self.eio.sockets.get(eio_sid)
         if isinstance(socket, LeanSocket):
-            await socket.send_encoded(f"43{id}{self.packet_class.json.dumps([ack])}")
+            await socket.send_encoded(f"43{id}{self.packet_class.json.dumps([ack], separators=(',', ':'))}")
         elif socket is not None:
             await self._send_packet(eio_sid, self.packet_class(sio_packet.ACK, namespace=namespace, id=id,
                                                               data=[ack]))

@@ -91,7 +91,8 @@ async def test_a_cluster_broadcast_is_delivered_directly_too(monkeypatch) -> Non
         return await original(self, event, *args, **kwargs)
     monkeypatch.setattr(socketio.AsyncManager, "emit", spy)
     published: list[dict] = []
-    manager = RedisManager("redis://127.0.0.1:1/0", channel="hq-test-fanout")
+    manager = RedisManager("redis://127.0.0.1:1/0", channel="hq-test-fanout", store=None,  # type: ignore[arg-type]
+                           room_of=lambda channel: f"channel:{channel}")
 
     async def publish(message: dict) -> None:  # no Redis needed to see the local delivery
         published.append(message)
