@@ -32,6 +32,16 @@ class EventError(HQError):
     code = "bad_request"
 
 
+class UnavailableError(HQError):
+    """A backend HQ needs (the database, Redis) is down or not answering in time: ``unavailable``.
+
+    Transient by nature: the client should retry later. HTTP answers it with 503, a Socket.IO ack
+    with ``{"ok": false, "error": {"code": "unavailable"}}``. Never a reason to end a live socket.
+    """
+
+    code = "unavailable"
+
+
 class LoginError(HQError):
     """A login was refused: ``invalid_credentials``, ``agent_disabled`` or ``too_many_attempts``."""
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import AgentExistsError, Store, UnknownAgentError
+from .base import AgentExistsError, Store, StoreUnavailable, UnknownAgentError
 from .models import Agent, LoginSession, Message, RefreshOutcome, RefreshResult, Revocation
 
 __all__ = ["Agent", "AgentExistsError", "LoginSession", "Message", "RefreshOutcome", "RefreshResult",
-           "Revocation", "Store", "UnknownAgentError", "open_store"]
+           "Revocation", "Store", "StoreUnavailable", "UnknownAgentError", "open_store"]
 
 
 def open_store(url: str) -> Store:

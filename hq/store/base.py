@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from ..errors import UnavailableError
 from .models import Agent, LoginSession, Message, RefreshResult, Revocation
 
 
@@ -15,8 +16,22 @@ class UnknownAgentError(Exception):
     """No agent has that codename."""
 
 
+class StoreUnavailable(UnavailableError):
+    """The database cannot be reached or did not answer in time; nothing was changed *for sure*.
+
+    Every backend raises this, and only this, for connection-level failures (refused, reset,
+    restarting, timed out), so callers never see a driver's exceptions. The operation may be retried
+    once the database is back; the backend reconnects by itself. A write that failed this way was
+    not acknowledged: in the rare case where the database committed it just before the connection
+    broke, a retry stores it a second time rather than losing it.
+    """
+
+
 class Store(Protocol):
-    """Agents, login sessions, refresh tokens, the revocation feed and channel messages."""
+    """Agents, login sessions, refresh tokens, the revocation feed and channel messages.
+
+    Any method may raise :class:`StoreUnavailable` while the database is down or too slow.
+    """
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
