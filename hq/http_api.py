@@ -1,20 +1,23 @@
 """The HTTP routes: ``/api/auth/*``, ``/healthz`` and ``/.well-known/jwks.json``.
 
 Thin handlers: parse the request, ask the session service or the authenticator, answer JSON.
-Every error is ``{"error": {"code", "message"}}``; nothing a client sends produces a 500 page.
+Every error is ``{"error": {"code", "message"}}``; nothing a client sends produces a 500 page, and
+a backend that is down answers 503 ``unavailable``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
 from .addresses import AddressResolver
 from .config import Settings
-from .errors import AuthError, HQError, LoginError
+from .errors import AuthError, HQError, LoginError, UnavailableError
 from .identity import Authenticator, Principal
 from .sessions import SessionService, TokenPair
 from .tokens import KeyRing
@@ -27,7 +30,20 @@ REFRESH_COOKIE_PATH = "/api/auth"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-HealthCheck = Callable[[], Awaitable[None]]
+HEALTH_CHECK_TIMEOUT = 1.0  # seconds per backend: /healthz answers within about that, whatever hangs
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """One backend ``/healthz`` asks about.
+
+    ``required``: HQ cannot serve without it (503, the node should leave the balancer's pool);
+    otherwise HQ serves without it, less well (200 ``degraded``).
+    """
+
+    name: str
+    probe: Callable[[], Awaitable[object]]
+    required: bool = True
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -77,6 +93,7 @@ class HttpApi:
         self._addresses = addresses
         self._keys = keys
         self._health_checks = health_checks
+        self._failing: set[str] = set()  # backends the last /healthz found failing, to log changes only
 
     def routes(self) -> list[web.RouteDef]:
         """Every route this API serves."""
@@ -103,6 +120,8 @@ class HttpApi:
             status = {"agent_disabled": 403, "too_many_attempts": 429}.get(exc.code, 401)
             headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
             return error_response(status, exc.code, exc.message, headers)
+        except UnavailableError:
+            return _unavailable()
         return self._token_response(pair)
 
     async def refresh(self, request: web.Request) -> web.Response:
@@ -121,16 +140,22 @@ class HttpApi:
             pair = await self._sessions.refresh(token, self._addresses.client_address(request))
         except AuthError as exc:
             return self._auth_error(exc, clear_cookies=True)
+        except UnavailableError:
+            # Retrying with the same token is right: most likely it was not spent, and if the database
+            # spent it just before the failure, ``auth.refresh_grace`` takes the retry for a lost reply.
+            return _unavailable()
         return self._token_response(pair)
 
     async def logout(self, request: web.Request) -> web.Response:
         """``POST /api/auth/logout``: revoke the session of the presented access token."""
         try:
             principal = await self._identify(request)
+            await self._sessions.revoke(principal.codename, "logged_out", principal.sid,
+                                        address=self._addresses.client_address(request))
         except AuthError as exc:
             return self._auth_error(exc)
-        await self._sessions.revoke(principal.codename, "logged_out", principal.sid,
-                                    address=self._addresses.client_address(request))
+        except UnavailableError:
+            return _unavailable()  # most likely not revoked: the client should log out again later
         response = web.Response(status=204, headers=NO_STORE)
         self._clear_cookies(response)
         return response
@@ -141,18 +166,40 @@ class HttpApi:
             principal = await self._identify(request)
         except AuthError as exc:
             return self._auth_error(exc)
+        except UnavailableError:
+            return _unavailable()
         return web.json_response({"codename": principal.codename, "role": principal.role, "exp": principal.exp},
                                  headers=NO_STORE)
 
     async def healthz(self, request: web.Request) -> web.Response:
-        """``GET /healthz``: 200 when every required backend answers, else 503."""
-        for check in self._health_checks:
-            try:
-                await check()
-            except Exception as exc:
-                log.warning("health check failed: %s", type(exc).__name__)
-                return web.json_response({"status": "unavailable"}, status=503)
-        return web.json_response({"status": "ok"})
+        """``GET /healthz``: what a load balancer needs to know, within about a second.
+
+        200 ``{"status": "ok"}``; 200 ``{"status": "degraded", "degraded": [...]}`` while an
+        optional backend (Redis) does not answer: HQ still serves, keep routing to it; 503
+        ``{"status": "unavailable", "down": [...]}`` while a required one (the database) does not:
+        take the node out. Backends are asked at once, each for at most ``HEALTH_CHECK_TIMEOUT``.
+        """
+        problems = await asyncio.gather(*(_probe(check) for check in self._health_checks))
+        failing = {check.name: problem for check, problem in zip(self._health_checks, problems) if problem}
+        self._log_changes(failing)
+        down = [check.name for check in self._health_checks if check.name in failing and check.required]
+        degraded = [check.name for check in self._health_checks if check.name in failing and not check.required]
+        if down:
+            body: dict[str, object] = {"status": "unavailable", "down": down}
+            if degraded:
+                body["degraded"] = degraded
+            return web.json_response(body, status=503, headers=NO_STORE)
+        if degraded:
+            return web.json_response({"status": "degraded", "degraded": degraded}, headers=NO_STORE)
+        return web.json_response({"status": "ok"}, headers=NO_STORE)
+
+    def _log_changes(self, problems: dict[str, str]) -> None:
+        """One line when a backend starts or stops failing, not one per probe (balancers poll often)."""
+        for name in sorted(problems.keys() - self._failing):
+            log.warning("health check: %s does not answer (%s)", name, problems[name])
+        for name in sorted(self._failing - problems.keys()):
+            log.info("health check: %s answers again", name)
+        self._failing = set(problems)
 
     async def jwks(self, request: web.Request) -> web.Response:
         """``GET /.well-known/jwks.json``: public verification keys (404 under HMAC)."""
@@ -207,6 +254,25 @@ class HttpApi:
         response.del_cookie(ACCESS_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
         response.del_cookie(REFRESH_COOKIE, path=REFRESH_COOKIE_PATH, secure=True, httponly=True,
                             samesite="Strict")
+
+
+async def _probe(check: HealthCheck) -> str | None:
+    """None when the backend answered in time, else what went wrong (one short line)."""
+    try:
+        async with asyncio.timeout(HEALTH_CHECK_TIMEOUT):
+            await check.probe()
+    except TimeoutError:
+        return f"no answer within {HEALTH_CHECK_TIMEOUT:g} s"
+    except Exception as exc:  # whatever the driver raises, down is down; the log says why
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return None
+
+
+def _unavailable() -> web.Response:
+    """503 ``unavailable``: a backend is down; the message never quotes the driver's error."""
+    return error_response(503, "unavailable", "HQ cannot reach a backend it needs; try again shortly",
+                          headers={"Retry-After": "1"})
 
 
 async def _read_at_most(request: web.Request, size: int) -> bytes:

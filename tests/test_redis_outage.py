@@ -1,0 +1,276 @@
+"""A Redis outage (and restart) under the login limits and ``/healthz``: logins go on, never a 500.
+
+With ``[cluster] redis_url`` set the failed-login counts live in Redis. While Redis does not answer
+they are counted on each node instead (a guesser is still limited, per node), ``/healthz`` says 200
+``degraded`` and, once Redis is back, the very first login is served through it again (redis-py's
+pooled connections died with the old Redis process).
+
+Every test runs its own ``redis-server`` on a free port and kills it with SIGKILL: the machine's
+Redis on 6379 is shared and never stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, cast
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from hq.http_api import HealthCheck, HttpApi
+from hq.limits import RedisLoginThrottle, redis_client
+
+from .support import PASSWORD, HQServer, make_server
+from .test_revocation_push import PrivateRedis
+
+WINDOW = 60.0
+ADDRESS = "192.0.2.7"
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A Redis of this test's own, killed at the end (resumed first if a test left it stopped)."""
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    if server.process is not None:
+        server.pause(False)
+    server.kill()
+
+
+ThrottleFactory = Callable[[], RedisLoginThrottle]
+
+
+@pytest.fixture
+async def throttles(redis_server: PrivateRedis) -> AsyncIterator[ThrottleFactory]:
+    """Login limits as HQ builds them (same client options, 5 failures per codename), one per node."""
+    prefix = f"hq-test-{uuid.uuid4().hex[:8]}:login-failures"
+    clients = []
+
+    def make() -> RedisLoginThrottle:
+        clients.append(redis_client(redis_server.url))
+        return RedisLoginThrottle(clients[-1], 5, 20, WINDOW, prefix=prefix)
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.fixture
+def throttle(throttles: ThrottleFactory) -> RedisLoginThrottle:
+    return throttles()
+
+
+def _outage_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "hq.limits" and r.levelno == logging.WARNING]
+
+
+# RedisLoginThrottle against a private Redis ---------------------------------------------------------
+
+async def test_failures_are_counted_on_this_node_while_redis_is_down(
+        throttles: ThrottleFactory, redis_server: PrivateRedis, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    caplog.set_level(logging.INFO, logger="hq.limits")
+    throttle, other_node = throttles(), throttles()
+    monkeypatch.setattr(throttle, "PROBE_INTERVAL", 0.0)  # ask Redis on every call: each must fall back
+    await throttle.record_failure("fox", ADDRESS)  # in Redis: lost with it, as any shared count would be
+    redis_server.kill()
+    for _ in range(5):
+        assert await throttle.retry_after("fox", ADDRESS) == 0
+        await throttle.record_failure("fox", ADDRESS)
+    assert 0 < await throttle.retry_after("fox", ADDRESS) <= WINDOW
+    assert await throttle.retry_after("hank", ADDRESS) == 0
+    assert len(_outage_warnings(caplog)) == 1, caplog.text  # one warning per outage, not per call
+
+    redis_server.start()  # same port, empty
+    # The outage's failures still count here after Redis returns; new ones go to Redis again.
+    assert 0 < await throttle.retry_after("fox", ADDRESS) <= WINDOW
+    assert "Redis answers again" in caplog.text
+    for _ in range(5):
+        await throttle.record_failure("hank", ADDRESS)
+    assert await other_node.retry_after("hank", "198.51.100.1") > 0  # shared again
+    assert await other_node.retry_after("fox", "198.51.100.1") == 0  # the outage's count was this node's
+    await throttle.record_success("fox")  # the right password clears the codename everywhere
+    assert await throttle.retry_after("fox", "198.51.100.1") == 0
+    assert len(_outage_warnings(caplog)) == 1, caplog.text
+
+
+async def test_a_restarted_redis_is_used_at_once(throttle: RedisLoginThrottle, redis_server: PrivateRedis,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """No call during the outage: the first one after it meets the dead pooled connection."""
+    caplog.set_level(logging.INFO, logger="hq.limits")
+    await throttle.record_failure("fox", ADDRESS)
+    assert await throttle.retry_after("fox", ADDRESS) == 0
+    redis_server.kill()
+    redis_server.start()
+    for _ in range(5):
+        await throttle.record_failure("fox", ADDRESS)
+    assert await throttle.retry_after("fox", ADDRESS) > 0
+    assert _outage_warnings(caplog) == [], caplog.text  # the connection was replaced, not given up on
+
+
+async def test_a_hung_redis_holds_one_login_for_half_a_second(throttle: RedisLoginThrottle,
+                                                              redis_server: PrivateRedis) -> None:
+    assert await throttle.retry_after("fox", ADDRESS) == 0
+    redis_server.pause(True)  # connections stay open, nothing answers
+    started = time.monotonic()
+    assert await throttle.retry_after("fox", ADDRESS) == 0
+    first = time.monotonic() - started
+    started = time.monotonic()
+    for _ in range(5):
+        await throttle.record_failure("fox", ADDRESS)
+    assert await throttle.retry_after("fox", ADDRESS) > 0
+    rest = time.monotonic() - started
+    assert first < 1.2 and rest < 0.1, (first, rest)  # then Redis is left alone for PROBE_INTERVAL
+    redis_server.pause(False)
+
+
+# /healthz, over fake backends -----------------------------------------------------------------------
+
+async def _ok() -> None:
+    return None
+
+
+async def _refused() -> None:
+    raise ConnectionRefusedError(111, "Connection refused")
+
+
+async def _hangs() -> None:
+    await asyncio.sleep(60)
+
+
+async def _healthz(checks: list[HealthCheck]) -> tuple[int, dict[str, Any], float]:
+    """Status, body and seconds taken of ``GET /healthz`` over these checks."""
+    api = HttpApi(cast(Any, None), cast(Any, None), cast(Any, None), cast(Any, None), cast(Any, None), checks)
+    app = web.Application()
+    app.add_routes([web.get("/healthz", api.healthz)])
+    async with TestClient(TestServer(app)) as client:
+        started = time.monotonic()
+        async with client.get("/healthz") as reply:
+            return reply.status, await reply.json(), time.monotonic() - started
+
+
+Probe = Callable[[], Awaitable[None]]
+
+
+@pytest.mark.parametrize("database, redis, status, body", [
+    (_ok, _ok, 200, {"status": "ok"}),
+    (_ok, _refused, 200, {"status": "degraded", "degraded": ["redis"]}),
+    (_ok, _hangs, 200, {"status": "degraded", "degraded": ["redis"]}),
+    (_refused, _ok, 503, {"status": "unavailable", "down": ["database"]}),
+    (_hangs, _hangs, 503, {"status": "unavailable", "down": ["database"], "degraded": ["redis"]}),
+])
+async def test_healthz_names_what_is_down_and_what_is_degraded(database: Probe, redis: Probe, status: int,
+                                                                body: dict[str, Any]) -> None:
+    checks = [HealthCheck("database", database), HealthCheck("redis", redis, required=False)]
+    got_status, got_body, took = await _healthz(checks)
+    assert (got_status, got_body) == (status, body)
+    assert took < 1.5  # each backend at most 1 s, asked at once
+
+
+# A real HQ node (SQLite + a private Redis) ------------------------------------------------------------
+
+class Node:
+    """One HQ process over HTTP, remembering every status it answered."""
+
+    def __init__(self, server: HQServer, http: aiohttp.ClientSession) -> None:
+        self.server = server
+        self.http = http
+        self.statuses: list[int] = []
+
+    async def post(self, path: str, body: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        started = time.monotonic()
+        async with self.http.post(f"{self.server.url}{path}", json=body) as reply:
+            self.statuses.append(reply.status)
+            answer = await reply.json()
+        assert time.monotonic() - started < 2, f"{path} took {time.monotonic() - started:.2f} s"
+        return reply.status, answer
+
+    async def login(self, codename: str, password: str = PASSWORD) -> tuple[int, dict[str, Any]]:
+        return await self.post("/api/auth/login", {"username": codename, "password": password})
+
+    async def healthz(self) -> tuple[int, dict[str, Any]]:
+        async with self.http.get(f"{self.server.url}/healthz") as reply:
+            self.statuses.append(reply.status)
+            return reply.status, await reply.json()
+
+
+@pytest.fixture
+async def node(tmp_path: Path, redis_server: PrivateRedis) -> AsyncIterator[Node]:
+    server = make_server(tmp_path / "hq", agents={"fox": "field-operative", "hank": "handler", "ana": "analyst"},
+                         cluster={"redis_url": redis_server.url, "channel": f"hq-test-{uuid.uuid4().hex[:8]}"})
+    server.start()
+    async with aiohttp.ClientSession() as http:
+        yield Node(server, http)
+    server.stop()
+
+
+async def test_logins_and_refreshes_go_on_through_a_redis_outage(node: Node, redis_server: PrivateRedis) -> None:
+    status, pair = await node.login("ana")
+    assert status == 200, pair
+    assert await node.healthz() == (200, {"status": "ok"})
+
+    redis_server.kill()
+    assert await node.healthz() == (200, {"status": "degraded", "degraded": ["redis"]})
+    assert (await node.login("hank"))[0] == 200
+    status, pair = await node.post("/api/auth/refresh", {"refresh_token": pair["refresh_token"]})
+    assert status == 200 and pair["agent"]["codename"] == "ana"
+    for _ in range(5):
+        status, answer = await node.login("fox", "a wrong password, again")
+        assert (status, answer["error"]["code"]) == (401, "invalid_credentials")
+    status, answer = await node.login("fox")  # the right password, but limited: on this node
+    assert (status, answer["error"]["code"]) == (429, "too_many_attempts")
+    assert (await node.login("hank", "one wrong password"))[0] == 401
+    assert await node.healthz() == (200, {"status": "degraded", "degraded": ["redis"]})
+
+    redis_server.start()  # same port, empty
+    status, pair = await node.login("hank")
+    assert status == 200, pair  # the first login after Redis returned
+    assert (await node.post("/api/auth/refresh", {"refresh_token": pair["refresh_token"]}))[0] == 200
+    assert await node.healthz() == (200, {"status": "ok"})
+    assert (await node.login("fox"))[0] == 429  # the outage's failures still count here
+    # Counted in Redis again (after PROBE_INTERVAL at most): a failure shows up there.
+    deadline = time.monotonic() + 5
+    for attempt in range(100):
+        assert (await node.login(f"ghost{attempt}", "wrong"))[0] == 401
+        if await _redis_has_failures_of(redis_server, f"ghost{attempt}"):
+            break
+        assert time.monotonic() < deadline, "login failures are not counted in Redis again"
+        await asyncio.sleep(0.25)
+
+    assert 500 not in node.statuses, node.statuses
+    log = node.server.log_path.read_text()
+    assert "Traceback" not in log and " ERROR " not in log, log
+    assert log.count("login limits: Redis does not answer") == 1, log
+    assert "login limits: Redis answers again" in log
+    assert log.count("health check: redis does not answer") == 1, log
+
+
+async def test_the_first_login_after_a_redis_restart_succeeds(node: Node, redis_server: PrivateRedis) -> None:
+    """Nothing asks Redis during the outage: the next login meets the connections the old Redis closed."""
+    for codename in ("fox", "hank", "ana"):
+        assert (await node.login(codename))[0] == 200
+    redis_server.kill()
+    redis_server.start()
+    assert (await node.login("fox"))[0] == 200
+    assert (await node.login("hank", "wrong"))[0] == 401
+    assert await _redis_has_failures_of(redis_server, "hank")
+    assert await node.healthz() == (200, {"status": "ok"})
+    assert 500 not in node.statuses, node.statuses
+    log = node.server.log_path.read_text()
+    assert "Traceback" not in log and "login limits: Redis does not answer" not in log, log
+
+
+async def _redis_has_failures_of(redis_server: PrivateRedis, codename: str) -> bool:
+    client = redis_client(redis_server.url)
+    try:
+        return bool(await client.keys(f"*:login-failures:codename:{codename}"))
+    finally:
+        await client.aclose()
