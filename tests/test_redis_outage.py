@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, cast
 
 import aiohttp
@@ -23,8 +24,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from hq.addresses import AddressResolver
 from hq.http_api import HealthCheck, HttpApi
 from hq.limits import RedisLoginThrottle, redis_client
+from hq.store import StoreUnavailable
 
 from .support import PASSWORD, HQServer, make_server
 from .test_revocation_push import PrivateRedis
@@ -175,6 +178,32 @@ async def test_healthz_names_what_is_down_and_what_is_degraded(database: Probe, 
     assert took < 1.5  # each backend at most 1 s, asked at once
 
 
+class _StoreDown:
+    """The session service while the database is down: every call raises what the store raises."""
+
+    async def login(self, codename: str, password: str, address: str) -> None:
+        raise StoreUnavailable("connection refused by db.internal:5432")
+
+    async def refresh(self, refresh_token: str, address: str) -> None:
+        raise StoreUnavailable("connection refused by db.internal:5432")
+
+
+@pytest.mark.parametrize("path, body", [("/api/auth/login", {"username": "fox", "password": PASSWORD}),
+                                        ("/api/auth/refresh", {"refresh_token": "some-token"})])
+async def test_login_and_refresh_answer_503_while_the_database_is_down(path: str, body: dict[str, str]) -> None:
+    settings = SimpleNamespace(limits=SimpleNamespace(login_body_max_bytes=65536))
+    api = HttpApi(cast(Any, settings), cast(Any, _StoreDown()), cast(Any, None), AddressResolver(()),
+                  cast(Any, None), [])
+    app = web.Application()
+    app.add_routes(api.routes())
+    async with TestClient(TestServer(app)) as client:
+        async with client.post(path, json=body) as reply:
+            assert reply.status == 503 and reply.headers["Retry-After"] == "1"
+            answer = await reply.json()
+    assert answer["error"]["code"] == "unavailable"
+    assert "db.internal" not in answer["error"]["message"]  # the driver's words stay in the server
+
+
 # A real HQ node (SQLite + a private Redis) ------------------------------------------------------------
 
 class Node:
@@ -274,3 +303,26 @@ async def _redis_has_failures_of(redis_server: PrivateRedis, codename: str) -> b
         return bool(await client.keys(f"*:login-failures:codename:{codename}"))
     finally:
         await client.aclose()
+
+
+async def test_a_node_starts_and_serves_while_redis_is_down(tmp_path: Path) -> None:
+    redis_server = PrivateRedis(tmp_path)  # its port, nothing listening yet
+    server = make_server(tmp_path / "hq", agents={"fox": "field-operative"},
+                         cluster={"redis_url": redis_server.url, "channel": f"hq-test-{uuid.uuid4().hex[:8]}"})
+    try:
+        server.start()  # waits for /healthz to answer 200: degraded is serving
+        async with aiohttp.ClientSession() as http:
+            node = Node(server, http)
+            assert await node.healthz() == (200, {"status": "degraded", "degraded": ["redis"]})
+            assert (await node.login("fox"))[0] == 200
+            redis_server.start()
+            deadline = time.monotonic() + 5
+            while await node.healthz() != (200, {"status": "ok"}):
+                assert time.monotonic() < deadline, "/healthz did not say ok once Redis was there"
+                await asyncio.sleep(0.1)
+            assert (await node.login("fox"))[0] == 200
+            assert 500 not in node.statuses, node.statuses
+        assert "Traceback" not in server.log_path.read_text()
+    finally:
+        server.stop()
+        redis_server.kill()
