@@ -2,17 +2,68 @@
 
 The same tables as the SQLite store. Per-channel message ids come from a ``channels`` row locked
 for the insert, so concurrent writers on different nodes never hand out the same id.
+
+The database may go away (a restart, a failover, a network cut) while HQ runs. Every operation
+then fails within :data:`OPERATION_TIMEOUT` with :class:`~hq.store.base.StoreUnavailable` — never a
+driver exception, never a wait on a dead socket — and the pool makes fresh connections by itself
+once the database answers again.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
+import logging
 from datetime import datetime, timezone
+from typing import Any, AsyncIterator, Callable, Concatenate, Coroutine, ParamSpec, TypeVar
 
 import asyncpg
+import asyncpg.exceptions as pg_errors
 
-from .base import AgentExistsError, UnknownAgentError
+from .base import AgentExistsError, StoreUnavailable, UnknownAgentError
 from .models import (AGENT_AND_SESSION, REFRESH_TOKEN_AND_SESSION, SUPERSEDE_CHILD, Agent, LoginSession, Message,
                      RefreshOutcome, RefreshResult, Revocation, in_grace_window)
+
+log = logging.getLogger("hq.store")
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: Seconds one operation may take in all (a pooled connection, a new connection if needed, every
+#: statement and the commit) before it is answered as unavailable: a client never waits longer.
+OPERATION_TIMEOUT = 3.0
+#: Seconds to open one connection: a host that drops packets would otherwise hold a connect for
+#: minutes of TCP retries. Shorter than the operation's budget, so the error says what happened.
+CONNECT_TIMEOUT = 2.0
+#: Seconds a connection may take to be reset for reuse after a successful operation; past that it
+#: is closed (the result stands, the pool opens another).
+RELEASE_TIMEOUT = 1.0
+#: Seconds closing the pool may wait for connections to finish before they are cut.
+CLOSE_TIMEOUT = 5.0
+
+#: What a database that is down, restarting, out of connections or unreachable raises. The
+#: InterfaceErrors that mean "HQ passed something wrong" are not among them (see _is_outage).
+_FAILURES: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable; TimeoutError too
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08: the connection does not exist or broke
+    pg_errors.OperatorInterventionError,  # class 57: shutting down, starting up, cancelled
+    pg_errors.TooManyConnectionsError,
+    asyncpg.InterfaceError,  # "connection is closed", "pool is closing", a cancelled operation
+)
+_PROGRAMMING_ERRORS = (pg_errors.DataError, pg_errors.ClientConfigurationError,
+                       pg_errors.UnsupportedClientFeatureError, pg_errors.UnsupportedServerFeatureError)
+
+
+def _is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database is unreachable rather than that HQ asked something wrong."""
+    return isinstance(exc, _FAILURES) and not isinstance(exc, _PROGRAMMING_ERRORS)
+
+
+def _describe(exc: BaseException) -> str:
+    """A driver failure for the operator's log: its type and first line (never a password)."""
+    detail = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {detail[0]}" if detail else type(exc).__name__
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
@@ -77,12 +128,28 @@ def _message(row: asyncpg.Record) -> Message:
     return Message(int(row["id"]), row["channel"], row["sender"], row["text"], row["ts"])
 
 
+def _bounded(method: Callable[Concatenate[PostgresStore, P], Coroutine[Any, Any, T]]
+             ) -> Callable[Concatenate[PostgresStore, P], Coroutine[Any, Any, T]]:
+    """Make a store operation end within the store's timeout (see :meth:`PostgresStore._within_deadline`)."""
+    @functools.wraps(method)
+    async def bounded(self: PostgresStore, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._within_deadline(method(self, *args, **kwargs))
+    return bounded
+
+
 class PostgresStore:
     """The :class:`~hq.store.base.Store` on a PostgreSQL database."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timeout: float = OPERATION_TIMEOUT, connect_timeout: float = CONNECT_TIMEOUT) -> None:
         self._url = url
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
         self._pool: asyncpg.Pool | None = None
+        self._down = False  # an outage is logged once when it starts and once when it ends
+        self._abandoned: set[asyncio.Task[Any]] = set()  # operations cut off, still winding down
+        # The Task of each operation holding a connection -> since when (loop time).
+        self._acquired: dict[asyncio.Task[Any] | None, float] = {}
+        self._progress = 0.0  # loop time at which an operation last succeeded
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -91,88 +158,224 @@ class PostgresStore:
 
     async def open(self) -> None:
         """Connect and create the schema if needed (serialised by an advisory lock)."""
-        self._pool = await asyncpg.create_pool(self._url, min_size=1, max_size=10)
-        async with self.pool.acquire() as conn, conn.transaction():
+        try:
+            # min_size=0: connections are made when needed, not by asyncpg's background task that
+            # logs a traceback for each retry while the database is down.
+            self._pool = await asyncpg.create_pool(self._url, min_size=0, max_size=10,
+                                                   timeout=self._connect_timeout)
+        except Exception as exc:
+            if _is_outage(exc):
+                raise StoreUnavailable(f"cannot reach the database ({_describe(exc)})") from exc
+            raise
+        # Not bounded by the store's timeout: nodes starting together wait here for each other.
+        async with self._connection() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(4242)")
             await conn.execute(SCHEMA)
 
     async def close(self) -> None:
-        """Close every connection."""
+        """Close every connection (cut them if the database does not answer)."""
+        for task in self._abandoned:
+            task.cancel()
         if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+            pool, self._pool = self._pool, None
+            with contextlib.suppress(Exception):
+                # On any error, timeout included, asyncpg's close() terminates the pool.
+                await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
 
+    @_bounded
     async def ping(self) -> None:
-        """Raise if the database cannot answer."""
-        await self.pool.fetchval("SELECT 1")
+        """Raise :class:`StoreUnavailable` if the database cannot answer."""
+        async with self._connection() as conn:
+            await conn.fetchval("SELECT 1")
 
+    # staying responsive -------------------------------------------------------------------------
+    async def _within_deadline(self, operation: Coroutine[Any, Any, T]) -> T:
+        """Await ``operation`` until its deadline; past it, :class:`StoreUnavailable` at once.
+
+        Once the operation holds a connection, its statements and commit get the store's timeout.
+        Before that it waits for a pooled connection behind other operations (or for a new one,
+        which has a shorter timeout of its own), and that is no outage while they finish: a burst
+        of writes queues, it is not refused. That wait ends one timeout after the last operation
+        that succeeded, so when the database stops answering, everything queued is answered within
+        about one timeout too, not wave after wave. (The worst case, a connection got just before
+        the database froze, is two timeouts.)
+
+        The operation runs in a Task of its own, watched through ``asyncio.wait``: the deadline
+        cancels that Task and nothing else, and the caller does not wait for it to wind down. (The
+        deadline of ``asyncio.timeout`` would cancel whichever task ``current_task()`` named when it
+        was set — and HQ starts event handlers by hand, inside the socket's reading task, before
+        they have a Task of their own: see ``run_eagerly`` in hq/socket_server.py.) What the
+        caller first waits on is ``asyncio.wait``'s own future, which never fails.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        task = asyncio.ensure_future(operation)
+        try:
+            while not task.done():
+                acquired = self._acquired.get(task)
+                deadline = (acquired if acquired is not None else max(started, self._progress)) + self._timeout
+                if deadline <= loop.time():
+                    task.cancel()
+                    self._abandoned.add(task)
+                    task.add_done_callback(self._forget)
+                    raise self._unavailable(TimeoutError(f"no answer within {self._timeout:g} s"))
+                await asyncio.wait((task,), timeout=deadline - loop.time())
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        return task.result()
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        """An operation cut off by its deadline has ended; its outcome was already answered."""
+        self._abandoned.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not log it as never retrieved
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection for one operation; connection-level failures become :class:`StoreUnavailable`.
+
+        A connection that failed, or was interrupted mid-statement by the deadline, is closed
+        rather than reset: a polite reset on a dead or frozen server could wait as long as the
+        failure itself.
+        """
+        try:
+            conn = await self.pool.acquire()
+        except Exception as exc:
+            if _is_outage(exc):
+                raise self._unavailable(exc) from exc
+            raise
+        task = asyncio.current_task()
+        self._acquired[task] = asyncio.get_running_loop().time()
+        try:
+            yield conn
+        except (Exception, asyncio.CancelledError) as exc:
+            if _is_outage(exc) or isinstance(exc, asyncio.CancelledError):
+                # asyncpg has already given a connection that broke back to the pool; one still
+                # held may be stuck mid-statement.
+                with contextlib.suppress(asyncpg.InterfaceError):
+                    conn.terminate()
+            await self._release(conn)
+            if _is_outage(exc):
+                raise self._unavailable(exc) from exc
+            raise
+        finally:
+            self._acquired.pop(task, None)
+        await self._release(conn)
+        self._progress = asyncio.get_running_loop().time()
+        if self._down:
+            self._down = False
+            log.info("the database answers again")
+
+    async def _release(self, conn: asyncpg.Connection) -> None:
+        """Give ``conn`` back to the pool; one that cannot be reset in time is closed instead."""
+        with contextlib.suppress(Exception):
+            await self.pool.release(conn, timeout=RELEASE_TIMEOUT)
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        """The error callers see for ``exc``; the first of an outage is logged for the operator."""
+        if not self._down:
+            self._down = True
+            log.warning("the database is unavailable (%s); answering 'unavailable' until it is back",
+                        _describe(exc))
+        return StoreUnavailable("the database is unavailable; retry later")
+
+    # one statement, one pooled connection ------------------------------------------------------
+    async def _execute(self, query: str, *args: object) -> str:
+        async with self._connection() as conn:
+            return await conn.execute(query, *args)
+
+    async def _fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
+        async with self._connection() as conn:
+            return await conn.fetch(query, *args)
+
+    async def _fetchrow(self, query: str, *args: object) -> asyncpg.Record | None:
+        async with self._connection() as conn:
+            return await conn.fetchrow(query, *args)
+
+    async def _fetchval(self, query: str, *args: object) -> Any:
+        async with self._connection() as conn:
+            return await conn.fetchval(query, *args)
+
+    # agents -------------------------------------------------------------------------------------
+    @_bounded
     async def add_agent(self, codename: str, role: str, password_hash: str) -> Agent:
         """Create an agent; raises :class:`AgentExistsError` for a taken codename (any case)."""
         created = _now_iso()
         try:
-            await self.pool.execute(
+            await self._execute(
                 "INSERT INTO agents (codename, codename_key, role, password_hash, enabled, created)"
                 " VALUES ($1, $2, $3, $4, TRUE, $5)", codename, codename.lower(), role, password_hash, created)
         except asyncpg.UniqueViolationError:
             raise AgentExistsError(codename) from None
         return Agent(codename, role, True, created, password_hash)
 
+    @_bounded
     async def get_agent(self, codename: str) -> Agent | None:
         """The agent with that codename, compared regardless of case."""
-        return _agent(await self.pool.fetchrow("SELECT * FROM agents WHERE codename_key = $1", codename.lower()))
+        return _agent(await self._fetchrow("SELECT * FROM agents WHERE codename_key = $1", codename.lower()))
 
+    @_bounded
     async def list_agents(self) -> list[Agent]:
         """Every agent, oldest first."""
-        rows = await self.pool.fetch("SELECT * FROM agents ORDER BY created, codename_key")
+        rows = await self._fetch("SELECT * FROM agents ORDER BY created, codename_key")
         return [a for a in map(_agent, rows) if a is not None]
 
+    @_bounded
     async def count_agents(self) -> int:
         """How many agents exist."""
-        return int(await self.pool.fetchval("SELECT COUNT(*) FROM agents"))
+        return int(await self._fetchval("SELECT COUNT(*) FROM agents"))
 
+    @_bounded
     async def set_password(self, codename: str, password_hash: str) -> Agent:
         """Replace an agent's password hash."""
         return await self._update_agent(codename, "password_hash", password_hash)
 
+    @_bounded
     async def set_enabled(self, codename: str, enabled: bool) -> Agent:
         """Enable or disable an agent."""
         return await self._update_agent(codename, "enabled", enabled)
 
+    @_bounded
     async def set_role(self, codename: str, role: str) -> Agent:
         """Change an agent's clearance level."""
         return await self._update_agent(codename, "role", role)
 
     async def _update_agent(self, codename: str, column: str, value: object) -> Agent:
-        row = await self.pool.fetchrow(
+        row = await self._fetchrow(
             f"UPDATE agents SET {column} = $1 WHERE codename_key = $2 RETURNING *", value, codename.lower())
         agent = _agent(row)
         if agent is None:
             raise UnknownAgentError(codename)
         return agent
 
+    @_bounded
     async def create_session(self, sid: str, codename: str) -> None:
         """Record a new login session."""
-        await self.pool.execute("INSERT INTO sessions (sid, codename_key, created) VALUES ($1, $2, $3)",
+        await self._execute("INSERT INTO sessions (sid, codename_key, created) VALUES ($1, $2, $3)",
                                 sid, codename.lower(), _now_iso())
 
+    @_bounded
     async def get_session(self, sid: str) -> LoginSession | None:
         """A login session by id."""
-        row = await self.pool.fetchrow("SELECT * FROM sessions WHERE sid = $1", sid)
+        row = await self._fetchrow("SELECT * FROM sessions WHERE sid = $1", sid)
         if row is None:
             return None
         return LoginSession(row["sid"], row["codename_key"], row["created"], row["revoked_reason"])
 
+    @_bounded
     async def get_agent_and_session(self, codename: str, sid: str) -> tuple[Agent | None, LoginSession | None]:
         """An agent and one login session in one query (the connect path asks for both)."""
-        row = await self.pool.fetchrow(AGENT_AND_SESSION.format(p1="$1", p2="$2"), sid, codename.lower())
+        row = await self._fetchrow(AGENT_AND_SESSION.format(p1="$1", p2="$2"), sid, codename.lower())
         session = None
         if row is not None and row["sid"] is not None:
             session = LoginSession(row["sid"], row["codename_key"], row["session_created"], row["revoked_reason"])
         return _agent(row), session
 
+    @_bounded
     async def revoke_sessions(self, codename: str, reason: str, sid: str | None = None) -> list[str]:
         """Revoke one session (``sid``) or all of an agent's, and append to the revocation feed."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             return await self._revoke(conn, codename, reason, sid)
 
     @staticmethod
@@ -187,27 +390,31 @@ class PostgresStore:
                            codename.lower(), sid, reason)
         return [r["sid"] for r in rows]
 
+    @_bounded
     async def revocations_after(self, cursor: int) -> list[Revocation]:
         """Feed entries newer than ``cursor``, oldest first."""
-        rows = await self.pool.fetch("SELECT * FROM revocations WHERE id > $1 ORDER BY id", cursor)
+        rows = await self._fetch("SELECT * FROM revocations WHERE id > $1 ORDER BY id", cursor)
         return [Revocation(int(r["id"]), r["codename"], r["sid"], r["reason"]) for r in rows]
 
+    @_bounded
     async def last_revocation_id(self) -> int:
         """The newest feed entry's id (0 when empty)."""
-        return int(await self.pool.fetchval("SELECT COALESCE(MAX(id), 0) FROM revocations"))
+        return int(await self._fetchval("SELECT COALESCE(MAX(id), 0) FROM revocations"))
 
+    @_bounded
     async def add_refresh_token(self, token_hash: str, sid: str, expires_at: float) -> None:
         """Store a new refresh token's hash."""
-        await self.pool.execute("INSERT INTO refresh_tokens (token_hash, sid, expires_at) VALUES ($1, $2, $3)",
+        await self._execute("INSERT INTO refresh_tokens (token_hash, sid, expires_at) VALUES ($1, $2, $3)",
                                 token_hash, sid, expires_at)
 
+    @_bounded
     async def rotate_refresh_token(self, old_hash: str, new_hash: str, new_expires_at: float,
                                    now: float, grace: float = 0.0) -> RefreshResult:
         """Spend ``old_hash`` and store ``new_hash`` atomically; a second use revokes the session.
 
         A retry within ``grace`` seconds is the exception: see :meth:`hq.store.base.Store.rotate_refresh_token`.
         """
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             # The row lock serialises every use of this token, rotation and retries alike.
             row = await conn.fetchrow(REFRESH_TOKEN_AND_SESSION.format(p1="$1") + " FOR UPDATE OF r", old_hash)
             if row is None:
@@ -248,9 +455,10 @@ class PostgresStore:
         await conn.execute("UPDATE refresh_successors SET child_hash = $1 WHERE parent_hash = $2", new_hash, old_hash)
         return True
 
+    @_bounded
     async def add_message(self, channel: str, sender: str, text: str, ts: str) -> Message:
         """Store a message durably; its id is one more than the channel's last."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             message_id = await conn.fetchval(
                 "INSERT INTO channels (name, last_id) VALUES ($1, 1) ON CONFLICT (name)"
                 " DO UPDATE SET last_id = channels.last_id + 1 RETURNING last_id", channel)
@@ -258,17 +466,19 @@ class PostgresStore:
                                channel, message_id, sender, text, ts)
         return Message(int(message_id), channel, sender, text, ts)
 
+    @_bounded
     async def history(self, channel: str, after_id: int | None, limit: int) -> list[Message]:
         """Up to ``limit`` messages after ``after_id`` (or the latest ``limit``), oldest first."""
         if after_id is None:
-            rows = await self.pool.fetch(
+            rows = await self._fetch(
                 "SELECT * FROM (SELECT * FROM messages WHERE channel = $1 ORDER BY id DESC LIMIT $2) m ORDER BY id",
                 channel, limit)
         else:
-            rows = await self.pool.fetch(
+            rows = await self._fetch(
                 "SELECT * FROM messages WHERE channel = $1 AND id > $2 ORDER BY id LIMIT $3", channel, after_id, limit)
         return [_message(r) for r in rows]
 
+    @_bounded
     async def last_message_id(self, channel: str) -> int:
         """The channel's newest message id (0 when empty)."""
-        return int(await self.pool.fetchval("SELECT COALESCE(MAX(id), 0) FROM messages WHERE channel = $1", channel))
+        return int(await self._fetchval("SELECT COALESCE(MAX(id), 0) FROM messages WHERE channel = $1", channel))

@@ -1,0 +1,430 @@
+"""PostgreSQL goes away under a running HQ: answers are ``unavailable`` in seconds, nothing acked is lost.
+
+Every test runs against a PRIVATE PostgreSQL cluster made here with ``initdb`` and run with
+``pg_ctl`` as the ``postgres`` user on a free port, so stopping, freezing or restarting it never
+touches the machine's shared PostgreSQL on 5432.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+
+import asyncpg
+import pytest
+
+from hq.store import StoreUnavailable
+from hq.store.postgres import OPERATION_TIMEOUT, PostgresStore
+
+from .sio import RecordingClient
+from .support import PASSWORD, HQServer, free_port, make_server
+
+#: How late an ``unavailable`` may come: the store's budget plus scheduling slack.
+ANSWER_WITHIN = OPERATION_TIMEOUT + 2.0
+#: How long HQ may take to work again once the database is back.
+RECOVER_WITHIN = 15.0
+
+
+def _postgres_bin() -> Path | None:
+    """The newest installed PostgreSQL's bin folder, if it has ``initdb`` and ``pg_ctl``."""
+    for folder in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name),
+                         reverse=True):
+        if os.access(f"{folder}/initdb", os.X_OK) and os.access(f"{folder}/pg_ctl", os.X_OK):
+            return Path(folder)
+    return None
+
+
+def _as_postgres() -> list[str] | None:
+    """How to run a command as the ``postgres`` user (the server refuses to run as root)."""
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        return None
+    if pwd.getpwuid(os.geteuid()).pw_name == "postgres":
+        return []
+    if os.geteuid() == 0 and shutil.which("runuser"):
+        return ["runuser", "-u", "postgres", "--"]
+    return None
+
+
+class PrivatePostgres:
+    """A throw-away PostgreSQL cluster of this test module: start, stop (crash), freeze, thaw."""
+
+    def __init__(self, bin_dir: Path, as_postgres: list[str]) -> None:
+        self._bin = bin_dir
+        self._as_postgres = as_postgres
+        # Not pytest's tmp_path: its parents are private to root and the server runs as postgres.
+        self.home = Path(tempfile.mkdtemp(prefix="hq-pg-outage-"))
+        user = pwd.getpwnam("postgres")
+        os.chown(self.home, user.pw_uid, user.pw_gid)
+        self.data = self.home / "data"
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self._frozen: list[int] = []
+
+    def _run(self, *args: str, timeout: float = 60) -> None:
+        result = subprocess.run([*self._as_postgres, *args], capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:
+            log = self.home / "server.log"
+            raise RuntimeError(f"{args[0]} failed: {result.stdout}{result.stderr}"
+                               f"{log.read_text() if log.exists() else ''}")
+
+    def init(self) -> None:
+        """Make the cluster (trust authentication, superuser ``postgres``)."""
+        self._run(str(self._bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections (crash recovery included)."""
+        options = f"-p {self.port} -k {self.home} -c listen_addresses=127.0.0.1"
+        self._run(str(self._bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.home / "server.log"),
+                  "-o", options, "-w", "-t", "60", "start")
+
+    def stop(self, mode: str = "immediate") -> None:
+        """Stop the server; ``immediate`` is a crash: no checkpoint, connections cut at once."""
+        self.thaw()
+        self._run(str(self._bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    @property
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
+    def _server_pids(self) -> list[int]:
+        """The postmaster and every process it started (backends, checkpointer, ...)."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = []
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            try:
+                fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == postmaster:
+                children.append(int(Path(stat).parent.name))
+        return [postmaster, *children]
+
+    def freeze(self) -> None:
+        """SIGSTOP the whole server: connections stay open, nothing answers (a hung host)."""
+        self._frozen = self._server_pids()
+        for pid in self._frozen:
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Undo :meth:`freeze`."""
+        for pid in self._frozen:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        self._frozen = []
+
+    def remove(self) -> None:
+        """Stop if running and delete every file."""
+        if self.running:
+            try:
+                self.stop()
+            except (RuntimeError, subprocess.TimeoutExpired):
+                pass
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PrivatePostgres]:
+    bin_dir, as_postgres = _postgres_bin(), _as_postgres()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL's initdb and pg_ctl are not installed (/usr/lib/postgresql/*/bin)")
+    if as_postgres is None:
+        pytest.skip("cannot run commands as the postgres user (needs root and runuser, or to be postgres)")
+    cluster = PrivatePostgres(bin_dir, as_postgres)
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+def running_postgres(postgres: PrivatePostgres) -> Iterator[PrivatePostgres]:
+    """The private cluster, up and thawed at the start and at the end of the test."""
+    postgres.thaw()
+    if not postgres.running:
+        postgres.start()
+    yield postgres
+    postgres.thaw()
+    if not postgres.running:
+        postgres.start()
+
+
+@pytest.fixture
+async def fresh_database(running_postgres: PrivatePostgres) -> AsyncIterator[str]:
+    """An empty database on the private cluster; its URL."""
+    name = f"hq_outage_{os.urandom(4).hex()}"
+    admin = await asyncpg.connect(running_postgres.url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield running_postgres.url.rsplit("/", 1)[0] + f"/{name}"
+    if running_postgres.running:
+        admin = await asyncpg.connect(running_postgres.url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+async def _unavailable_in_time(operation: Awaitable[Any]) -> float:
+    """Await ``operation``; it must raise StoreUnavailable within ANSWER_WITHIN. Returns the seconds."""
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable) as failure:
+        await asyncio.wait_for(operation, ANSWER_WITHIN + 5)
+    elapsed = time.monotonic() - started
+    assert elapsed < ANSWER_WITHIN, f"StoreUnavailable after {elapsed:.1f}s"
+    assert failure.value.code == "unavailable"
+    return elapsed
+
+
+async def _eventually(attempt: Callable[[], Awaitable[Any]], within: float = RECOVER_WITHIN) -> tuple[Any, int]:
+    """Retry ``attempt`` while it raises StoreUnavailable; returns its result and the failures seen."""
+    deadline = time.monotonic() + within
+    failures = 0
+    while True:
+        try:
+            return await attempt(), failures
+        except StoreUnavailable:
+            failures += 1
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+def _every_store_operation(store: PostgresStore) -> list[Callable[[], Awaitable[Any]]]:
+    now = time.time()
+    return [
+        store.ping,
+        lambda: store.add_message("missions", "fox", "during", "2024-01-01T00:00:00.000Z"),
+        lambda: store.history("missions", None, 10),
+        lambda: store.last_message_id("missions"),
+        lambda: store.get_agent("fox"),
+        lambda: store.get_agent_and_session("fox", "sid"),
+        lambda: store.create_session("sid-2", "fox"),
+        lambda: store.rotate_refresh_token("old", "new", now + 60, now),
+        lambda: store.revoke_sessions("fox", "logged_out", "sid"),
+        lambda: store.revocations_after(0),
+    ]
+
+
+# the store, in this process ----------------------------------------------------------------------
+async def test_store_answers_unavailable_while_the_database_is_down_and_recovers(
+        postgres: PrivatePostgres, fresh_database: str) -> None:
+    store = PostgresStore(fresh_database)
+    await store.open()
+    try:
+        await store.add_agent("fox", "field-operative", "hash")
+        await store.create_session("sid", "fox")
+        acked = [(await store.add_message("missions", "fox", f"before {i}", "2024-01-01T00:00:00.000Z")).id
+                 for i in range(3)]
+        assert acked == [1, 2, 3]
+
+        postgres.stop()  # a crash: no checkpoint, every connection cut
+        for operation in _every_store_operation(store):
+            await _unavailable_in_time(operation())
+
+        postgres.start()
+        message, _ = await _eventually(
+            lambda: store.add_message("missions", "fox", "after", "2024-01-01T00:00:01.000Z"))
+        assert message.id == 4, "an attempt made while the database was down used up an id"
+        assert [m.id for m in await store.history("missions", None, 10)] == [1, 2, 3, 4]
+        assert (await store.get_agent("fox")).codename == "fox"
+    finally:
+        await store.close()
+
+
+async def test_store_replaces_connections_the_server_closed(
+        postgres: PrivatePostgres, fresh_database: str) -> None:
+    store = PostgresStore(fresh_database)
+    await store.open()
+    try:
+        # Several pooled connections, then the server ends every one of them (as on a failover).
+        await asyncio.gather(*(store.history("hq", None, 5) for _ in range(5)))
+        admin = await asyncpg.connect(fresh_database)
+        try:
+            ended = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        finally:
+            await admin.close()
+        assert ended >= 1
+        await asyncio.sleep(0.2)
+        for i in range(1, 11):
+            message, failures = await _eventually(
+                lambda: store.add_message("hq", "fox", f"after {i}", "2024-01-01T00:00:00.000Z"), within=5)
+            assert message.id == i
+            assert failures <= 1, "a closed connection should cost one answer at most"
+    finally:
+        await store.close()
+
+
+async def test_a_frozen_database_is_unavailable_in_seconds_not_a_hang(
+        postgres: PrivatePostgres, fresh_database: str) -> None:
+    store = PostgresStore(fresh_database)
+    await store.open()
+    try:
+        await store.add_message("hq", "fox", "before", "2024-01-01T00:00:00.000Z")
+        postgres.freeze()  # connections stay open, nothing answers, new ones are never accepted
+        try:
+            for operation in _every_store_operation(store)[:4]:
+                await _unavailable_in_time(operation())
+            # Many at once: they wait for pooled connections, and still answer in time.
+            started = time.monotonic()
+            results = await asyncio.gather(*(store.last_message_id("hq") for _ in range(30)),
+                                           return_exceptions=True)
+            assert all(isinstance(r, StoreUnavailable) for r in results), results
+            assert time.monotonic() - started < ANSWER_WITHIN
+        finally:
+            postgres.thaw()
+        message, _ = await _eventually(lambda: store.add_message("hq", "fox", "after", "2024-01-01T00:00:01.000Z"))
+        assert [m.text for m in await store.history("hq", None, 10)][0] == "before"
+        assert message.id == len(await store.history("hq", None, 10))
+    finally:
+        await store.close()
+
+
+async def test_open_says_unavailable_when_the_database_is_down() -> None:
+    store = PostgresStore(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres")
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(store.open(), ANSWER_WITHIN)
+
+
+# a real HQ node --------------------------------------------------------------------------------
+def _login(server: HQServer, codename: str) -> tuple[int, dict[str, Any], float]:
+    """POST /api/auth/login: status, JSON body and seconds taken (errors included, never raised)."""
+    request = urllib.request.Request(f"{server.url}/api/auth/login", method="POST",
+                                     data=json.dumps({"username": codename, "password": PASSWORD}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(request, timeout=ANSWER_WITHIN + 5) as response:
+            return response.status, json.loads(response.read()), time.monotonic() - started
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read()), time.monotonic() - started
+
+
+def _refresh(server: HQServer, refresh_token: str) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(f"{server.url}/api/auth/refresh", method="POST",
+                                     data=json.dumps({"refresh_token": refresh_token}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=ANSWER_WITHIN + 5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def _bearer(server: HQServer, method: str, path: str, access_token: str) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(f"{server.url}{path}", method=method,
+                                     headers={"Authorization": f"Bearer {access_token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=ANSWER_WITHIN + 5) as response:
+            raw = response.read()
+            return response.status, json.loads(raw) if raw else {}
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.fixture
+def hq_on_private_postgres(tmp_path: Path, fresh_database: str) -> Iterator[HQServer]:
+    server = make_server(tmp_path / "hq", agents={"fox": "field-operative", "hank": "handler"},
+                         storage={"url": fresh_database})
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_hq_through_a_postgres_outage(postgres: PrivatePostgres, hq_on_private_postgres: HQServer) -> None:
+    hq = hq_on_private_postgres
+    status, hank_pair, _ = _login(hq, "hank")
+    assert status == 200
+    hank = await RecordingClient().connect(hq.url, hank_pair["access_token"])
+    fox = await RecordingClient().connect(hq.url, _login(hq, "fox")[1]["access_token"])
+    try:
+        assert (await fox.call("join", {"channel": "missions"}))["ok"]
+        acked = []
+        for i in range(3):
+            ack = await hank.call("message", {"channel": "missions", "text": f"before {i}"})
+            assert ack["ok"], ack
+            acked.append(ack["id"])
+        await fox.wait_for("message", count=3)
+
+        postgres.stop()  # immediate: a crash
+        started = time.monotonic()
+        ack = await hank.call("message", {"channel": "missions", "text": "during"})
+        took = time.monotonic() - started
+        assert ack["ok"] is False and ack["error"]["code"] == "unavailable", ack
+        assert took < ANSWER_WITHIN, f"message answered after {took:.1f}s"
+        for event, payload in [("history", {"channel": "missions"}), ("join", {"channel": "hq"})]:
+            ack = await hank.call(event, payload)
+            assert ack["ok"] is False and ack["error"]["code"] == "unavailable", (event, ack)
+        status, body, took = _login(hq, "fox")
+        assert (status, body["error"]["code"]) == (503, "unavailable") and took < ANSWER_WITHIN, (status, body, took)
+        status, body = _refresh(hq, hank_pair["refresh_token"])
+        assert (status, body["error"]["code"]) == (503, "unavailable"), (status, body)
+        for method, path in [("GET", "/api/auth/me"), ("POST", "/api/auth/logout")]:
+            status, body = _bearer(hq, method, path, hank_pair["access_token"])
+            assert (status, body["error"]["code"]) == (503, "unavailable"), (path, status, body)
+        # The sockets stay: what needs no database still works.
+        assert hank.sio.connected and fox.sio.connected
+        assert await hank.call("leave", {"channel": "missions"}) == {"ok": True}
+
+        postgres.start()
+        deadline = time.monotonic() + RECOVER_WITHIN
+        while True:
+            ack = await hank.call("message", {"channel": "missions", "text": "after"})
+            if ack["ok"] or time.monotonic() > deadline:
+                break
+            assert ack["error"]["code"] == "unavailable", ack
+            await asyncio.sleep(0.2)
+        assert ack == {"ok": True, "id": acked[-1] + 1}, ack
+        assert _login(hq, "fox")[0] == 200
+        # The refresh refused during the outage was not spent: it still works.
+        status, body = _refresh(hq, hank_pair["refresh_token"])
+        assert status == 200, body
+        history = await fox.call("history", {"channel": "missions"})
+        assert [(m["id"], m["text"]) for m in history["messages"]] == [
+            (1, "before 0"), (2, "before 1"), (3, "before 2"), (4, "after")]
+        assert (await fox.wait_for("message", count=4))[-1]["text"] == "after"
+
+        # A database that hangs instead of refusing: answers still come within the store's budget.
+        postgres.freeze()
+        try:
+            started = time.monotonic()
+            ack = await hank.call("message", {"channel": "missions", "text": "frozen"})
+            took = time.monotonic() - started
+            assert ack["ok"] is False and ack["error"]["code"] == "unavailable", ack
+            assert took < ANSWER_WITHIN, f"message answered after {took:.1f}s"
+            status, body, took = _login(hq, "fox")
+            assert status == 503 and took < ANSWER_WITHIN, (status, body, took)
+            assert hank.sio.connected and fox.sio.connected
+        finally:
+            postgres.thaw()
+        deadline = time.monotonic() + RECOVER_WITHIN
+        while not (ack := await hank.call("message", {"channel": "missions", "text": "thawed"}))["ok"]:
+            assert time.monotonic() < deadline, ack
+            await asyncio.sleep(0.2)
+        assert ack["id"] == 5, ack
+        assert hank.disconnected_at is None and fox.disconnected_at is None
+        assert "handler failed" not in hq.log_path.read_text()
+    finally:
+        await hank.close()
+        await fox.close()
