@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import types
 from typing import Any, Coroutine, Generator
 
@@ -42,6 +43,9 @@ RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "disconne
 #: The name a refused event is dispatched under; its handler answers ``not_found``.
 REFUSED_EVENT = "hq:refused"
 log = logging.getLogger("hq.socket_server")
+
+#: Python 3.12+ starts a Task eagerly itself.
+EAGER_START = sys.version_info >= (3, 12)
 
 #: HQ's events take one payload; python-socketio reassembles this many binary attachments at most.
 MAX_ATTACHMENTS = 4
@@ -110,8 +114,9 @@ class SocketServer(socketio.AsyncServer):
                 return None
             await self._handle_connect(eio_sid, pkt.namespace, pkt.data)
             if not self._keep_environ and eio_sid in self.environ:
-                # HQ's Connection keeps what it needs; the request and its headers need not live on.
-                self.environ[eio_sid] = {}
+                # HQ's Connection keeps what it needs; the headers need not live on. Cleared, not
+                # just dropped: python-engineio's frames below the websocket loop hold the same dict.
+                self.environ[eio_sid].clear()
             return None
         if kind == sio_packet.DISCONNECT:
             if self.manager.sid_from_eio_sid(eio_sid, namespace) is not None:
@@ -154,16 +159,26 @@ class SocketServer(socketio.AsyncServer):
     def run_eagerly(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` now, up to its first wait; only if it waits, finish it in a Task.
 
-        (Python 3.12's ``eager_start`` does the same; this works on 3.11 too.)
+        On Python 3.12+ this is asyncio's own ``eager_start``; on 3.11 the coroutine is started by
+        hand and handed to a Task at its first wait (:func:`_resume`). Until that wait it runs in
+        the socket's reading task, so a handler must not tie anything to ``current_task()``
+        (``asyncio.timeout``) before its first ``await``; HQ's handlers do not.
         """
-        try:
-            waiting_on = coro.send(None)
-        except StopIteration:
-            return
-        except Exception:  # HQ's handlers answer every error themselves; this is a last resort
-            log.exception("event handler failed")
-            return
-        task = asyncio.ensure_future(_resume(waiting_on, coro))
+        if EAGER_START:
+            task = asyncio.Task(coro, loop=asyncio.get_running_loop(), eager_start=True)  # type: ignore[call-arg]
+            if task.done():
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("event handler failed: %r", task.exception())
+                return
+        else:
+            try:
+                waiting_on = coro.send(None)
+            except StopIteration:
+                return
+            except Exception:  # HQ's handlers answer every error themselves; this is a last resort
+                log.exception("event handler failed")
+                return
+            task = asyncio.ensure_future(_resume(waiting_on, coro))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
@@ -187,8 +202,16 @@ class SocketServer(socketio.AsyncServer):
 def _resume(waiting_on: Any, coro: Coroutine[Any, Any, Any]) -> Generator[Any, Any, Any]:
     """Continue a coroutine that was started by hand and stopped at ``waiting_on``.
 
-    The Task first waits for what the coroutine was waiting on (``yield``), then drives the rest of
-    it (``yield from``), exactly as if the Task had run it from the start.
+    The Task waits for what the coroutine was waiting on (``yield``); the result, or the error
+    (the Task throws a failed future's exception, or a cancellation, in here), goes back into the
+    coroutine, and from then on ``yield from`` drives it as if the Task had run it from the start.
     """
-    yield waiting_on
+    try:
+        yield waiting_on
+    except BaseException as exc:
+        try:
+            waiting_on = coro.throw(exc)
+        except StopIteration as done:
+            return done.value
+        return (yield from _resume(waiting_on, coro))
     return (yield from coro)  # type: ignore[misc]

@@ -292,3 +292,35 @@ async def test_a_history_larger_than_the_buffer_cap_is_delivered(http: aiohttp.C
     assert not hank.closed.is_set()
     await hank.close()
     await dora.close()
+
+
+async def test_an_eager_handler_gets_the_error_of_what_it_waited_on() -> None:
+    from hq.engine import ProtocolFaults
+    from hq.socket_server import _resume
+
+    outcomes: list[str] = []
+
+    async def handler(fail: asyncio.Future[None]) -> None:
+        try:
+            await fail
+            outcomes.append("no error")
+        except ValueError:
+            outcomes.append("caught")
+            await asyncio.sleep(0)
+            outcomes.append("went on")
+
+    sio = SocketServer(client_events=frozenset(), faults=ProtocolFaults(), async_mode="aiohttp")
+    fail: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    sio.run_eagerly(handler(fail))
+    assert outcomes == []  # it waits
+    fail.set_exception(ValueError("the store is down"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert outcomes == ["caught", "went on"]
+    # The hand-made continuation (Python 3.11) on its own: an error and a cancellation reach the coroutine.
+    fail2: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    coro = handler(fail2)
+    task = asyncio.ensure_future(_resume(coro.send(None), coro))
+    fail2.set_exception(ValueError("again"))
+    await task
+    assert outcomes[-2:] == ["caught", "went on"]
