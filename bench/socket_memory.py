@@ -94,10 +94,11 @@ def main() -> None:
     subprocess.run([sys.executable, "-m", "hq", "agents", "add", "member", "--role", "field-operative",
                     "--password-stdin", "--config", str(config)], input=PASSWORD + "\n", text=True, check=True,
                    env={**os.environ, "PYTHONPATH": str(source)}, cwd=work, capture_output=True)
-    tracemalloc.start(25)
     server = CountingServer(config, port)
     server.start()
-    server.ready.wait(30)
+    if not server.ready.wait(60):
+        raise SystemExit("HQ did not start")
+    tracemalloc.start(25)  # after start-up: only what the connections allocate is compared
     url = f"http://127.0.0.1:{port}"
     import urllib.request
     request = urllib.request.Request(f"{url}/api/auth/login", method="POST",
