@@ -51,7 +51,7 @@ import asyncio, json, sys
 import aiohttp
 
 async def main(url, token, count):
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         sockets = []
         for _ in range(count):
             ws = await session.ws_connect(url + "/socket.io/?EIO=4&transport=websocket")
