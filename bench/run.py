@@ -206,11 +206,13 @@ def _git(*args: str) -> str:
 class HQTemplate:
     """An HQ data folder (config, secret, SQLite file with the agents) copied for every fresh server."""
 
-    def __init__(self, root: Path, source: HQSource) -> None:
+    def __init__(self, root: Path, source: HQSource, eager_tasks: bool = False) -> None:
         self.source = source
         self.path = root / "hq-template"
         self.path.mkdir()
-        (self.path / "config.toml").write_text(HQ_CONFIG)
+        config = HQ_CONFIG.replace('host = "127.0.0.1"\n', 'host = "127.0.0.1"\neager_tasks = true\n') if eager_tasks \
+            else HQ_CONFIG
+        (self.path / "config.toml").write_text(config)
         for codename, role in AGENTS.items():
             self._cli("agents", "add", codename, "--role", role, "--password-stdin", stdin=PASSWORD + "\n")
 
@@ -409,6 +411,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--hq-ref", metavar="GIT_REF", help="run the hq package of this commit, not the working tree")
     source.add_argument("--hq-source", metavar="DIR", type=Path, help="run the hq package found in DIR/hq")
     parser.add_argument("--hq-python", metavar="PYTHON", help="run HQ on this interpreter (with HQ's dependencies)")
+    parser.add_argument("--hq-eager-tasks", action="store_true",
+                        help="[server] eager_tasks = true (asyncio's eager task factory; Python 3.12+)")
     parser.add_argument("--profile", action="store_true",
                         help="attach py-spy to HQ during each run (bench/results/profiles/*.txt)")
     parser.add_argument("--native", action="store_true", help="with --profile: include C frames (py-spy --native)")
@@ -431,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="hq-bench-") as tmp:
         source = HQSource.resolve(args.hq_ref, args.hq_source, args.hq_python, Path(tmp))
-        template = HQTemplate(Path(tmp), source)
+        template = HQTemplate(Path(tmp), source, eager_tasks=args.hq_eager_tasks)
         for rep in range(args.reps):
             order = servers if rep % 2 == 0 else servers[::-1]
             for scenario in scenarios:
