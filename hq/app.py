@@ -26,6 +26,7 @@ from .identity import Authenticator
 from .limits import LoginLimiter, LoginThrottle, RedisLoginThrottle, redis_client
 from .metrics import Metrics
 from .passwords import PasswordHasher
+from .presence import Presence
 from .realtime import Realtime
 from .revocation import RevocationBus, RevocationWatcher, revocation_channel
 from .sessions import SessionService
@@ -50,6 +51,7 @@ class HQ:
     realtime: Realtime
     admin: AgentAdmin
     watcher: RevocationWatcher
+    presence: Presence
     redis: aioredis.Redis | None = None
 
     def health_checks(self) -> list[HealthCheck]:
@@ -79,7 +81,8 @@ def build(settings: Settings) -> HQ:
     sessions = SessionService(store, hasher, tokens, throttle, audit, settings.auth)
     authenticator = Authenticator(tokens, store)
     addresses = AddressResolver(settings.server.trusted_proxies)
-    realtime = Realtime(settings, authenticator, policy, store, audit, addresses)
+    presence = Presence(settings.channels, redis, prefix=settings.cluster.channel)
+    realtime = Realtime(settings, authenticator, policy, store, audit, addresses, presence)
     cluster = settings.cluster
     bus = RevocationBus(cluster.redis_url, revocation_channel(cluster.channel)) if cluster.redis_url else None
     watcher = RevocationWatcher(store, realtime.end_sessions, settings.storage.revocation_poll, bus)
@@ -87,7 +90,7 @@ def build(settings: Settings) -> HQ:
     sessions.on_revoke(watcher.revoked_here)
     admin = AgentAdmin(store, hasher, policy, sessions)
     return HQ(settings, store, hasher, keys, tokens, policy, audit, sessions, authenticator, realtime,
-              admin, watcher, redis)
+              admin, watcher, presence, redis)
 
 
 def _login_limiter(settings: Settings, redis: aioredis.Redis | None) -> LoginLimiter:
@@ -127,8 +130,10 @@ def create_app(settings: Settings, on_first_agent: FirstAgentReporter = print_fi
             on_first_agent(*first)
         await hq.watcher.start()
         hq.realtime.start()
+        await hq.presence.start()
         yield
         await admin_ui.shutdown()
+        await hq.presence.stop()
         await hq.realtime.stop()
         await hq.watcher.stop()
         await hq.store.close()

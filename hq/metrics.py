@@ -17,7 +17,7 @@ from prometheus_client.exposition import choose_encoder
 from .engine import FAULT_KINDS
 
 OTHER = "other"
-EVENTS = frozenset({"join", "leave", "message", "history", "reauth", "unknown"})
+EVENTS = frozenset({"join", "leave", "message", "history", "reauth", "presence", "unknown"})
 TRANSPORTS = frozenset({"polling", "websocket"})
 TOKEN_CODES = frozenset({"token_missing", "token_invalid", "token_expired", "token_revoked", "token_reused",
                          "agent_disabled", "origin_not_allowed"})

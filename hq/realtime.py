@@ -1,4 +1,4 @@
-"""The Socket.IO server: connect (identify and attach), then join, leave, message, history, reauth.
+"""The Socket.IO server: connect (identify and attach), then join, leave, message, history, reauth, presence.
 
 Handlers stay thin: they parse the payload, ask the authenticator, the clearance policy and the
 store, and answer with the contract's ack shape. Every connection knows its token's expiry and its
@@ -28,6 +28,7 @@ from .engine import ProtocolFaults
 from .fanout import LocalManager, RedisManager
 from .identity import Authenticator, Principal
 from .limits import TokenBucket
+from .presence import Presence
 from .socket_server import REFUSED_EVENT, SocketServer
 from .store import Store
 from .wire import SocketJSON
@@ -103,13 +104,15 @@ class Realtime:
     """Owns the python-socketio ``AsyncServer`` and the live connections of this HQ node."""
 
     def __init__(self, settings: Settings, authenticator: Authenticator, policy: ClearancePolicy,
-                 store: Store, audit: AuditLog, addresses: AddressResolver) -> None:
+                 store: Store, audit: AuditLog, addresses: AddressResolver, presence: Presence | None = None) -> None:
         self._settings = settings
         self._auth = authenticator
         self._policy = policy
         self._store = store
         self._audit = audit
         self._addresses = addresses
+        self._presence = presence if presence is not None else Presence(settings.channels)
+        self._presence.on_change(self._announce_presence)
         self._connections: dict[str, Connection] = {}
         self._observers: list[RealtimeObserver] = []
         self.faults = ProtocolFaults()
@@ -121,7 +124,7 @@ class Realtime:
         self._observers.append(observer)
 
     #: The events a client can reach; every other name is refused at the boundary (socket_server.py).
-    CLIENT_EVENTS = frozenset({"join", "leave", "message", "history", "reauth"})
+    CLIENT_EVENTS = frozenset({"join", "leave", "message", "history", "reauth", "presence"})
 
     @classmethod
     def _create_server(cls, settings: Settings, faults: ProtocolFaults, store: Store) -> SocketServer:
@@ -152,7 +155,7 @@ class Realtime:
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
         handlers = {"join": self._join, "leave": self._leave, "message": self._message,
-                    "history": self._history, "reauth": self._reauth}
+                    "history": self._history, "reauth": self._reauth, "presence": self._who_is_online}
         assert handlers.keys() == self.CLIENT_EVENTS
         for name, handler in handlers.items():
             self.sio.on(name, self._event(name, handler))
@@ -193,6 +196,7 @@ class Realtime:
             return
         if connection.timer is not None:
             connection.timer.cancel()
+        await self._presence.left(sid, connection.principal.codename, connection.channels)
         self._audit.record("connection_ended", codename=connection.principal.codename,
                            address=connection.address, transport=connection.transport,
                            user_agent=connection.user_agent,
@@ -326,6 +330,7 @@ class Realtime:
         self._require_read(connection, channel)
         await self.sio.enter_room(sid, channel_room(channel))
         connection.channels.add(channel)
+        await self._presence.joined(channel, sid, connection.principal.codename, connection.principal.role)
         last_id = await self._store.last_message_id(channel)
         self.sio.manager.channel_joined(channel, last_id)
         return {"ok": True, "channel": channel, "last_id": last_id}
@@ -334,6 +339,7 @@ class Realtime:
         channel = self._channel(payload)
         await self.sio.leave_room(sid, channel_room(channel))
         connection.channels.discard(channel)
+        await self._presence.left(sid, connection.principal.codename, [channel])
         return {"ok": True}
 
     async def _message(self, sid: str, connection: Connection, payload: Any) -> Ack:
@@ -378,8 +384,21 @@ class Realtime:
         if principal.codename != connection.principal.codename:
             raise AuthError("token belongs to another agent", "token_invalid")
         connection.principal = principal
-        for channel in [c for c in connection.channels if not self._policy.may_read(principal.role, c)]:
+        demoted = [c for c in connection.channels if not self._policy.may_read(principal.role, c)]
+        for channel in demoted:
             await self.sio.leave_room(sid, channel_room(channel))
             connection.channels.discard(channel)
+        await self._presence.left(sid, principal.codename, demoted)
         self._schedule_expiry(sid, connection)
         return {"ok": True, "exp": principal.exp}
+
+    async def _who_is_online(self, sid: str, connection: Connection, payload: Any) -> Ack:
+        channel = self._channel(payload)
+        self._require_read(connection, channel)
+        agents = await self._presence.members(channel)
+        return {"ok": True, "agents": [agent.to_wire() for agent in agents]}
+
+    async def _announce_presence(self, channel: str, codename: str, online: bool) -> None:
+        # Through the manager: with Redis it reaches the channel's members on every node.
+        await self.sio.emit("presence", {"channel": channel, "codename": codename, "online": online},
+                            room=channel_room(channel))

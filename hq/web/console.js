@@ -9,6 +9,8 @@
 const ACK_TIMEOUT_MS = 10000;
 const HISTORY_PAGE = 500;
 const FIRST_PAGE = 100;
+// Presence events say who came or went; the counts and roles come from asking again, at most this often.
+const PRESENCE_REFRESH_MS = 1000;
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -16,7 +18,7 @@ const ui = {
   loginView: $("login-view"), loginForm: $("login-form"), codename: $("codename"), password: $("password"),
   loginButton: $("login"),
   consoleView: $("console-view"), channelPicker: $("channel-picker"), channel: $("channel"),
-  noChannels: $("no-channels"), feed: $("feed"),
+  noChannels: $("no-channels"), feed: $("feed"), onlinePanel: $("online-panel"), online: $("online"),
   sendForm: $("send-form"), message: $("message"), sendTo: $("send-to"), send: $("send"),
   noWrite: $("no-write"), sendResult: $("send-result"),
 };
@@ -29,6 +31,8 @@ const state = {
   current: null,       // the channel shown in the feed
   seen: new Set(),     // message ids shown for the current channel
   lastId: 0,           // highest id shown for the current channel
+  online: new Map(),   // codename -> {codename, role, connections}: who is in the current channel
+  presenceTimer: null, // a pending re-ask of `presence` after live events
   loading: null,       // {channel, buffer} while history is being fetched
   generation: 0,       // bumps on every channel switch, so late answers for an old one are dropped
   endedReason: null,   // the last session_ended reason, read when HQ then disconnects us
@@ -129,6 +133,7 @@ function renderChannels() {
   fillSelect(ui.channel, readable, state.current);
   ui.channelPicker.hidden = readable.length === 0;
   ui.feed.hidden = readable.length === 0;
+  ui.onlinePanel.hidden = readable.length === 0;
   ui.noChannels.hidden = readable.length !== 0;
   ui.noChannels.textContent =
     `No channels: your clearance (${state.me.role}) may not read any channel.`;
@@ -186,6 +191,68 @@ function onLiveMessage(message) {
   }
 }
 
+// ---------------------------------------------------------------------------------------- online
+
+function onlineItem(agent) {
+  const item = document.createElement("li");
+  item.className = "agent" + (state.me && agent.codename === state.me.codename ? " mine" : "");
+  item.dataset.codename = agent.codename;
+  const name = document.createElement("span");
+  name.className = "from";
+  name.textContent = agent.codename;
+  item.append(name);
+  if (agent.role) {
+    const role = document.createElement("span");
+    role.className = "role";
+    role.textContent = agent.role;
+    item.append(" ", role);
+  }
+  if (agent.connections > 1) {
+    const count = document.createElement("span");
+    count.className = "count";
+    count.textContent = `${agent.connections} connections`;
+    item.append(" ", count);
+  }
+  return item;
+}
+
+function renderOnline() {
+  const agents = [...state.online.values()].sort((a, b) => a.codename.localeCompare(b.codename));
+  ui.online.replaceChildren(...agents.map(onlineItem));
+}
+
+function clearOnline() {
+  clearTimeout(state.presenceTimer);
+  state.presenceTimer = null;
+  state.online = new Map();
+  renderOnline();
+}
+
+// Ask who is in `channel` (any HQ node); answers for a channel no longer open are dropped.
+async function loadPresence(channel, generation) {
+  const answer = await call("presence", { channel });
+  if (generation !== state.generation || channel !== state.current || !answer.ok) return;
+  state.online = new Map(answer.agents.map((agent) => [agent.codename, agent]));
+  renderOnline();
+}
+
+// A live arrival or departure: shown at once, then confirmed (role, connections) by asking again.
+function onPresence(event) {
+  if (!event || event.channel !== state.current) return;
+  if (!event.online) {
+    state.online.delete(event.codename);
+  } else if (!state.online.has(event.codename)) {
+    state.online.set(event.codename, { codename: event.codename, role: "", connections: 1 });
+  }
+  renderOnline();
+  if (state.presenceTimer !== null) return;
+  const { current: channel, generation } = state;
+  state.presenceTimer = setTimeout(() => {
+    state.presenceTimer = null;
+    loadPresence(channel, generation);
+  }, PRESENCE_REFRESH_MS);
+}
+
 function call(event, payload) {
   if (!state.socket) return Promise.resolve({ ok: false, error: { code: "timeout", message: "not connected" } });
   return state.socket.timeout(ACK_TIMEOUT_MS).emitWithAck(event, payload)
@@ -202,12 +269,14 @@ async function loadChannel(channel, { fresh }) {
     state.lastId = 0;
     ui.feed.replaceChildren();
     ui.feed.setAttribute("aria-label", `Live feed of ${channel}`);
+    clearOnline();
   }
   state.loading = { channel, buffer: [] };
   try {
     const joined = await call("join", { channel });
     if (generation !== state.generation) return;
     if (!joined.ok) { showAlert(eventWords(joined.error, channel)); return; }
+    loadPresence(channel, generation); // alongside the history, not after it
     let after = fresh ? null : state.lastId;
     for (;;) {
       const payload = after === null ? { channel, limit: FIRST_PAGE } : { channel, after_id: after, limit: HISTORY_PAGE };
@@ -310,6 +379,7 @@ function connectSocket() {
   socket.on("connect_error", (error) => onConnectError(socket, error));
   socket.on("disconnect", (reason) => onDisconnect(socket, reason));
   socket.on("message", onLiveMessage);
+  socket.on("presence", onPresence);
   socket.on("token_expiring", (data) => onTokenExpiring(socket, data));
   socket.on("session_ended", (data) => { state.endedReason = data && data.reason; });
   socket.io.on("reconnect_attempt", () => setStatus("Reconnecting…", "connecting"));
@@ -402,6 +472,7 @@ async function enter() {
   state.current = null;
   state.generation += 1;
   ui.feed.replaceChildren();
+  clearOnline();
   ui.sendResult.textContent = "";
   showConsole();
   renderChannels();
