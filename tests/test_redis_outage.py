@@ -5,8 +5,9 @@ they are counted on each node instead (a guesser is still limited, per node), ``
 ``degraded`` and, once Redis is back, the very first login is served through it again (redis-py's
 pooled connections died with the old Redis process).
 
-Every test runs its own ``redis-server`` on a free port and kills it with SIGKILL: the machine's
-Redis on 6379 is shared and never stopped.
+The tests that need Redis run their own ``redis-server`` on a free port and kill it with SIGKILL
+(or pause it with SIGSTOP): the machine's Redis on 6379 is shared and never stopped. ``/healthz``
+and the 503 answers are also checked over fake backends, which can hang or refuse on demand.
 """
 
 from __future__ import annotations
