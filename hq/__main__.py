@@ -1,4 +1,4 @@
-"""The operator CLI: ``python -m hq [serve] | agents add|list|passwd|disable|enable``.
+"""The operator CLI: ``python -m hq [serve [--workers N]] | agents add|list|passwd|disable|enable``.
 
 Exit codes: 0 success, 1 runtime error, 2 usage or configuration error, 3 the store is in use by
 another HQ (``serve`` on an SQLite file another HQ process serves); errors are one line on stderr.
@@ -11,19 +11,23 @@ import asyncio
 import gc
 import getpass
 import logging
+import os
 import ssl
 import sys
+from functools import partial
+from pathlib import Path
 from typing import Any, Awaitable, Callable, NoReturn
 
 from aiohttp import web
 
 from .access_log import RedactingAccessLogger, RedactingFilter
 from .agents import AgentAdminError
-from .app import HQ, build, create_app
+from .app import HQ, HQ_KEY, build, create_app, print_first_agent
 from .config import ConfigError, Settings, find_config, load_settings
 from .passwords import PasswordPolicyError
 from .store import AgentExistsError, UnknownAgentError
 from .store.lock import StoreInUseError, serving_lock
+from .workers import Supervisor, WorkerRole, check_port_free, cluster_problem
 
 
 class UsageError(Exception):
@@ -45,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", parents=[common], help="run HQ (the default)")
     serve.add_argument("--host", help="address to listen on")
     serve.add_argument("--port", type=int, help="port to listen on")
+    serve.add_argument("--workers", type=_worker_count, default=1, metavar="N",
+                       help="worker processes sharing the port (N > 1 needs PostgreSQL and Redis)")
+    # Given by the supervisor to the workers it starts (hq/workers.py); not for operators.
+    serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--supervisor", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     agents = commands.add_parser("agents", parents=[common], help="manage agents")
     actions = agents.add_subparsers(dest="action", required=True, parser_class=_Parser)
     add = actions.add_parser("add", parents=[common], help="create an agent")
@@ -63,13 +73,33 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _worker_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return count
+
+
+def _worker_role(args: argparse.Namespace) -> WorkerRole | None:
+    if getattr(args, "worker", None) is None:
+        return None
+    if args.supervisor is None or args.ready_fd is None:
+        raise UsageError("--worker is given by the supervisor of `serve --workers N`, with --supervisor and --ready-fd")
+    return WorkerRole(args.worker, args.supervisor, args.ready_fd)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     try:
         args = _parser().parse_args(argv)
-        settings = load_settings(find_config(getattr(args, "config", None)))
+        config = find_config(getattr(args, "config", None))
+        settings = load_settings(config)
         if args.command in (None, "serve"):
-            return serve(settings, getattr(args, "host", None), getattr(args, "port", None))
+            return serve(settings, getattr(args, "host", None), getattr(args, "port", None),
+                         getattr(args, "workers", 1), config, _worker_role(args))
         return asyncio.run(_agents(settings, args))
     except (UsageError, ConfigError) as exc:
         print(f"hq: {exc}", file=sys.stderr)
@@ -84,17 +114,75 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def serve(settings: Settings, host: str | None, port: int | None) -> int:
-    """Run HQ until interrupted, holding the store's serving lock (SQLite) the whole time."""
+def serve(settings: Settings, host: str | None, port: int | None, workers: int = 1,
+          config: Path | None = None, worker: WorkerRole | None = None) -> int:
+    """Run HQ until interrupted: one process (``workers`` 1), a supervisor of ``workers`` worker
+    processes on one port, or (``worker``) one of those workers."""
+    if worker is not None:
+        # Checked again: a worker started on SIGHUP reads the configuration as it is now.
+        problem = cluster_problem(settings)
+        if problem:
+            raise UsageError(f"worker {worker.number}: --workers {problem}")
+        return _serve(settings, host, port, worker)
+    if workers > 1:
+        return _supervise(settings, host, port, workers, config)
     # Before anything is built or bound: a second HQ on the same file must leave at once, untouched.
     with serving_lock(settings.storage_url):
         return _serve(settings, host, port)
 
 
-def _serve(settings: Settings, host: str | None, port: int | None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _supervise(settings: Settings, host: str | None, port: int | None, workers: int, config: Path | None) -> int:
+    """Run ``workers`` HQ processes on one port until SIGTERM/SIGINT (hq/workers.py)."""
+    problem = cluster_problem(settings)
+    if problem:
+        raise UsageError(f"--workers {workers} {problem}")
+    host = host or settings.server.host
+    port = port if port is not None else settings.server.port
+    if port == 0:
+        raise UsageError("--workers needs a fixed port: with port 0 each worker would get a port of its own")
+    _configure_logging("[supervisor] ")
+    check_port_free(host, port)
+    # Once, before any worker starts: N workers starting together on an empty database would each
+    # try to create the first agent, and on a first start each would generate its own secret file.
+    asyncio.run(_prepare_cluster(settings))
+    scheme = "https" if settings.server.tls_cert and settings.server.tls_key else "http"
+    supervisor = Supervisor(workers, partial(_worker_command, config, host, port),
+                            lambda: print(f"HQ listening on {scheme}://{host}:{port}/", flush=True))
+    return asyncio.run(supervisor.run())
+
+
+async def _prepare_cluster(settings: Settings) -> None:
+    hq = build(settings)  # makes the generated secret file, if HQ uses one and it is missing
+    await hq.store.open()  # and the schema
+    try:
+        first = await hq.admin.ensure_first_agent()
+        if first is not None:
+            print_first_agent(*first)
+    finally:
+        await _release(hq)
+
+
+def _worker_command(config: Path | None, host: str, port: int, number: int, ready_fd: int) -> list[str]:
+    # A fresh interpreter rather than a fork: a worker started on SIGHUP runs the code and reads the
+    # configuration file as they are now, which is what makes a rolling restart an upgrade.
+    command = [sys.executable, "-m", "hq", "serve"]
+    if config is not None:
+        command += ["--config", str(config.resolve())]
+    return command + ["--host", host, "--port", str(port), "--worker", str(number),
+                      "--supervisor", str(os.getpid()), "--ready-fd", str(ready_fd)]
+
+
+def _configure_logging(prefix: str = "") -> None:
+    # The prefix tells the supervisor's and each worker's lines apart in one stream.
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())  # library logs may quote a bad request line or header
+
+
+def _serve(settings: Settings, host: str | None, port: int | None, worker: WorkerRole | None = None) -> int:
+    _configure_logging(f"[worker {worker.number}] " if worker else "")
+    if worker is not None:
+        worker.attach()
     _install_uvloop()
     _tune_gc()
     ssl_context = None
@@ -107,8 +195,16 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
     host = host or settings.server.host
     port = port if port is not None else settings.server.port
     scheme = "https" if ssl_context else "http"
+
+    def listening(_: str) -> None:
+        if worker is None:
+            print(f"HQ listening on {scheme}://{host}:{port}/", flush=True)
+        else:  # the supervisor prints that line once for all workers
+            worker.report_when_serving([check.probe for check in app[HQ_KEY].health_checks() if check.required])
+
+    # A worker shares the port with its siblings: SO_REUSEPORT, the kernel spreading connections.
     web.run_app(app, host=host, port=port, ssl_context=ssl_context, access_log_class=RedactingAccessLogger,
-                print=lambda _: print(f"HQ listening on {scheme}://{host}:{port}/", flush=True))
+                reuse_port=worker is not None, print=listening)
     return 0
 
 
@@ -147,9 +243,16 @@ async def _agents(settings: Settings, args: argparse.Namespace) -> int:
     except (AgentAdminError, PasswordPolicyError) as exc:
         raise UsageError(str(exc)) from None
     finally:
-        await hq.store.close()
-        hq.hasher.close()
-        hq.audit.close()
+        await _release(hq)
+
+
+async def _release(hq: HQ) -> None:
+    """Close what :func:`build` and ``store.open`` made (outside a served app's lifecycle)."""
+    await hq.store.close()
+    if hq.redis is not None:
+        await hq.redis.aclose()
+    hq.hasher.close()
+    hq.audit.close()
 
 
 async def _run_agent_action(hq: HQ, args: argparse.Namespace) -> int:

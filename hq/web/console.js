@@ -373,7 +373,9 @@ async function refreshSession(staleExp = null) {
 function connectSocket() {
   closeSocket();
   // forceNew: each session gets its own connection, never a cached one from a previous login.
-  const socket = state.io({ withCredentials: true, autoConnect: false, forceNew: true });
+  // Websocket only: with `serve --workers N` or several nodes, every long-polling request of a
+  // session would have to reach the same process (see README, Deployment).
+  const socket = state.io({ withCredentials: true, autoConnect: false, forceNew: true, transports: ["websocket"] });
   state.socket = socket;
   socket.on("connect", () => onConnect(socket));
   socket.on("connect_error", (error) => onConnectError(socket, error));
