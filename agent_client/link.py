@@ -149,6 +149,8 @@ class Link:
         message = str(self._refusal.get("message") or "refused")
         if code == "agent_disabled":
             return AgentDisabled(message)
+        if code == "unavailable":  # HQ's store is down: the token is fine, try again later
+            return Unavailable(message)
         return ConnectionRefused(message, code if isinstance(code, str) else "connection_refused")
 
 

@@ -20,7 +20,7 @@ OTHER = "other"
 EVENTS = frozenset({"join", "leave", "message", "history", "reauth", "presence", "unknown"})
 TRANSPORTS = frozenset({"polling", "websocket"})
 TOKEN_CODES = frozenset({"token_missing", "token_invalid", "token_expired", "token_revoked", "token_reused",
-                         "agent_disabled", "origin_not_allowed"})
+                         "agent_disabled", "origin_not_allowed", "unavailable"})
 EVENT_CODES = frozenset({"bad_request", "forbidden", "not_found", "rate_limited", "payload_too_large",
                          "internal"}) | TOKEN_CODES
 LOGIN_OUTCOMES = frozenset({"success", "invalid_credentials", "agent_disabled", "too_many_attempts", "forbidden"})

@@ -171,6 +171,9 @@ class Realtime:
             principal = await self._auth.identify(token_from_environ(environ, auth))
         except AuthError as exc:
             self._refuse(exc.code, exc.message, address, transport, user_agent)
+        except UnavailableError:
+            # The store is down: the token may be fine, so not token_invalid (a client would drop it).
+            self._refuse("unavailable", "a backend is down; retry later", address, transport, user_agent)
         except Exception:
             log.exception("connect handler failed")
             self._refuse("token_invalid", "could not verify the token", address, transport, user_agent)

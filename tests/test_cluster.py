@@ -72,11 +72,9 @@ async def test_login_failures_are_counted_across_nodes(cluster) -> None:
 
 
 async def test_healthz_reports_a_missing_backend(tmp_path: Path) -> None:
-    server = make_server(tmp_path / "n", cluster={"redis_url": "redis://127.0.0.1:1/0"})
-    server.process = None
-    with pytest.raises(RuntimeError):
-        server.start(timeout=5)
-    with pytest.raises(urllib.error.HTTPError) as unhealthy:
-        urllib.request.urlopen(f"{server.url}/healthz", timeout=5)
-    assert unhealthy.value.code == 503
+    # Redis is not required: HQ serves without it, degraded (tests/test_redis_outage.py has the rest).
+    server = make_server(tmp_path / "n", cluster={"redis_url": "redis://127.0.0.1:1/0"}).start()
+    with urllib.request.urlopen(f"{server.url}/healthz", timeout=5) as response:
+        assert response.status == 200
+        assert json.loads(response.read()) == {"status": "degraded", "degraded": ["redis"]}
     server.stop()
