@@ -4,6 +4,7 @@ whichever node stored them, and a Redis outage loses nothing acknowledged (hq/se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from pathlib import Path
@@ -17,19 +18,35 @@ from .support import HQServer, make_server
 from .test_revocation_push import PrivateRedis, private_redis  # noqa: F401  (fixture)
 
 
-@pytest.fixture
-async def nodes(tmp_path: Path, private_redis: PrivateRedis) -> AsyncIterator[tuple[HQServer, HQServer]]:  # noqa: F811
+@contextlib.asynccontextmanager
+async def _started(tmp_path: Path, redis_url: str, count: int) -> AsyncIterator[list[HQServer]]:
+    """``count`` nodes on a fresh database and the given Redis, stopped and dropped afterwards."""
     url = await create_database()
     shared = {"storage": {"url": url, "revocation_poll": 0.1},
-              "cluster": {"redis_url": private_redis.url, "channel": f"hq-test-{uuid.uuid4().hex[:8]}"},
+              "cluster": {"redis_url": redis_url, "channel": f"hq-test-{uuid.uuid4().hex[:8]}"},
               "auth": {"bcrypt_rounds": 4, "secret": "a shared cluster secret of at least 32 bytes!"},
               "limits": {"events_per_second": 1000.0, "events_burst": 1000}}
-    a = make_server(tmp_path / "a", **shared).start()
-    b = make_server(tmp_path / "b", agents={}, **shared).start()
-    yield a, b
-    a.stop()
-    b.stop()
-    await drop_database(url)
+    started: list[HQServer] = []
+    try:
+        for n in range(count):
+            started.append(make_server(tmp_path / "abc"[n], agents=None if n == 0 else {}, **shared).start())
+        yield started
+    finally:
+        for node in started:
+            node.stop()
+        await drop_database(url)
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path, private_redis: PrivateRedis) -> AsyncIterator[tuple[HQServer, HQServer]]:  # noqa: F811
+    async with _started(tmp_path, private_redis.url, 2) as (a, b):
+        yield a, b
+
+
+@pytest.fixture
+async def three_nodes(tmp_path: Path, private_redis: PrivateRedis) -> AsyncIterator[list[HQServer]]:  # noqa: F811
+    async with _started(tmp_path, private_redis.url, 3) as started:
+        yield started
 
 
 async def test_messages_stored_on_two_nodes_arrive_in_id_order_everywhere(nodes) -> None:
@@ -49,6 +66,30 @@ async def test_messages_stored_on_two_nodes_arrive_in_id_order_everywhere(nodes)
     for member in members:
         received = await member.wait_for("message", count=60)
         await asyncio.sleep(0.2)
+        assert [m["id"] for m in member.received("message")] == ids  # in order, none twice
+    for client in members + senders:
+        await client.close()
+
+
+async def test_messages_stored_on_three_nodes_arrive_in_id_order_everywhere(three_nodes: list[HQServer]) -> None:
+    a, b, c = three_nodes
+    members = [await RecordingClient().connect(node.url, node.login("fox")["access_token"])
+               for node in (a, b, c, a, b, c)]
+    for member in members:
+        assert (await member.call("join", {"channel": "missions"}))["ok"]
+    senders = [await RecordingClient().connect(node.url, node.login(codename)["access_token"])
+               for node, codename in ((a, "hank"), (b, "dora"), (c, "hank"))]
+
+    async def burst(sender: RecordingClient, tag: str) -> list[int]:
+        acks = await asyncio.gather(*(sender.call("message", {"channel": "missions", "text": f"{tag}{n}"})
+                                      for n in range(25)))
+        return [ack["id"] for ack in acks]
+    ids = sorted(sum(await asyncio.gather(*(burst(s, tag) for s, tag in zip(senders, "abc"))), []))
+    assert ids == list(range(1, 76))
+    for member in members:
+        await member.wait_for("message", count=75)
+    await asyncio.sleep(0.2)
+    for member in members:
         assert [m["id"] for m in member.received("message")] == ids  # in order, none twice
     for client in members + senders:
         await client.close()

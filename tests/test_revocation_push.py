@@ -37,22 +37,27 @@ FAST = 1.0  # what "at once" is asserted as; the figures printed are what docs/s
 
 @dataclass
 class Cluster:
-    """Two started nodes sharing one database and one Redis channel prefix."""
+    """Two (or three) started nodes sharing one database and one Redis channel prefix."""
 
     a: HQServer
     b: HQServer
     redis_url: str
     prefix: str
+    c: HQServer | None = None
+
+    @property
+    def nodes(self) -> list[HQServer]:
+        return [self.a, self.b] + ([self.c] if self.c is not None else [])
 
     async def wait_subscribed(self, timeout: float = 15) -> None:
-        """Wait until both nodes are subscribed to the revocation channel."""
+        """Wait until every node is subscribed to the revocation channel."""
         channel = f"{self.prefix}:revocations"
         client = aioredis.Redis.from_url(self.redis_url)
         try:
             deadline = time.monotonic() + timeout
             while True:
                 try:
-                    if (await client.pubsub_numsub(channel))[0][1] >= 2:
+                    if (await client.pubsub_numsub(channel))[0][1] >= len(self.nodes):
                         return
                 except (aioredis.ConnectionError, OSError):
                     pass
@@ -67,10 +72,11 @@ ClusterFactory = Callable[..., Awaitable[Cluster]]
 
 @pytest.fixture
 async def make_cluster(tmp_path: Path) -> AsyncIterator[ClusterFactory]:
-    """Start two nodes on a fresh database and the given Redis (stopped and dropped afterwards)."""
+    """Start two (or ``nodes=3``) nodes on a fresh database and the given Redis (stopped and dropped
+    afterwards)."""
     made: list[tuple[Cluster, str]] = []
 
-    async def make(redis_url: str, poll: float = POLL) -> Cluster:
+    async def make(redis_url: str, poll: float = POLL, nodes: int = 2) -> Cluster:
         url = await create_database()
         prefix = f"hq-test-{uuid.uuid4().hex[:8]}"
         shared = {"storage": {"url": url, "revocation_poll": poll},
@@ -78,17 +84,18 @@ async def make_cluster(tmp_path: Path) -> AsyncIterator[ClusterFactory]:
                   "auth": {"bcrypt_rounds": 4, "secret": "a shared cluster secret of at least 32 bytes!"}}
         a = make_server(tmp_path / "a", **shared)
         b = make_server(tmp_path / "b", agents={}, **shared)
-        cluster = Cluster(a, b, redis_url, prefix)
+        c = make_server(tmp_path / "c", agents={}, **shared) if nodes == 3 else None
+        cluster = Cluster(a, b, redis_url, prefix, c)
         made.append((cluster, url))
-        a.start()
-        b.start()
+        for node in cluster.nodes:
+            node.start()
         await cluster.wait_subscribed()
         return cluster
 
     yield make
     for cluster, url in made:
-        cluster.a.stop()
-        cluster.b.stop()
+        for node in cluster.nodes:
+            node.stop()
         await drop_database(url)
 
 
@@ -185,6 +192,30 @@ async def test_logout_on_one_node_ends_the_socket_on_the_other_at_once(shared_re
         origin, other = (a, b) if i % 2 == 0 else (b, a)
         delays.append(await _cross_node_logout(origin, other))
     print(f"\nlogout on one node -> session_ended on the other (revocation_poll {POLL} s): {_figures(delays)}")
+    assert max(delays) < FAST, _figures(delays)
+
+
+async def test_logout_on_one_of_three_nodes_ends_the_sockets_on_the_two_others_at_once(
+        private_redis: PrivateRedis, make_cluster: ClusterFactory) -> None:
+    cluster = await make_cluster(private_redis.url, nodes=3)
+    nodes = cluster.nodes
+    delays = []
+    for i in range(12):
+        origin = nodes[i % 3]
+        others = [node for node in nodes if node is not origin]
+        token = origin.login("fox")["access_token"]
+        clients = [await RecordingClient().connect(node.url, token) for node in others]
+        try:
+            started = time.monotonic()
+            assert await _logout(origin, token) == 204
+            for client in clients:
+                assert (await client.wait_for("session_ended", timeout=3 * POLL))[0] == {"reason": "logged_out"}
+                delays.append(_ended_at(client) - started)
+        finally:
+            for client in clients:
+                await client.close()
+    print(f"\nthree nodes: logout on one -> session_ended on each of the two others "
+          f"(revocation_poll {POLL} s): {_figures(delays)}")
     assert max(delays) < FAST, _figures(delays)
 
 
