@@ -66,6 +66,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         code = _STATUS_CODES.get(exc.status, "error")
         return error_response(exc.status, code, exc.reason, headers={
             k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")})
+    except UnavailableError:  # a backend is down, whichever route met it: retry later, never a 500
+        return error_response(503, "unavailable", "a backend HQ needs is down; try again shortly",
+                              headers={"Retry-After": "1"})
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal", "internal error")

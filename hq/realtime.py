@@ -331,10 +331,16 @@ class Realtime:
     async def _join(self, sid: str, connection: Connection, payload: Any) -> Ack:
         channel = self._channel(payload)
         self._require_read(connection, channel)
+        # In the room before last_id is read: a message stored in between is delivered live (its id
+        # is at most last_id, which clients take as a duplicate), never lost between the two.
         await self.sio.enter_room(sid, channel_room(channel))
         connection.channels.add(channel)
         await self._presence.joined(channel, sid, connection.principal.codename, connection.principal.role)
-        last_id = await self._store.last_message_id(channel)
+        try:
+            last_id = await self._store.last_message_id(channel)
+        except UnavailableError:
+            await self._leave(sid, connection, payload)  # not joined: the client retries later
+            raise
         self.sio.manager.channel_joined(channel, last_id)
         return {"ok": True, "channel": channel, "last_id": last_id}
 
