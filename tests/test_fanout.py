@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 
+import pytest
 import socketio
 from socketio.base_manager import BaseManager
 
@@ -61,14 +62,20 @@ class TaskCounter:
         asyncio.get_running_loop().set_task_factory(self._previous)
 
 
-async def test_a_broadcast_to_100_members_creates_no_task_and_skips_the_fallback(monkeypatch) -> None:
-    fallback: list[str] = []
+@pytest.fixture
+def fallback(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Events that reached python-socketio's own ``AsyncManager.emit`` (a task per recipient)."""
+    calls: list[str] = []
     original = socketio.AsyncManager.emit
 
     async def spy(self, event, *args, **kwargs):  # type: ignore[no-untyped-def]
-        fallback.append(event)
+        calls.append(event)
         return await original(self, event, *args, **kwargs)
     monkeypatch.setattr(socketio.AsyncManager, "emit", spy)
+    return calls
+
+
+async def test_a_broadcast_to_100_members_creates_no_task_and_skips_the_fallback(fallback: list[str]) -> None:
     sio, sockets = await server_with_members(LocalManager())
     skipped = sio.manager.sid_from_eio_sid("eio0", "/")
     with TaskCounter() as tasks:
@@ -82,14 +89,7 @@ async def test_a_broadcast_to_100_members_creates_no_task_and_skips_the_fallback
     assert fallback == ["message"]
 
 
-async def test_a_cluster_broadcast_is_delivered_directly_too(monkeypatch) -> None:
-    fallback: list[str] = []
-    original = socketio.AsyncManager.emit
-
-    async def spy(self, event, *args, **kwargs):  # type: ignore[no-untyped-def]
-        fallback.append(event)
-        return await original(self, event, *args, **kwargs)
-    monkeypatch.setattr(socketio.AsyncManager, "emit", spy)
+async def test_a_cluster_broadcast_is_delivered_directly_too(fallback: list[str], monkeypatch) -> None:
     published: list[dict] = []
     manager = RedisManager("redis://127.0.0.1:1/0", channel="hq-test-fanout", store=None,  # type: ignore[arg-type]
                            room_of=lambda channel: f"channel:{channel}")
