@@ -7,6 +7,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from .services import PrivateRedis
 from .support import HQServer, make_server
 
 
@@ -37,3 +38,14 @@ def shared_hq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HQServer]:
     server = make_server(tmp_path_factory.mktemp("shared")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A Redis of this test's own on a free port, killed at the end (resumed first if left stopped)."""
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    if server.process is not None:
+        server.pause(False)
+    server.kill()

@@ -1,15 +1,20 @@
-"""The machine's PostgreSQL and Redis, started if they are down, and throw-away databases on them."""
+"""The machine's PostgreSQL and Redis, started if they are down, throw-away databases on them, and
+private ``redis-server`` processes that failure tests may kill (the shared ones are never stopped)."""
 
 from __future__ import annotations
 
 import glob
 import os
+import signal
 import socket
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import asyncpg
+
+from .support import free_port
 
 PG_ADMIN_URL = os.environ.get("HQ_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("HQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -71,3 +76,38 @@ async def drop_database(url: str) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+class PrivateRedis:
+    """A throw-away ``redis-server`` on a free port that a test may kill and start again."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start (again, on the same port) and wait until it answers."""
+        self.process = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                         "--save", "", "--appendonly", "no"], cwd=self.workdir,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).stdout != b"PONG\n":
+            assert time.monotonic() < deadline, "private redis-server did not start"
+            time.sleep(0.05)
+
+    def pause(self, paused: bool) -> None:
+        """SIGSTOP / SIGCONT: a Redis that hangs, its connections open but silent (as behind a cut network)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL: an outage without goodbye."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None

@@ -15,7 +15,7 @@ import pytest
 from .services import create_database, drop_database
 from .sio import RecordingClient
 from .support import HQServer, make_server
-from .test_revocation_push import PrivateRedis, private_redis  # noqa: F401  (fixture)
+from .services import PrivateRedis
 
 
 @contextlib.asynccontextmanager
@@ -38,13 +38,13 @@ async def _started(tmp_path: Path, redis_url: str, count: int) -> AsyncIterator[
 
 
 @pytest.fixture
-async def nodes(tmp_path: Path, private_redis: PrivateRedis) -> AsyncIterator[tuple[HQServer, HQServer]]:  # noqa: F811
+async def nodes(tmp_path: Path, private_redis: PrivateRedis) -> AsyncIterator[tuple[HQServer, HQServer]]:
     async with _started(tmp_path, private_redis.url, 2) as (a, b):
         yield a, b
 
 
 @pytest.fixture
-async def three_nodes(tmp_path: Path, private_redis: PrivateRedis) -> AsyncIterator[list[HQServer]]:  # noqa: F811
+async def three_nodes(tmp_path: Path, private_redis: PrivateRedis) -> AsyncIterator[list[HQServer]]:
     async with _started(tmp_path, private_redis.url, 3) as started:
         yield started
 
@@ -95,7 +95,7 @@ async def test_messages_stored_on_three_nodes_arrive_in_id_order_everywhere(thre
         await client.close()
 
 
-async def test_a_redis_outage_loses_nothing_acknowledged(nodes, private_redis: PrivateRedis) -> None:  # noqa: F811
+async def test_a_redis_outage_loses_nothing_acknowledged(nodes, private_redis: PrivateRedis) -> None:
     a, b = nodes
     fox = await RecordingClient().connect(b.url, b.login("fox")["access_token"])
     assert (await fox.call("join", {"channel": "missions"}))["ok"]

@@ -17,7 +17,7 @@ from hq.presence import EXPIRY, HEARTBEAT
 from .services import create_database, drop_database
 from .sio import RecordingClient
 from .support import HQServer, make_server
-from .test_revocation_push import PrivateRedis, private_redis  # noqa: F401  (fixture)
+from .services import PrivateRedis
 
 SETTLE = 0.3  # long enough for an event that should not come to have come
 
@@ -117,7 +117,7 @@ async def test_presence_is_forbidden_below_read_clearance(hq: HQServer) -> None:
 # a cluster ------------------------------------------------------------------------------------------
 
 @pytest.fixture
-async def nodes(tmp_path: Path, private_redis: PrivateRedis) -> AsyncIterator[tuple[HQServer, HQServer]]:  # noqa: F811
+async def nodes(tmp_path: Path, private_redis: PrivateRedis) -> AsyncIterator[tuple[HQServer, HQServer]]:
     url = await create_database()
     shared = {"storage": {"url": url, "revocation_poll": 0.1},
               "cluster": {"redis_url": private_redis.url, "channel": f"hq-test-{uuid.uuid4().hex[:8]}"},
@@ -171,7 +171,7 @@ async def test_a_crashed_nodes_agents_leave_presence_within_the_expiry(nodes) ->
     await hank.close()
 
 
-async def test_a_redis_outage_never_breaks_join_leave_or_disconnect(nodes, private_redis: PrivateRedis) -> None:  # noqa: F811
+async def test_a_redis_outage_never_breaks_join_leave_or_disconnect(nodes, private_redis: PrivateRedis) -> None:
     a, b = nodes
     hank = await connect(a, "hank", "missions")
     dora = await connect(b, "dora", "missions")

@@ -31,21 +31,16 @@ from hq.limits import RedisLoginThrottle, redis_client
 from hq.store import StoreUnavailable
 
 from .support import PASSWORD, HQServer, make_server
-from .test_revocation_push import PrivateRedis
+from .services import PrivateRedis
 
 WINDOW = 60.0
 ADDRESS = "192.0.2.7"
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
-    """A Redis of this test's own, killed at the end (resumed first if a test left it stopped)."""
-    server = PrivateRedis(tmp_path)
-    server.start()
-    yield server
-    if server.process is not None:
-        server.pause(False)
-    server.kill()
+def redis_server(private_redis: PrivateRedis) -> PrivateRedis:
+    """A Redis of this test's own (conftest's ``private_redis``)."""
+    return private_redis
 
 
 ThrottleFactory = Callable[[], RedisLoginThrottle]

@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from hq.revocation import RevocationWatcher
 from hq.store import Revocation
 
-from .services import REDIS_URL, create_database, drop_database, ensure_redis
+from .services import REDIS_URL, PrivateRedis, create_database, drop_database, ensure_redis
 from .sio import RecordingClient
 from .support import HQServer, free_port, make_server
 
@@ -104,52 +104,6 @@ async def shared_redis_cluster(make_cluster: ClusterFactory) -> Cluster:
     """Two nodes on the machine's Redis."""
     ensure_redis()
     return await make_cluster(REDIS_URL)
-
-
-class PrivateRedis:
-    """A throw-away ``redis-server`` on a free port that a test may kill and start again."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        """Start (again, on the same port) and wait until it answers."""
-        self.process = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                                         "--save", "", "--appendonly", "no"], cwd=self.workdir,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).stdout != b"PONG\n":
-            assert time.monotonic() < deadline, "private redis-server did not start"
-            time.sleep(0.05)
-
-    def pause(self, paused: bool) -> None:
-        """SIGSTOP / SIGCONT: a Redis that hangs, its connections open but silent (as behind a cut network)."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
-
-    def kill(self) -> None:
-        """SIGKILL: an outage without goodbye."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    """A Redis of this test's own, killed at the end."""
-    server = PrivateRedis(tmp_path)
-    server.start()
-    yield server
-    if server.process is not None:
-        server.pause(False)
-    server.kill()
 
 
 async def _logout(node: HQServer, token: str) -> int:

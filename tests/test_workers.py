@@ -25,7 +25,7 @@ import pytest
 from .services import create_database, drop_database
 from .sio import RecordingClient
 from .support import PASSWORD, base_config, free_port, write_config
-from .test_revocation_push import PrivateRedis, private_redis  # noqa: F401  (fixture)
+from .services import PrivateRedis
 
 FIRST_AGENT = re.compile(r"HQ created the first agent: codename '([^']+)', password '([^']+)'")
 CLIENTS = 16  # sockets per check: the chance that the kernel puts them all on one of 2 workers is 2**-15
@@ -162,7 +162,7 @@ def _director(hq: Supervised) -> tuple[str, str]:
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path, private_redis: PrivateRedis) -> AsyncIterator[Supervised]:  # noqa: F811
+async def cluster(tmp_path: Path, private_redis: PrivateRedis) -> AsyncIterator[Supervised]:
     """``serve --workers 2`` on an empty database and a private Redis, stopped and dropped afterwards."""
     url = await create_database()
     port = free_port()
