@@ -1,0 +1,293 @@
+// The cluster benchmark's load generator (bench/cluster.py runs it): JS socket.io-client over the
+// websocket transport, no reconnection, loopback only, every loop bounded in count and time.
+//
+// Usage: node cluster_loadgen.mjs --scenario NAME --params '{"...": ...}'
+// Prints one JSON object on stdout (`hold` prints two: once connected, and when done).
+//
+// Scenarios:
+//   delivery    a sender on one node, members on several: send -> receive latency per node, order
+//   revocation  log in, connect to the other node, log out on the first: logout -> session_ended
+//   messages    bench's `messages` load (N clients, one message in flight each) on one URL, with the
+//               window's start and end printed as lines so that the runner samples CPU of any process
+//   hold        N idle authenticated sockets until "stop" on stdin (or hold_s), counting drops
+import { createInterface } from "node:readline";
+import { parseArgs } from "node:util";
+import { performance } from "node:perf_hooks";
+import { io } from "socket.io-client";
+
+const { values: cli } = parseArgs({
+  options: { scenario: { type: "string" }, params: { type: "string", default: "{}" } },
+});
+
+const LOOPBACK = /^https?:\/\/(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\/?$/;
+const P = JSON.parse(cli.params);
+const ACK_TIMEOUT_MS = P.ack_timeout_ms ?? 30000;
+const HARD_LIMIT_MS = (P.hard_limit_s ?? 180) * 1000;
+
+const hardStop = setTimeout(() => {
+  console.log(JSON.stringify({ scenario: cli.scenario, error: "hard time limit reached" }));
+  process.exit(1);
+}, HARD_LIMIT_MS);
+hardStop.unref();
+
+const now = () => performance.now();
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const round = (x, digits = 3) => (x === null || x === undefined ? null : Number(x.toFixed(digits)));
+
+function percentile(values, q) {
+  if (values.length === 0) return null;
+  const sorted = Float64Array.from(values).sort();
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+}
+
+function summary(values) {
+  return {
+    n: values.length,
+    p50_ms: round(percentile(values, 0.5)),
+    p99_ms: round(percentile(values, 0.99)),
+    max_ms: round(values.length ? Math.max(...values) : null),
+  };
+}
+
+function base(url) {
+  if (!LOOPBACK.test(url)) throw new Error(`not a loopback URL: ${url}`);
+  return url.replace(/\/$/, "");
+}
+
+async function login(url, { codename, password }) {
+  const response = await fetch(`${base(url)}/api/auth/login`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ username: codename, password }),
+  });
+  const body = await response.json();
+  if (response.status !== 200) throw new Error(`login ${codename}: ${response.status} ${JSON.stringify(body)}`);
+  return body.access_token;
+}
+
+async function logout(url, token) {
+  const response = await fetch(`${base(url)}/api/auth/logout`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${token}` },
+  });
+  await response.arrayBuffer();
+  if (response.status !== 204) throw new Error(`logout: ${response.status}`);
+}
+
+function connect(url, token) {
+  return new Promise((resolve, reject) => {
+    const socket = io(base(url), {
+      auth: { token },
+      transports: ["websocket"],
+      forceNew: true,
+      reconnection: false,
+      timeout: ACK_TIMEOUT_MS,
+    });
+    socket.once("connect", () => resolve(socket));
+    socket.once("connect_error", (err) => {
+      socket.close();
+      reject(new Error(`connect_error: ${err.message}`));
+    });
+  });
+}
+
+async function connectMany(url, token, count, concurrency = 50) {
+  const sockets = [];
+  let next = 0;
+  async function worker() {
+    while (next < count) {
+      next += 1;
+      sockets.push(await connect(url, token));
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker));
+  return sockets;
+}
+
+async function ack(socket, event, payload) {
+  const answer = await socket.timeout(ACK_TIMEOUT_MS).emitWithAck(event, payload);
+  if (!answer || answer.ok !== true) throw new Error(`${event} refused: ${JSON.stringify(answer)}`);
+  return answer;
+}
+
+// A sender on `sender_url` sends `messages` messages, one every `interval_ms`, to `channel`; members
+// on each of `member_urls` (`members_per_url` each) record send -> receive per message (the text is
+// the message's index, the send time is kept here: one clock). Also checks order and completeness.
+async function scenarioDelivery() {
+  const { sender_url, member_urls, members_per_url = 50, messages = 500, interval_ms = 10,
+          channel = "missions", timeout_s = 60 } = P;
+  const groups = [];
+  for (const url of member_urls) {
+    const token = await login(url, P.operative);
+    const sockets = await connectMany(url, token, members_per_url);
+    await Promise.all(sockets.map((socket) => ack(socket, "join", { channel })));
+    groups.push({ url, sockets, latencies: [], received: 0, outOfOrder: 0 });
+  }
+  const sender = await connect(sender_url, await login(sender_url, P.handler));
+  const sentAt = new Float64Array(messages);
+  const expected = groups.length * members_per_url * messages;
+  let received = 0;
+  let resolveAll;
+  const allDone = new Promise((resolve) => { resolveAll = resolve; });
+  for (const group of groups) {
+    for (const socket of group.sockets) {
+      let lastId = 0;
+      socket.on("message", (m) => {
+        const t = now();
+        const index = Number(m.text);
+        group.latencies.push(t - sentAt[index]);
+        if (m.id <= lastId) group.outOfOrder += 1;
+        lastId = m.id;
+        group.received += 1;
+        received += 1;
+        if (received === expected) resolveAll();
+      });
+    }
+  }
+  const acks = [];
+  const ackErrors = [];
+  const start = now();
+  for (let i = 0; i < messages; i += 1) {
+    const due = start + i * interval_ms;
+    const wait = due - now();
+    if (wait > 0) await sleep(wait);
+    sentAt[i] = now();
+    acks.push(ack(sender, "message", { channel, text: String(i) }).then(
+      () => now() - sentAt[i], (err) => { ackErrors.push(String(err.message)); return null; }));
+  }
+  const ackTimes = (await Promise.all(acks)).filter((x) => x !== null);
+  const outcome = await Promise.race([allDone, sleep(timeout_s * 1000).then(() => "timeout")]);
+  for (const group of groups) for (const socket of group.sockets) socket.close();
+  sender.close();
+  return {
+    rate_per_s: round(1000 / interval_ms, 1),
+    ack: summary(ackTimes),
+    ack_errors: ackErrors.length,
+    complete: outcome !== "timeout",
+    per_url: groups.map((g) => ({
+      url: g.url, members: g.sockets.length, received: g.received,
+      expected: g.sockets.length * messages, out_of_order: g.outOfOrder, ...summary(g.latencies),
+    })),
+  };
+}
+
+// `count` times: log in on urls[i % 2], connect a socket of that session to the other node, log out
+// on the first; the delay is from sending the logout until that socket gets session_ended.
+async function scenarioRevocation() {
+  const { urls, count = 200, timeout_s = 5 } = P;
+  const delays = [];
+  let timeouts = 0;
+  const reasons = {};
+  for (let i = 0; i < count; i += 1) {
+    const origin = urls[i % urls.length];
+    const other = urls[(i + 1) % urls.length];
+    const token = await login(origin, P.operative);
+    const socket = await connect(other, token);
+    const ended = new Promise((resolve) => {
+      socket.once("session_ended", (data) => resolve([now(), data?.reason]));
+    });
+    const t = now();
+    await logout(origin, token);
+    const outcome = await Promise.race([ended, sleep(timeout_s * 1000).then(() => null)]);
+    if (outcome === null) timeouts += 1;
+    else {
+      delays.push(outcome[0] - t);
+      reasons[outcome[1]] = (reasons[outcome[1]] ?? 0) + 1;
+    }
+    socket.close();
+  }
+  return { ...summary(delays), min_ms: round(delays.length ? Math.min(...delays) : null), timeouts, reasons };
+}
+
+// bench's `messages` load: `clients` sockets each keep `window` messages in flight to a channel
+// nobody has joined (client i to channels[i % channels.length]). Prints {"window":"start"} and {"window":"end"} lines so that the runner can
+// sample the CPU time of every process involved (workers, PostgreSQL backends, Redis).
+async function scenarioMessages() {
+  const { url, clients = 100, window = 1, warmup_s = 2, duration_s = 5, channels = ["hq"], text_bytes = 64 } = P;
+  const token = await login(url, P.operative);
+  const sockets = await connectMany(url, token, clients);
+  const text = "x".repeat(text_bytes);
+  const start = now();
+  const windowStart = start + warmup_s * 1000;
+  const end = windowStart + duration_s * 1000;
+  let own = null;
+  setTimeout(() => { own = process.cpuUsage(); console.log(JSON.stringify({ window: "start" })); }, warmup_s * 1000);
+  const latencies = [];
+  let errors = 0;
+  let firstError = null;
+  async function sender(socket, channel) {
+    while (now() < end) {
+      const t = now();
+      try {
+        await ack(socket, "message", { channel, text });
+        if (t >= windowStart) latencies.push(now() - t);
+      } catch (err) {
+        errors += 1;
+        firstError ??= String(err.message);
+        await sleep(10);
+      }
+    }
+  }
+  const loops = [];
+  sockets.forEach((socket, index) => {
+    for (let i = 0; i < window; i += 1) loops.push(sender(socket, channels[index % channels.length]));
+  });
+  await Promise.all(loops);
+  const used = process.cpuUsage(own);
+  console.log(JSON.stringify({ window: "end" }));
+  for (const socket of sockets) socket.close();
+  return {
+    msgs_per_s: round(latencies.length / duration_s, 1),
+    p50_ms: round(percentile(latencies, 0.5)),
+    p99_ms: round(percentile(latencies, 0.99)),
+    acked: latencies.length,
+    loadgen_cpu: round((used.user + used.system) / 1e6 / ((now() - windowStart) / 1000), 2),
+    errors,
+    first_error: firstError,
+  };
+}
+
+// `clients` idle authenticated sockets on `url`; prints {"connected": n} once all are up, then holds
+// them until a "stop" line on stdin (or `hold_s`), and prints how many were still connected.
+async function scenarioHold() {
+  const { url, clients = 1000, concurrency = 50, hold_s = 120 } = P;
+  const token = await login(url, P.operative);
+  const started = now();
+  const sockets = await connectMany(url, token, clients, concurrency);
+  let dropped = 0;
+  for (const socket of sockets) socket.on("disconnect", () => { dropped += 1; });
+  console.log(JSON.stringify({ connected: sockets.filter((s) => s.connected).length,
+                               connect_s: round((now() - started) / 1000, 2) }));
+  const lines = createInterface({ input: process.stdin });
+  const stop = new Promise((resolve) => {
+    lines.on("line", (line) => { if (line.trim() === "stop") resolve("stop"); });
+    lines.on("close", () => resolve("eof"));
+  });
+  const why = await Promise.race([stop, sleep(hold_s * 1000).then(() => "hold_s")]);
+  const still = sockets.filter((s) => s.connected).length;
+  const droppedWhileHeld = dropped;
+  lines.close();
+  for (const socket of sockets) socket.close();
+  return { still_connected: still, dropped: droppedWhileHeld, ended_by: why };
+}
+
+const SCENARIOS = {
+  delivery: scenarioDelivery,
+  revocation: scenarioRevocation,
+  messages: scenarioMessages,
+  hold: scenarioHold,
+};
+
+const run = SCENARIOS[cli.scenario];
+if (!run) {
+  console.error(`cluster_loadgen: unknown scenario ${cli.scenario}; one of ${Object.keys(SCENARIOS).join(", ")}`);
+  process.exit(2);
+}
+try {
+  const result = await run();
+  console.log(JSON.stringify({ scenario: cli.scenario, ...result }));
+  process.exit(0);
+} catch (err) {
+  console.log(JSON.stringify({ scenario: cli.scenario, error: String(err.stack ?? err) }));
+  process.exit(1);
+}
