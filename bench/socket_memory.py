@@ -11,19 +11,16 @@ measures another checkout.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
 import resource
 import subprocess
 import sys
-import tempfile
 import tracemalloc
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tasks import PASSWORD, CountingServer, free_port  # noqa: E402
+from tasks import PASSWORD, start_counting_server  # noqa: E402
 
 
 def rss_kb() -> int:
@@ -87,17 +84,8 @@ def main() -> None:
     args = parser.parse_args()
     source = Path(args.hq_source or Path(__file__).resolve().parent.parent)
     sys.path.insert(0, str(source))
-    work = Path(tempfile.mkdtemp(prefix="hq-memory-"))
-    port = free_port()
-    config = work / "config.toml"
-    config.write_text(f'[server]\nport = {port}\n[auth]\nbcrypt_rounds = 4\n[audit]\npath = "audit.log"\n')
-    subprocess.run([sys.executable, "-m", "hq", "agents", "add", "member", "--role", "field-operative",
-                    "--password-stdin", "--config", str(config)], input=PASSWORD + "\n", text=True, check=True,
-                   env={**os.environ, "PYTHONPATH": str(source)}, cwd=work, capture_output=True)
-    server = CountingServer(config, port)
-    server.start()
-    if not server.ready.wait(60):
-        raise SystemExit("HQ did not start")
+    server = start_counting_server(source, "hq-memory-", {"member": "field-operative"})
+    port = server.port
     tracemalloc.start(25)  # after start-up: only what the connections allocate is compared
     url = f"http://127.0.0.1:{port}"
     import urllib.request

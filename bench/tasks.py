@@ -130,6 +130,25 @@ async def measure(server: CountingServer, url: str, messages: int, members: int)
             "by coroutine (broadcasts)": dict(broadcast.most_common(6))}
 
 
+def start_counting_server(source: Path, prefix: str, agents: dict[str, str], extra_config: str = "") -> CountingServer:
+    """A fresh data folder with ``agents`` (made by ``source``'s CLI) and HQ started on it, in-process."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    port = free_port()
+    config = work / "config.toml"
+    config.write_text(f'[server]\nport = {port}\n[auth]\nbcrypt_rounds = 4\n[audit]\npath = "audit.log"\n'
+                      + extra_config)
+    env = {**os.environ, "PYTHONPATH": str(source)}
+    for name, role in agents.items():
+        subprocess.run([sys.executable, "-m", "hq", "agents", "add", name, "--role", role, "--password-stdin",
+                        "--config", str(config)], input=PASSWORD + "\n", text=True, check=True, env=env,
+                       cwd=work, capture_output=True)
+    server = CountingServer(config, port)
+    server.start()
+    if not server.ready.wait(60):
+        raise SystemExit("HQ did not start")
+    return server
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hq-source", help="a checkout whose hq/ to measure (default: this one)")
@@ -138,19 +157,9 @@ def main() -> None:
     args = parser.parse_args()
     source = Path(args.hq_source or Path(__file__).resolve().parent.parent)
     sys.path.insert(0, str(source))
-    work = Path(tempfile.mkdtemp(prefix="hq-tasks-"))
-    port = free_port()
-    config = work / "config.toml"
-    config.write_text(f'[server]\nport = {port}\n[auth]\nbcrypt_rounds = 4\n[audit]\npath = "audit.log"\n'
-                      '[limits]\nevents_per_second = 1e6\nevents_burst = 1000000\n')
-    env = {**os.environ, "PYTHONPATH": str(source)}
-    for name, role in (("sender", "director"), ("member", "field-operative")):
-        subprocess.run([sys.executable, "-m", "hq", "agents", "add", name, "--role", role, "--password-stdin",
-                        "--config", str(config)], input=PASSWORD + "\n", text=True, check=True, env=env,
-                       cwd=work, capture_output=True)
-    server = CountingServer(config, port)
-    server.start()
-    server.ready.wait(30)
+    server = start_counting_server(source, "hq-tasks-", {"sender": "director", "member": "field-operative"},
+                                   '[limits]\nevents_per_second = 1e6\nevents_burst = 1000000\n')
+    port = server.port
     result = asyncio.run(measure(server, f"http://127.0.0.1:{port}", args.messages, args.members))
     print(json.dumps({"source": str(source), **result}, indent=2))
 

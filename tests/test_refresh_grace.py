@@ -10,7 +10,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, Callable
 
 import aiohttp
 import pytest
@@ -18,26 +18,14 @@ import pytest
 from hq.config import ConfigError, load_settings
 from hq.store import RefreshOutcome, Store, open_store
 
-from .services import create_database, drop_database
 from .sio import RecordingClient
 from .support import PASSWORD, HQServer
+from .test_store import store  # noqa: F401  (the SQLite and PostgreSQL store fixture)
 
 GRACE = 1.0
 LATER = 3600.0  # refresh-token lifetime used by the store tests
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
-    else:
-        url = await create_database()
-    store = open_store(url)
-    await store.open()
-    yield store
-    await store.close()
-    if request.param == "postgresql":
-        await drop_database(url)
 
 
 async def session_with_token(store: Store, sid: str = "s1", token: str = "t0") -> float:
