@@ -20,14 +20,14 @@ from typing import Any, Awaitable, Callable, NoReturn
 
 from aiohttp import web
 
-from .access_log import RedactingAccessLogger, RedactingFilter
-from .agents import AgentAdminError
+from .ops.access_log import RedactingAccessLogger, RedactingFilter
+from .auth.agents import AgentAdminError
 from .app import HQ, HQ_KEY, build, create_app, print_first_agent
 from .config import ConfigError, Settings, find_config, load_settings
-from .passwords import PasswordPolicyError
+from .auth.passwords import PasswordPolicyError
 from .store import AgentExistsError, UnknownAgentError
 from .store.lock import StoreInUseError, serving_lock
-from .workers import Supervisor, WorkerRole, check_port_free, cluster_problem
+from .ops.workers import Supervisor, WorkerRole, check_port_free, cluster_problem
 
 
 class UsageError(Exception):
@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on")
     serve.add_argument("--workers", type=_worker_count, default=1, metavar="N",
                        help="worker processes sharing the port (N > 1 needs PostgreSQL and Redis)")
-    # Given by the supervisor to the workers it starts (hq/workers.py); not for operators.
+    # Given by the supervisor to the workers it starts (hq/ops/workers.py); not for operators.
     serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--supervisor", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
@@ -132,7 +132,7 @@ def serve(settings: Settings, host: str | None, port: int | None, workers: int =
 
 
 def _supervise(settings: Settings, host: str | None, port: int | None, workers: int, config: Path | None) -> int:
-    """Run ``workers`` HQ processes on one port until SIGTERM/SIGINT (hq/workers.py)."""
+    """Run ``workers`` HQ processes on one port until SIGTERM/SIGINT (hq/ops/workers.py)."""
     problem = cluster_problem(settings)
     if problem:
         raise UsageError(f"--workers {workers} {problem}")

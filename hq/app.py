@@ -15,24 +15,24 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from .addresses import AddressResolver
-from .admin_ui import AdminUI
-from .agents import AgentAdmin
-from .audit import AuditLog, audit_context
-from .clearance import ClearancePolicy
+from .ops.admin_ui import AdminUI
+from .auth.agents import AgentAdmin
+from .ops.audit import AuditLog, audit_context
+from .auth.clearance import ClearancePolicy
 from .config import Settings
 from .console import Console
 from .http_api import HealthCheck, HttpApi, json_errors
-from .identity import Authenticator
-from .limits import LoginLimiter, LoginThrottle, RedisLoginThrottle, redis_client
-from .metrics import Metrics
-from .passwords import PasswordHasher
-from .presence import Presence
-from .realtime import Realtime
-from .revocation import RevocationBus, RevocationWatcher, revocation_channel
-from .sessions import SessionService
+from .auth.identity import Authenticator
+from .auth.limits import LoginLimiter, LoginThrottle, RedisLoginThrottle, redis_client
+from .ops.metrics import Metrics
+from .auth.passwords import PasswordHasher
+from .realtime.presence import Presence
+from .realtime.handlers import Realtime
+from .realtime.revocation import RevocationBus, RevocationWatcher, revocation_channel
+from .auth.sessions import SessionService
 from .store import Store, open_store
-from .tokens import KeyRing, TokenService
-from .transport import refuse_foreign_origins
+from .auth.tokens import KeyRing, TokenService
+from .realtime.transport import refuse_foreign_origins
 
 
 @dataclass

@@ -15,10 +15,10 @@ from typing import Awaitable, Callable, Iterable
 
 from aiohttp import web
 
-from .clearance import ClearancePolicy
+from .auth.clearance import ClearancePolicy
 from .errors import AuthError
 from .http_api import NO_STORE, error_response, identify_request
-from .identity import Authenticator
+from .auth.identity import Authenticator
 
 # URL path -> (file under hq/web, content type)
 STATIC_FILES = {

@@ -18,9 +18,9 @@ from aiohttp import web
 from .addresses import AddressResolver
 from .config import Settings
 from .errors import AuthError, HQError, LoginError, UnavailableError
-from .identity import Authenticator, Principal
-from .sessions import SessionService, TokenPair
-from .tokens import KeyRing
+from .auth.identity import Authenticator, Principal
+from .auth.sessions import SessionService, TokenPair
+from .auth.tokens import KeyRing
 
 log = logging.getLogger("hq.http")
 

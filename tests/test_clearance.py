@@ -10,7 +10,7 @@ from typing import AsyncIterator, Awaitable, Callable
 import jwt
 import pytest
 
-from hq.clearance import ClearancePolicy
+from hq.auth.clearance import ClearancePolicy
 from hq.config import ChannelPolicy, load_settings
 
 from .sio import RecordingClient

@@ -1,5 +1,5 @@
 """Cluster delivery: a channel's messages reach every member on every node once and in id order,
-whichever node stored them, and a Redis outage loses nothing acknowledged (hq/sequencer.py)."""
+whichever node stored them, and a Redis outage loses nothing acknowledged (hq/realtime/sequencer.py)."""
 
 from __future__ import annotations
 

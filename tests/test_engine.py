@@ -1,4 +1,4 @@
-"""HQ's Engine.IO layer (hq/engine.py, hq/socket_server.py): the protocol to the letter, the
+"""HQ's Engine.IO layer (hq/realtime/engine.py, hq/realtime/socket_server.py): the protocol to the letter, the
 python-engineio / python-socketio internals it overrides, and that the lean path is taken."""
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from engineio.async_socket import AsyncSocket
 
 from hq.app import HQ_KEY, create_app
 from hq.config import load_settings
-from hq.engine import LeanEngineServer, LeanSocket
-from hq.socket_server import SocketServer
+from hq.realtime.engine import LeanEngineServer, LeanSocket
+from hq.realtime.socket_server import SocketServer
 
 from .raw import RawPoller, RawWebSocket
 from .sio import RecordingClient
@@ -117,7 +117,7 @@ async def test_websocket_frames_are_read_and_answered_without_tasks(http: aiohtt
     await fox.wait_frame(lambda f: '"m51"' in f)
     # python-engineio made a Task per frame, a Task per event and a queue hop per packet (≥ 100
     # tasks for 50 messages); the store's group commit may start one per group.
-    # A message handler waits for its commit, so it is continued in one Task (hq/socket_server.py);
+    # A message handler waits for its commit, so it is continued in one Task (hq/realtime/socket_server.py);
     # nothing else makes a Task per frame, per event or per packet written.
     resumed = tasks.names.count("_resume")
     assert resumed <= 50 and tasks.count - resumed <= 10, Counter(tasks.names)
@@ -276,7 +276,7 @@ async def test_pipelined_messages_keep_their_order(http: aiohttp.ClientSession, 
 
 
 async def test_a_history_larger_than_the_buffer_cap_is_delivered(http: aiohttp.ClientSession, hq_factory) -> None:
-    # HQ frames what it sends itself (hq/engine.py websocket_text_frame): every length encoding
+    # HQ frames what it sends itself (hq/realtime/engine.py websocket_text_frame): every length encoding
     # (7-bit, 16-bit, 64-bit) goes through a real client's decoder here, multi-byte text included.
     hq = hq_factory(server={"max_buffered_bytes": 262144}, limits={"events_per_second": 1e6, "events_burst": 1000000})
     hank = await RawWebSocket.open(http, hq.url, hq.login("hank")["access_token"])
@@ -295,8 +295,8 @@ async def test_a_history_larger_than_the_buffer_cap_is_delivered(http: aiohttp.C
 
 
 async def test_an_eager_handler_gets_the_error_of_what_it_waited_on() -> None:
-    from hq.engine import ProtocolFaults
-    from hq.socket_server import _resume
+    from hq.realtime.engine import ProtocolFaults
+    from hq.realtime.socket_server import _resume
 
     outcomes: list[str] = []
 

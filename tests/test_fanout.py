@@ -12,9 +12,9 @@ from socketio.base_manager import BaseManager
 
 from engineio.async_socket import AsyncSocket
 
-from hq.engine import LeanSocket, ProtocolFaults
-from hq.fanout import LocalManager, RedisManager
-from hq.socket_server import SocketServer
+from hq.realtime.engine import LeanSocket, ProtocolFaults
+from hq.realtime.fanout import LocalManager, RedisManager
+from hq.realtime.socket_server import SocketServer
 
 from .sio import RecordingClient
 from .support import HQServer

@@ -1,7 +1,7 @@
 """No client can slip out of HQ's control: raw frames over websocket and polling.
 
 python-socketio routes a client event named ``disconnect`` or ``connect`` to the server's own
-handlers; HQ refuses every event name but its own at the boundary (hq/socket_server.py). These
+handlers; HQ refuses every event name but its own at the boundary (hq/realtime/socket_server.py). These
 tests send the frames an attacker would and check that identity, rooms, expiry and revocation
 stay as they were, that junk costs a handful of log lines, and that nothing a client sends lands
 in the audit log.

@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator, Iterator
 import aiohttp
 import pytest
 
-from hq.limits import LoginThrottle, TokenBucket
+from hq.auth.limits import LoginThrottle, TokenBucket
 
 from .sio import RecordingClient
 from .support import PASSWORD, HQServer, make_server
@@ -54,7 +54,7 @@ async def test_throttle_per_address_and_success() -> None:
 
 def test_token_bucket_burst_and_refill(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [1000.0]
-    monkeypatch.setattr("hq.limits.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("hq.auth.limits.time.monotonic", lambda: clock[0])
     bucket = TokenBucket(rate=20.0, burst=40)
     assert all(bucket.take() for _ in range(40))
     assert not bucket.take()

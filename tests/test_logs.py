@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from hq.access_log import RedactingFilter, redact_query, redact_text
+from hq.ops.access_log import RedactingFilter, redact_query, redact_text
 
 from .support import PASSWORD, HQServer, make_server
 

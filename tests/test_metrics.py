@@ -12,7 +12,7 @@ from typing import Any
 import socketio
 from prometheus_client.parser import text_string_to_metric_families
 
-from hq.metrics import OTHER, Metrics, bounded
+from hq.ops.metrics import OTHER, Metrics, bounded
 
 from .sio import RecordingClient
 from .support import PASSWORD, HQServer

@@ -1,6 +1,6 @@
 """Password hashing: bcrypt over a SHA-256 pre-hash, on a thread pool, with the password rules.
 
-These are unit tests of :mod:`hq.passwords` with real bcrypt (cheap rounds); the same rules are
+These are unit tests of :mod:`hq.auth.passwords` with real bcrypt (cheap rounds); the same rules are
 exercised end to end by the login tests (tests/test_http_api.py) and the CLI tests.
 """
 
@@ -12,8 +12,8 @@ from typing import Any, Iterator
 import bcrypt
 import pytest
 
-from hq import passwords
-from hq.passwords import (MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, PasswordHasher, PasswordPolicyError,
+from hq.auth import passwords
+from hq.auth.passwords import (MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, PasswordHasher, PasswordPolicyError,
                           check_new_password, generate_password)
 
 
@@ -116,7 +116,7 @@ async def test_bcrypt_threads_run_at_the_lowest_priority() -> None:
     import sys
     import threading
 
-    from hq.passwords import PasswordHasher
+    from hq.auth.passwords import PasswordHasher
 
     hasher = PasswordHasher(rounds=4, workers=1)
     try:

@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator
 
 import pytest
 
-from hq.presence import EXPIRY, HEARTBEAT
+from hq.realtime.presence import EXPIRY, HEARTBEAT
 
 from .services import create_database, drop_database
 from .sio import RecordingClient

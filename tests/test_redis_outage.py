@@ -27,7 +27,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from hq.addresses import AddressResolver
 from hq.http_api import HealthCheck, HttpApi
-from hq.limits import RedisLoginThrottle, redis_client
+from hq.auth.limits import RedisLoginThrottle, redis_client
 from hq.store import StoreUnavailable
 
 from .support import PASSWORD, HQServer, make_server

@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from hq.revocation import RevocationWatcher
+from hq.realtime.revocation import RevocationWatcher
 from hq.store import Revocation
 
 from .services import REDIS_URL, PrivateRedis, create_database, drop_database, ensure_redis

@@ -1,11 +1,11 @@
-"""The cluster's channel sequencer (hq/sequencer.py): ids in order, once, gaps filled from the store."""
+"""The cluster's channel sequencer (hq/realtime/sequencer.py): ids in order, once, gaps filled from the store."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from hq.sequencer import ChannelSequencer
+from hq.realtime.sequencer import ChannelSequencer
 from hq.store import Message
 
 

@@ -74,7 +74,7 @@ class Supervised:
         while True:
             pids = self.workers()
             if len(pids) == count and not set(pids) & other_than and all(
-                    re.search(rf"\[worker \d+\] INFO hq.workers: serving \(pid {pid}\)", self.log) for pid in pids):
+                    re.search(rf"\[worker \d+\] INFO hq.ops.workers: serving \(pid {pid}\)", self.log) for pid in pids):
                 return pids
             assert time.monotonic() < deadline, f"workers {pids}:\n{self.log}"
             await asyncio.sleep(0.05)

@@ -204,7 +204,7 @@ class PostgresStore:
         cancels that Task and nothing else, and the caller does not wait for it to wind down. (The
         deadline of ``asyncio.timeout`` would cancel whichever task ``current_task()`` named when it
         was set — and HQ starts event handlers by hand, inside the socket's reading task, before
-        they have a Task of their own: see ``run_eagerly`` in hq/socket_server.py.) What the
+        they have a Task of their own: see ``run_eagerly`` in hq/realtime/socket_server.py.) What the
         caller first waits on is ``asyncio.wait``'s own future, which never fails.
         """
         loop = asyncio.get_running_loop()

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import AuthError
-from .store import Store
+from ..errors import AuthError
+from ..store import Store
 from .tokens import TokenService
 
 

@@ -20,8 +20,8 @@ from typing import Any
 import jwt
 from jwt.algorithms import get_default_algorithms
 
-from .config import AuthSettings, Settings
-from .errors import AuthError
+from ..config import AuthSettings, Settings
+from ..errors import AuthError
 
 ACCESS_TOKEN_TYPE = "at+jwt"
 REQUIRED_CLAIMS = ("sub", "role", "sid", "jti", "iat", "exp", "iss", "aud")

@@ -38,7 +38,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from .store import Store
+from ..store import Store
 
 log = logging.getLogger("hq.revocation")
 

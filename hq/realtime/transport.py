@@ -1,6 +1,6 @@
 """Engine.IO requests checked at aiohttp's public extension points, before python-engineio.
 
-(Per-message deflate is declined where HQ opens its WebSockets, hq/engine.py: a zlib compressor
+(Per-message deflate is declined where HQ opens its WebSockets, hq/realtime/engine.py: a zlib compressor
 per connection costs ~90 KB and a compression of every frame for every recipient; HQ's messages
 are small, so HQ accepts the extension only with ``server.websocket_compression`` on.)
 """
@@ -11,8 +11,8 @@ from typing import Awaitable, Callable
 
 from aiohttp import hdrs, web
 
-from .addresses import AddressResolver
-from .audit import AuditLog
+from ..addresses import AddressResolver
+from ..ops.audit import AuditLog
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

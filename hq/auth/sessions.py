@@ -10,12 +10,12 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-from .audit import AuditLog
-from .config import AuthSettings, is_valid_codename
-from .errors import AuthError, LoginError
+from ..ops.audit import AuditLog
+from ..config import AuthSettings, is_valid_codename
+from ..errors import AuthError, LoginError
 from .limits import LoginLimiter
 from .passwords import MAX_PASSWORD_LENGTH, PasswordHasher
-from .store import Agent, RefreshOutcome, Store
+from ..store import Agent, RefreshOutcome, Store
 from .tokens import IssuedToken, TokenService, hash_refresh_token, new_refresh_token, new_session_id
 
 RevocationListener = Callable[[str, str | None, str], Awaitable[object]]

@@ -22,12 +22,12 @@ from typing import Any
 
 import socketio
 
-from .addresses import AddressResolver
+from ..addresses import AddressResolver
 from .audit import AuditLog
-from .config import Settings, is_valid_codename
-from .limits import LoginLimiter
-from .passwords import MAX_PASSWORD_LENGTH, PasswordHasher
-from .store import Store
+from ..config import Settings, is_valid_codename
+from ..auth.limits import LoginLimiter
+from ..auth.passwords import MAX_PASSWORD_LENGTH, PasswordHasher
+from ..store import Store
 
 NAMESPACE = "/admin"
 INTERFACE = "admin_ui"

@@ -28,7 +28,7 @@ from socketio import packet
 
 from .engine import LeanSocket, websocket_text_frame
 from .sequencer import ChannelSequencer
-from .store import Store
+from ..store import Store
 
 log = logging.getLogger("hq.fanout")
 

@@ -24,7 +24,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from .store import Store
+from ..store import Store
 
 log = logging.getLogger("hq.sequencer")
 

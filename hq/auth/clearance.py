@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from .config import ChannelPolicy
+from ..config import ChannelPolicy
 
 
 class ClearancePolicy:

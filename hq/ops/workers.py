@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Sequence
 
-from .config import Settings
+from ..config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -19,18 +19,18 @@ from urllib.parse import parse_qs
 
 import socketio
 
-from .addresses import AddressResolver
-from .audit import AuditLog
-from .clearance import ClearancePolicy
-from .config import Settings
-from .errors import AuthError, EventError, UnavailableError
+from ..addresses import AddressResolver
+from ..ops.audit import AuditLog
+from ..auth.clearance import ClearancePolicy
+from ..config import Settings
+from ..errors import AuthError, EventError, UnavailableError
 from .engine import ProtocolFaults
 from .fanout import LocalManager, RedisManager
-from .identity import Authenticator, Principal
-from .limits import TokenBucket
+from ..auth.identity import Authenticator, Principal
+from ..auth.limits import TokenBucket
 from .presence import Presence
 from .socket_server import REFUSED_EVENT, SocketServer
-from .store import Store
+from ..store import Store
 from .wire import SocketJSON
 
 log = logging.getLogger("hq.realtime")
@@ -279,7 +279,7 @@ class Realtime:
         sockets = list(self.sio.eio.sockets.values())
         if sockets:
             # HQ's lean sockets write the CLOSE packet, end a pending long-poll and close a websocket
-            # at once (hq/engine.py); tests/test_shutdown.py fails if a client can hold the stop up.
+            # at once (hq/realtime/engine.py); tests/test_shutdown.py fails if a client can hold the stop up.
             reason = self.sio.eio.reason.SERVER_DISCONNECT
             await asyncio.wait([asyncio.create_task(s.close(wait=False, reason=reason)) for s in sockets], timeout=5)
 

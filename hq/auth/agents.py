@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from .clearance import ClearancePolicy
-from .config import is_valid_codename
+from ..config import is_valid_codename
 from .passwords import PasswordHasher, check_new_password, generate_password
 from .sessions import SessionService
-from .store import Agent, Store, UnknownAgentError
+from ..store import Agent, Store, UnknownAgentError
 
 FIRST_AGENT = "director"
 

@@ -1,0 +1,1 @@
+"""Who an agent is: passwords, tokens, identity, login sessions, limits, clearance, agent administration."""

@@ -1,0 +1,1 @@
+"""For operators: audit log, metrics, access log, the Admin UI, worker processes."""
