@@ -21,7 +21,7 @@ from typing import Any, Awaitable, Callable, NoReturn
 from aiohttp import web
 
 from .ops.access_log import RedactingAccessLogger, RedactingFilter
-from .auth.agents import AgentAdminError
+from .auth.agents import AgentAdminError, PasswordSet
 from .app import HQ, HQ_KEY, build, create_app, print_first_agent
 from .config import ConfigError, Settings, find_config, load_settings
 from .auth.passwords import PasswordPolicyError
@@ -271,7 +271,9 @@ async def _run_agent_action(hq: HQ, args: argparse.Namespace) -> int:
         "enable": lambda: admin.set_enabled(args.codename, True),
         "role": lambda: admin.set_role(args.codename, args.role),
     }
-    agent = await actions[args.action]()
+    # Audited by AgentAdmin as the directors' API is: admin_action with actor "cli", interface "cli".
+    result = await actions[args.action]()
+    agent = result.agent if isinstance(result, PasswordSet) else result
     print(f"{args.action}: {agent.codename} ({agent.role}{'' if agent.enabled else ', disabled'})")
     return 0
 

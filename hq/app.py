@@ -88,7 +88,7 @@ def build(settings: Settings) -> HQ:
     watcher = RevocationWatcher(store, realtime.end_sessions, settings.storage.revocation_poll, bus)
     # Ends this process's sockets and publishes to the other nodes; the CLI builds the same parts.
     sessions.on_revoke(watcher.revoked_here)
-    admin = AgentAdmin(store, hasher, policy, sessions)
+    admin = AgentAdmin(store, hasher, policy, sessions, audit)
     return HQ(settings, store, hasher, keys, tokens, policy, audit, sessions, authenticator, realtime,
               admin, watcher, presence, redis)
 

@@ -201,5 +201,8 @@ async def test_the_destination_is_configurable(hq_factory, tmp_path) -> None:
     hq = hq_factory(agents={"fox": "field-operative"}, audit={"path": str(target)})
     login(hq, "fox", PASSWORD)
     lines = [json.loads(line) for line in target.read_text().splitlines()]
-    assert [line["event"] for line in lines] == ["login_succeeded"]
+    # The CLI's `agents add` (tests/support.py) is audited too: who (the CLI) added whom.
+    assert [line["event"] for line in lines] == ["admin_action", "login_succeeded"]
+    assert lines[0].items() >= {"actor": "cli", "interface": "cli", "action": "add", "target": "fox",
+                                "role": "field-operative"}.items()
     assert not (hq.workdir / "audit.log").exists()

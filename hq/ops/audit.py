@@ -30,6 +30,9 @@ from ..config import is_valid_codename
 AUDIT_EVENTS = (
     "login_succeeded", "login_failed", "connection_accepted", "connection_refused", "connection_ended",
     "session_revoked", "token_refreshed", "refresh_refused",
+    # A change to an agent or a session by a director (API, console) or the operator (CLI): who
+    # (``actor``, ``interface``) did what (``action``) to whom (``target``, and ``role`` / ``sid``).
+    "admin_action",
 )
 _MAX_FIELD = 256
 _FREE_TEXT = frozenset({"user_agent", "origin"})
@@ -45,8 +48,12 @@ VOCABULARY: dict[str, frozenset[str]] = {
                          "transport close", "transport error", "disconnected"}),
     "transport": frozenset({"http", "websocket", "polling", "unknown"}),
     "scope": frozenset({"session", "agent"}),
-    "interface": frozenset({"admin_ui", "console", "api", "cli"}),
+    "interface": frozenset({"admin_ui", "console", "api", "cli", "startup"}),
+    "action": frozenset({"add", "enable", "disable", "role", "passwd", "end_session"}),
 }
+#: Fields that name an agent (or the CLI, ``cli``, or start-up, ``hq``): valid codenames only.
+_AGENT_FIELDS = frozenset({"codename", "actor", "target"})
+_SESSION_ID = re.compile(r"[0-9a-f]{32}")
 # A JWT (three base64url parts) or any long opaque base64url run, like a refresh token.
 _TOKEN_SHAPED = re.compile(r"[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*|[A-Za-z0-9_+/=-]{32,}")
 
@@ -120,8 +127,12 @@ def _checked(key: str, value: Any) -> Any:
         return OTHER
     if key in VOCABULARY:
         return value if value in VOCABULARY[key] else OTHER
-    if key == "codename":
+    if key in _AGENT_FIELDS:
         return value if value == "<unknown>" or is_valid_codename(value) else "<unknown>"
+    if key == "role":  # clearance levels are configured names; anything else is not one
+        return value if is_valid_codename(value) else OTHER
+    if key == "sid":
+        return value if _SESSION_ID.fullmatch(value) else OTHER
     if key == "address":
         try:
             return str(ipaddress.ip_address(value))
@@ -130,6 +141,12 @@ def _checked(key: str, value: Any) -> Any:
     if key in _FREE_TEXT:
         return _clip(_UNSAFE.sub("?", _scrub(value)))
     return OTHER
+
+
+def clip_free_text(value: str) -> str:
+    """Client-supplied text (a user agent) as HQ may store or show it: fixed alphabet, token-shaped
+    runs redacted, clipped to 256 characters, exactly as the audit log writes it."""
+    return _clip(_UNSAFE.sub("?", _scrub(value)))
 
 
 def _scrub(value: Any) -> Any:

@@ -17,6 +17,13 @@ REFRESH_TOKEN_AND_SESSION = """
     SELECT r.sid, r.expires_at, r.used_at, s.codename_key, s.revoked_reason FROM refresh_tokens r
     JOIN sessions s ON s.sid = r.sid WHERE r.token_hash = {p1}"""
 
+# Both backends' live sessions for the directors' API: unrevoked, with an unspent, unexpired refresh
+# token (driven from the partial index refresh_tokens_unspent; a session has one such token at a time).
+LIVE_SESSIONS = """
+    SELECT DISTINCT s.sid, s.codename_key, s.created, s.revoked_reason FROM refresh_tokens r
+    JOIN sessions s ON s.sid = r.sid
+    WHERE r.used_at IS NULL AND r.expires_at > {p1} AND s.revoked_reason IS NULL"""
+
 # Both backends' grace retry, step one: spend the child that rotating {p2} issued, if it is still
 # unspent (a spent child means the reply did arrive, so the retry is reuse). The condition is in the
 # UPDATE itself so that on PostgreSQL a concurrent rotation of the child is waited for and re-checked.

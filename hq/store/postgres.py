@@ -24,6 +24,7 @@ import asyncpg.exceptions as pg_errors
 from .base import AgentExistsError, StoreUnavailable, UnknownAgentError
 from .models import (AGENT_AND_SESSION, REFRESH_TOKEN_AND_SESSION, SUPERSEDE_CHILD, Agent, LoginSession, Message,
                      RefreshOutcome, RefreshResult, Revocation, in_grace_window)
+from .models import LIVE_SESSIONS
 
 log = logging.getLogger("hq.store")
 P = ParamSpec("P")
@@ -87,6 +88,8 @@ CREATE TABLE IF NOT EXISTS refresh_tokens (
     expires_at DOUBLE PRECISION NOT NULL,
     used_at DOUBLE PRECISION
 );
+-- The directors' API lists sessions with a live refresh token (live_sessions).
+CREATE INDEX IF NOT EXISTS refresh_tokens_unspent ON refresh_tokens (expires_at) WHERE used_at IS NULL;
 -- The token each rotation issued, so a retry of a just-rotated token can find (and spend) it.
 -- A table of its own rather than a column: databases made before it gain it without a migration.
 CREATE TABLE IF NOT EXISTS refresh_successors (
@@ -400,6 +403,19 @@ class PostgresStore:
     async def last_revocation_id(self) -> int:
         """The newest feed entry's id (0 when empty)."""
         return int(await self._fetchval("SELECT COALESCE(MAX(id), 0) FROM revocations"))
+
+    # the directors' API ---------------------------------------------------------------------------
+    @_bounded
+    async def last_logins(self) -> dict[str, str]:
+        """Lower-case codename -> ``created`` of its newest login session, for every agent that has one."""
+        rows = await self._fetch("SELECT codename_key, MAX(created) AS last FROM sessions GROUP BY codename_key")
+        return {r["codename_key"]: r["last"] for r in rows}
+
+    @_bounded
+    async def live_sessions(self, now: float) -> list[LoginSession]:
+        """Unrevoked login sessions holding a refresh token that is neither spent nor expired at ``now``."""
+        rows = await self._fetch(LIVE_SESSIONS.format(p1="$1"), now)
+        return [LoginSession(r["sid"], r["codename_key"], r["created"], r["revoked_reason"]) for r in rows]
 
     @_bounded
     async def add_refresh_token(self, token_hash: str, sid: str, expires_at: float) -> None:

@@ -18,6 +18,7 @@ import aiosqlite
 from .base import AgentExistsError, UnknownAgentError
 from .models import (AGENT_AND_SESSION, REFRESH_TOKEN_AND_SESSION, SUPERSEDE_CHILD, Agent, LoginSession, Message,
                      RefreshOutcome, RefreshResult, Revocation, in_grace_window)
+from .models import LIVE_SESSIONS
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
@@ -41,6 +42,8 @@ CREATE TABLE IF NOT EXISTS refresh_tokens (
     expires_at REAL NOT NULL,
     used_at REAL
 );
+-- The directors' API lists sessions with a live refresh token (live_sessions).
+CREATE INDEX IF NOT EXISTS refresh_tokens_unspent ON refresh_tokens (expires_at) WHERE used_at IS NULL;
 -- The token each rotation issued, so a retry of a just-rotated token can find (and spend) it.
 -- A table of its own rather than a column: files made before it gain it without a migration.
 CREATE TABLE IF NOT EXISTS refresh_successors (
@@ -243,6 +246,17 @@ class SQLiteStore:
         """The newest feed entry's id (0 when empty)."""
         row = await self._one("SELECT COALESCE(MAX(id), 0) AS n FROM revocations")
         return int(row["n"]) if row else 0
+
+    # the directors' API ---------------------------------------------------------------------------
+    async def last_logins(self) -> dict[str, str]:
+        """Lower-case codename -> ``created`` of its newest login session, for every agent that has one."""
+        rows = await self._all("SELECT codename_key, MAX(created) AS last FROM sessions GROUP BY codename_key")
+        return {r["codename_key"]: r["last"] for r in rows}
+
+    async def live_sessions(self, now: float) -> list[LoginSession]:
+        """Unrevoked login sessions holding a refresh token that is neither spent nor expired at ``now``."""
+        rows = await self._all(LIVE_SESSIONS.format(p1="?"), now)
+        return [LoginSession(r["sid"], r["codename_key"], r["created"], r["revoked_reason"]) for r in rows]
 
     # refresh tokens ---------------------------------------------------------------------------
     async def add_refresh_token(self, token_hash: str, sid: str, expires_at: float) -> None:
