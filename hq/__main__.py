@@ -1,4 +1,4 @@
-"""The operator CLI: ``python -m hq [serve [--workers N]] | agents add|list|passwd|disable|enable``.
+"""The operator CLI: ``python -m hq [serve [--workers N]] | agents add|list|passwd|disable|enable|role|mfa``.
 
 Exit codes: 0 success, 1 runtime error, 2 usage or configuration error, 3 the store is in use by
 another HQ (``serve`` on an SQLite file another HQ process serves); errors are one line on stderr.
@@ -25,6 +25,8 @@ from .auth.agents import AgentAdminError, PasswordSet
 from .app import HQ, HQ_KEY, build, create_app, print_first_agent
 from .config import ConfigError, Settings, find_config, load_settings
 from .auth.passwords import PasswordPolicyError
+from .auth.mfa import Enrollment, OtpRejected
+from .auth.mfa_admin import MfaAdminError
 from .store import AgentExistsError, UnknownAgentError
 from .store.lock import StoreInUseError, serving_lock
 from .ops.workers import Supervisor, WorkerRole, check_port_free, cluster_problem
@@ -70,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     role.add_argument("--role", required=True)
     for name, text in (("disable", "disable an agent and end its sessions"), ("enable", "enable an agent")):
         actions.add_parser(name, parents=[common], help=text).add_argument("codename")
+    mfa = actions.add_parser("mfa", parents=[common], help="an agent's TOTP second factor")
+    mfa_actions = mfa.add_subparsers(dest="mfa_action", required=True, parser_class=_Parser)
+    for name, text in (("enroll", "enrol a TOTP app: prints the otpauth:// URI and a QR code, then asks for a code"),
+                       ("reset", "remove the agent's second factor and end its sessions")):
+        mfa_actions.add_parser(name, parents=[common], help=text).add_argument("codename")
     return parser
 
 
@@ -256,6 +263,8 @@ async def _release(hq: HQ) -> None:
 
 
 async def _run_agent_action(hq: HQ, args: argparse.Namespace) -> int:
+    if args.action == "mfa":
+        return await _mfa_action(hq, args.mfa_action, args.codename)
     admin = hq.admin
     if args.action == "list":
         rows = [("CODENAME", "ROLE", "ENABLED", "CREATED")]
@@ -276,6 +285,59 @@ async def _run_agent_action(hq: HQ, args: argparse.Namespace) -> int:
     agent = result.agent if isinstance(result, PasswordSet) else result
     print(f"{args.action}: {agent.codename} ({agent.role}{'' if agent.enabled else ', disabled'})")
     return 0
+
+
+async def _mfa_action(hq: HQ, action: str, codename: str) -> int:
+    """``agents mfa enroll|reset CODENAME``: through MfaAdmin, like the directors' API."""
+    try:
+        if action == "reset":
+            if await hq.mfa.reset(codename):
+                print(f"mfa reset: {codename}: second factor removed, sessions ended; it enrols again at its next login")
+            else:
+                print(f"mfa reset: {codename} had no second factor; nothing changed")
+            return 0
+        enrollment = await hq.mfa.begin(codename)
+        _show_enrollment(enrollment)
+        for attempt in range(3 if sys.stdin.isatty() else 1):
+            code = _read_code()
+            try:
+                codes = await hq.mfa.confirm(codename, code)
+            except OtpRejected:
+                print("That code does not match (is the phone's clock right?).", file=sys.stderr, flush=True)
+                continue
+            print(f"mfa enroll: {enrollment.codename} enrolled. Recovery codes, each good for one login "
+                  "without the app; shown only this once:")
+            for recovery in codes:
+                print(f"  {recovery}")
+            return 0
+    except (MfaAdminError, OtpRejected) as exc:
+        raise UsageError(str(exc)) from None
+    raise UsageError(f"no matching code: {codename}'s enrolment is not complete (its second factor is unchanged); "
+                     "run `agents mfa enroll` again")
+
+
+def _show_enrollment(enrollment: Enrollment) -> None:
+    """The QR code (if this terminal can draw it), the URI and the secret: shown this once only."""
+    print(f"Second factor for {enrollment.codename}: scan this QR code with an authenticator app "
+          "(or type the secret into it). Shown only this once.")
+    drawing = enrollment.terminal_qr()
+    try:
+        drawing.encode(sys.stdout.encoding or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        drawing = "(this terminal cannot draw the QR code: use the URI or the secret)\n"
+    print(drawing, end="")
+    print(f"URI:    {enrollment.otpauth_uri}")
+    print(f"Secret: {enrollment.secret}", flush=True)
+
+
+def _read_code() -> str:
+    """A code from the app: prompted on a terminal, else one line of standard input."""
+    if sys.stdin.isatty():
+        return input("Code from the app: ")
+    line = sys.stdin.readline()
+    if not line:
+        raise UsageError("no code on standard input: the enrolment is not complete; run `agents mfa enroll` again")
+    return line.strip()
 
 
 def _read_password(from_stdin: bool) -> str:

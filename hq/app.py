@@ -30,6 +30,9 @@ from .realtime.presence import Presence
 from .realtime.handlers import Realtime
 from .realtime.revocation import RevocationBus, RevocationWatcher, revocation_channel
 from .auth.sessions import SessionService
+from .auth.mfa import SecondFactor, SecretBox
+from .auth.mfa_admin import MfaAdmin
+from .mfa_api import MfaApi
 from .store import Store, open_store
 from .auth.tokens import KeyRing, TokenService
 from .realtime.transport import refuse_foreign_origins
@@ -52,6 +55,7 @@ class HQ:
     admin: AgentAdmin
     watcher: RevocationWatcher
     presence: Presence
+    mfa: MfaAdmin
     redis: aioredis.Redis | None = None
 
     def health_checks(self) -> list[HealthCheck]:
@@ -78,7 +82,10 @@ def build(settings: Settings) -> HQ:
     audit = AuditLog(settings.audit.path, settings.base_dir)
     redis = redis_client(settings.cluster.redis_url) if settings.cluster.redis_url else None
     throttle = _login_limiter(settings, redis)
-    sessions = SessionService(store, hasher, tokens, throttle, audit, settings.auth)
+    # The key that seals TOTP secrets is made here on first use, like the HMAC secret above.
+    second_factor = SecondFactor(store, SecretBox.from_file(settings.mfa_key_path), settings.auth.mfa_issuer,
+                                 settings.mfa_roles)
+    sessions = SessionService(store, hasher, tokens, throttle, audit, settings.auth, second_factor)
     authenticator = Authenticator(tokens, store)
     addresses = AddressResolver(settings.server.trusted_proxies)
     presence = Presence(settings.channels, redis, prefix=settings.cluster.channel)
@@ -89,8 +96,9 @@ def build(settings: Settings) -> HQ:
     # Ends this process's sockets and publishes to the other nodes; the CLI builds the same parts.
     sessions.on_revoke(watcher.revoked_here)
     admin = AgentAdmin(store, hasher, policy, sessions, audit)
+    mfa = MfaAdmin(store, second_factor, sessions, audit)
     return HQ(settings, store, hasher, keys, tokens, policy, audit, sessions, authenticator, realtime,
-              admin, watcher, presence, redis)
+              admin, watcher, presence, mfa, redis)
 
 
 def _login_limiter(settings: Settings, redis: aioredis.Redis | None) -> LoginLimiter:
@@ -119,6 +127,7 @@ def create_app(settings: Settings, on_first_agent: FirstAgentReporter = print_fi
     health = hq.health_checks()
     api = HttpApi(settings, hq.sessions, hq.authenticator, addresses, hq.keys, health)
     app.add_routes(api.routes())
+    app.add_routes(MfaApi(settings, hq.mfa, hq.sessions, hq.authenticator, hq.policy, addresses).routes())
     hq.realtime.sio.attach(app, socketio_path="socket.io")
     app.on_shutdown.append(hq.realtime.shutdown)
     admin_ui = add_console_and_monitoring(app, hq)

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 DEFAULT_LEVELS = ("analyst", "field-operative", "handler", "director")
 CODENAME_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "ES256", "EdDSA")
+DEFAULT_MFA_ROLES = ("director",)
 
 
 class ConfigError(Exception):
@@ -74,6 +75,12 @@ class AuthSettings:
     leeway: int = 10
     # Seconds a just-rotated refresh token may come back (a retry after a lost reply); 0 = never.
     refresh_grace: int = 5
+    # Roles that must log in with a TOTP second factor (hq/auth/mfa.py); the key that encrypts the
+    # TOTP secrets in the store (generated beside the signing secret when unset); the name
+    # authenticator apps show.
+    mfa_required: tuple[str, ...] = DEFAULT_MFA_ROLES
+    mfa_key_file: Path | None = None
+    mfa_issuer: str = "HQ"
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,17 @@ class Settings:
     def secret_path(self) -> Path:
         """Where the generated HMAC secret lives when none is configured."""
         return self.auth.secret_file or self.base_dir / "hq.secret"
+
+    @property
+    def mfa_key_path(self) -> Path:
+        """Where the key encrypting TOTP secrets lives: configured, else beside the HMAC secret file."""
+        return self.auth.mfa_key_file or self.secret_path.with_name("hq.mfa-key")
+
+    @property
+    def mfa_roles(self) -> frozenset[str]:
+        """The clearance levels that must use a second factor (the default names ``director`` only
+        where such a level exists; a configured list is checked against the levels)."""
+        return frozenset(self.auth.mfa_required) & frozenset(self.clearance.levels)
 
     @property
     def storage_url(self) -> str:
@@ -307,6 +325,11 @@ def _validate(s: Settings) -> None:
     _require(not s.server.eager_tasks or sys.version_info[:2] == (3, 12), "server.eager_tasks",
              "needs Python 3.12 (asyncio.eager_task_factory; not yet working on 3.13 with uvloop)")
     _validate_auth(s.auth)
+    if s.auth.mfa_required != DEFAULT_MFA_ROLES:  # a typo must not silently exempt a role
+        for role in s.auth.mfa_required:
+            _require(role in s.clearance.levels, "auth.mfa_required", f"unknown clearance level {role!r}")
+    _require(bool(s.auth.mfa_issuer) and ":" not in s.auth.mfa_issuer, "auth.mfa_issuer",
+             "must be a non-empty name without ':'")
     _validate_limits(s.limits)
     levels = s.clearance.levels
     _require(len(levels) > 0 and len(set(levels)) == len(levels), "clearance.levels",

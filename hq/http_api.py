@@ -18,9 +18,9 @@ from aiohttp import web
 from .addresses import AddressResolver
 from .config import Settings
 from .errors import AuthError, HQError, LoginError, UnavailableError
-from .auth.identity import Authenticator, Principal
+from .auth.identity import ENROLLMENT_REQUIRED, Authenticator, Principal
 from .auth.sessions import SessionService, TokenPair
-from .auth.tokens import KeyRing
+from .auth.tokens import ENROLL_SCOPE, KeyRing
 
 log = logging.getLogger("hq.http")
 
@@ -74,15 +74,17 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(500, "internal", "internal error")
 
 
-async def identify_request(authenticator: Authenticator, request: web.Request) -> Principal:
-    """Who sent this HTTP request: the ``Authorization: Bearer`` token, else the ``jwt`` cookie."""
+async def identify_request(authenticator: Authenticator, request: web.Request,
+                           allow_scopes: frozenset[str] = frozenset()) -> Principal:
+    """Who sent this HTTP request: the ``Authorization: Bearer`` token, else the ``jwt`` cookie
+    (a restricted token only where ``allow_scopes`` names its scope)."""
     header = request.headers.get("Authorization")
     if header is not None:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer":
             raise AuthError("use the Bearer scheme", "token_invalid")
-        return await authenticator.identify(token.strip())
-    return await authenticator.identify(request.cookies.get(ACCESS_COOKIE))
+        return await authenticator.identify(token.strip(), allow_scopes)
+    return await authenticator.identify(request.cookies.get(ACCESS_COOKIE), allow_scopes)
 
 
 class HttpApi:
@@ -110,15 +112,17 @@ class HttpApi:
         ]
 
     async def login(self, request: web.Request) -> web.Response:
-        """``POST /api/auth/login {"username", "password"}``."""
+        """``POST /api/auth/login {"username", "password", "otp"?}``."""
         body, problem = await self._json_body(request)
         if problem is not None:
             return problem
-        username, password = body.get("username"), body.get("password")
+        username, password, otp = body.get("username"), body.get("password"), body.get("otp")
         if not isinstance(username, str) or not isinstance(password, str):
             return error_response(400, "bad_request", '"username" and "password" must be strings')
+        if otp is not None and not isinstance(otp, str):
+            return error_response(400, "bad_request", '"otp" must be a string: the code, or a recovery code')
         try:
-            pair = await self._sessions.login(username, password, self._addresses.client_address(request))
+            pair = await self._sessions.login(username, password, self._addresses.client_address(request), otp)
         except LoginError as exc:
             status = {"agent_disabled": 403, "too_many_attempts": 429}.get(exc.code, 401)
             headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
@@ -152,7 +156,8 @@ class HttpApi:
     async def logout(self, request: web.Request) -> web.Response:
         """``POST /api/auth/logout``: revoke the session of the presented access token."""
         try:
-            principal = await self._identify(request)
+            # An enrolment-only session may be logged out of too.
+            principal = await identify_request(self._auth, request, frozenset({ENROLL_SCOPE}))
             await self._sessions.revoke(principal.codename, "logged_out", principal.sid,
                                         address=self._addresses.client_address(request))
         except AuthError as exc:
@@ -212,51 +217,82 @@ class HttpApi:
 
     # helpers -------------------------------------------------------------------------------------
     async def _json_body(self, request: web.Request) -> tuple[dict[str, Any], web.Response | None]:
-        limit = self._settings.limits.login_body_max_bytes
-        if request.content_length is not None and request.content_length > limit:
-            return {}, error_response(413, "payload_too_large", f"request bodies are limited to {limit} bytes")
-        if request.content_type != "application/json":
-            return {}, error_response(415, "unsupported_media_type", "send Content-Type: application/json")
-        raw = await _read_at_most(request, limit + 1)
-        if len(raw) > limit:
-            return {}, error_response(413, "payload_too_large", f"request bodies are limited to {limit} bytes")
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            return {}, error_response(400, "bad_request", "the body is not valid JSON")
-        if not isinstance(body, dict):
-            return {}, error_response(400, "bad_request", "the body must be a JSON object")
-        return body, None
+        return await read_json_body(request, self._settings.limits.login_body_max_bytes)
 
     async def _identify(self, request: web.Request) -> Principal:
         return await identify_request(self._auth, request)
 
     def _token_response(self, pair: TokenPair) -> web.Response:
-        response = web.json_response({
-            "access_token": pair.access.token,
-            "token_type": "Bearer",
-            "expires_in": pair.access.lifetime,
-            "refresh_token": pair.refresh_token,
-            "agent": {"codename": pair.agent.codename, "role": pair.agent.role},
-        }, headers=NO_STORE)
-        response.set_cookie(ACCESS_COOKIE, pair.access.token, max_age=pair.access.lifetime, path="/",
-                            httponly=True, secure=True, samesite="Strict")
-        response.set_cookie(REFRESH_COOKIE, pair.refresh_token, max_age=pair.refresh_ttl,
-                            path=REFRESH_COOKIE_PATH, httponly=True, secure=True, samesite="Strict")
-        return response
+        return token_response(pair)
 
     def _auth_error(self, exc: AuthError, clear_cookies: bool = False) -> web.Response:
-        response = error_response(401, exc.code, exc.message,
-                                  headers={"WWW-Authenticate": f'Bearer error="{_bearer_error(exc)}"', **NO_STORE})
-        if clear_cookies:
-            self._clear_cookies(response)
-        return response
+        return auth_error_response(exc, clear_cookies)
 
     @staticmethod
     def _clear_cookies(response: web.Response) -> None:
-        response.del_cookie(ACCESS_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
-        response.del_cookie(REFRESH_COOKIE, path=REFRESH_COOKIE_PATH, secure=True, httponly=True,
-                            samesite="Strict")
+        clear_auth_cookies(response)
+
+
+async def read_json_body(request: web.Request, limit: int) -> tuple[dict[str, Any], web.Response | None]:
+    """The request's JSON object, or the contract's error answer (415, 413, 400) instead."""
+    if request.content_length is not None and request.content_length > limit:
+        return {}, error_response(413, "payload_too_large", f"request bodies are limited to {limit} bytes")
+    if request.content_type != "application/json":
+        return {}, error_response(415, "unsupported_media_type", "send Content-Type: application/json")
+    raw = await _read_at_most(request, limit + 1)
+    if len(raw) > limit:
+        return {}, error_response(413, "payload_too_large", f"request bodies are limited to {limit} bytes")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return {}, error_response(400, "bad_request", "the body is not valid JSON")
+    if not isinstance(body, dict):
+        return {}, error_response(400, "bad_request", "the body must be a JSON object")
+    return body, None
+
+
+#: What an agent whose role must use a second factor, and who has none, is told at login.
+ENROLL_FIRST = ("Your role must log in with a second factor and you have none yet: enrol one now "
+                "(POST /api/auth/mfa/enroll with your password, then POST /api/auth/mfa/confirm with a code). "
+                "Until then this login is good for enrolling only.")
+
+
+def token_response(pair: TokenPair, extra: dict[str, Any] | None = None) -> web.Response:
+    """The login/refresh body and cookies for ``pair`` (an enrolment-only pair: no refresh token)."""
+    body: dict[str, Any] = {
+        "access_token": pair.access.token,
+        "token_type": "Bearer",
+        "expires_in": pair.access.lifetime,
+        "agent": {"codename": pair.agent.codename, "role": pair.agent.role},
+    }
+    if pair.refresh_token is not None:
+        body["refresh_token"] = pair.refresh_token
+    if pair.scope is not None:
+        body.update(scope=pair.scope, message=ENROLL_FIRST)
+    response = web.json_response({**body, **(extra or {})}, headers=NO_STORE)
+    response.set_cookie(ACCESS_COOKIE, pair.access.token, max_age=pair.access.lifetime, path="/",
+                        httponly=True, secure=True, samesite="Strict")
+    if pair.refresh_token is not None:
+        response.set_cookie(REFRESH_COOKIE, pair.refresh_token, max_age=pair.refresh_ttl,
+                            path=REFRESH_COOKIE_PATH, httponly=True, secure=True, samesite="Strict")
+    return response
+
+
+def auth_error_response(exc: AuthError, clear_cookies: bool = False) -> web.Response:
+    """401 with the token code (403 ``mfa_enrollment_required`` for a token that may only enrol)."""
+    status = 403 if exc.code == ENROLLMENT_REQUIRED else 401
+    response = error_response(status, exc.code, exc.message,
+                              headers={"WWW-Authenticate": f'Bearer error="{_bearer_error(exc)}"', **NO_STORE})
+    if clear_cookies:
+        clear_auth_cookies(response)
+    return response
+
+
+def clear_auth_cookies(response: web.Response) -> None:
+    """Expire both token cookies."""
+    response.del_cookie(ACCESS_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
+    response.del_cookie(REFRESH_COOKIE, path=REFRESH_COOKIE_PATH, secure=True, httponly=True,
+                        samesite="Strict")
 
 
 async def _probe(check: HealthCheck) -> str | None:
@@ -290,4 +326,6 @@ async def _read_at_most(request: web.Request, size: int) -> bytes:
 
 
 def _bearer_error(exc: HQError) -> str:
+    if exc.code == ENROLLMENT_REQUIRED:
+        return "insufficient_scope"  # RFC 6750: a valid token without the privileges asked for
     return "invalid_request" if exc.code == "token_missing" else "invalid_token"

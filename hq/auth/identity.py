@@ -2,6 +2,10 @@
 
 A token alone is not enough: the agent must still exist and be enabled, the login session must not
 be revoked, and clearance comes from the agent's stored role, never from the token's claim.
+
+A token restricted to enrolling a second factor (``scope: mfa_enroll``, see hq/auth/sessions.py)
+is refused with ``mfa_enrollment_required`` by every caller that does not name that scope: only the
+enrolment routes and logout do, so it opens no socket and reads no channel.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ from ..errors import AuthError
 from ..store import Store
 from .tokens import TokenService
 
+#: The code for a restricted token presented where it does not reach (HTTP answers 403).
+ENROLLMENT_REQUIRED = "mfa_enrollment_required"
+
 
 @dataclass(frozen=True)
 class Principal:
@@ -21,6 +28,7 @@ class Principal:
     role: str
     sid: str
     exp: int
+    scope: str | None = None
 
 
 class Authenticator:
@@ -30,8 +38,9 @@ class Authenticator:
         self._tokens = tokens
         self._store = store
 
-    async def identify(self, token: str | None) -> Principal:
-        """Verify the token and the agent and session behind it."""
+    async def identify(self, token: str | None, allow_scopes: frozenset[str] = frozenset()) -> Principal:
+        """Verify the token and the agent and session behind it; a restricted token only where
+        ``allow_scopes`` names its scope."""
         if not token:
             raise AuthError("no token was sent", "token_missing")
         claims = self._tokens.verify(token)
@@ -44,4 +53,8 @@ class Authenticator:
             raise AuthError("token is not valid", "token_invalid")
         if session.revoked:
             raise AuthError("session has been revoked", "token_revoked")
-        return Principal(codename=agent.codename, role=agent.role, sid=claims.sid, exp=claims.exp)
+        if claims.scope is not None and claims.scope not in allow_scopes:
+            raise AuthError("this token is good only for enrolling a second factor: enrol one "
+                            "(POST /api/auth/mfa/enroll), then log in with a code", ENROLLMENT_REQUIRED)
+        return Principal(codename=agent.codename, role=agent.role, sid=claims.sid, exp=claims.exp,
+                         scope=claims.scope)

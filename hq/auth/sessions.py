@@ -2,6 +2,12 @@
 
 This is where credentials become tokens. Revocation is written to the store's feed, which every
 HQ node follows (see :mod:`hq.revocation`), and told at once to local listeners.
+
+A second factor (hq/auth/mfa.py) is asked for only after a correct password: an enrolled agent must
+send ``otp`` (``mfa_required`` without it, ``invalid_otp`` for a wrong or replayed code, counted by
+the login limits like a wrong password). An agent whose role must use one (``auth.mfa_required``)
+but has none gets a session good only for enrolling one: an access token with ``scope:
+mfa_enroll``, no refresh token.
 """
 
 from __future__ import annotations
@@ -14,28 +20,37 @@ from ..ops.audit import AuditLog
 from ..config import AuthSettings, is_valid_codename
 from ..errors import AuthError, LoginError
 from .limits import LoginLimiter
+from .mfa import OtpRejected, SecondFactor
 from .passwords import MAX_PASSWORD_LENGTH, PasswordHasher
-from ..store import Agent, RefreshOutcome, Store
-from .tokens import IssuedToken, TokenService, hash_refresh_token, new_refresh_token, new_session_id
+from ..store import Agent, MfaRecord, RefreshOutcome, Store
+from .tokens import ENROLL_SCOPE, IssuedToken, TokenService, hash_refresh_token, new_refresh_token, new_session_id
 
 RevocationListener = Callable[[str, str | None, str], Awaitable[object]]
+#: The longest an enrolment-only token lives (less when ``auth.access_ttl`` is shorter): long
+#: enough to scan a QR code and type a code, and it cannot be refreshed.
+ENROLLMENT_TOKEN_TTL = 600
 
 
 @dataclass(frozen=True)
 class TokenPair:
-    """What login and refresh hand back: an access token, a refresh token, and whose they are."""
+    """What login and refresh hand back: an access token, a refresh token, and whose they are.
+
+    An enrolment-only login (``scope`` set) has no refresh token.
+    """
 
     agent: Agent
     access: IssuedToken
-    refresh_token: str
+    refresh_token: str | None
     refresh_ttl: int
+    scope: str | None = None
 
 
 class SessionService:
     """Issues, rotates and revokes login sessions."""
 
     def __init__(self, store: Store, hasher: PasswordHasher, tokens: TokenService, throttle: LoginLimiter,
-                 audit: AuditLog, auth: AuthSettings) -> None:
+                 audit: AuditLog, auth: AuthSettings, second_factor: SecondFactor) -> None:
+        self._mfa = second_factor
         self._store = store
         self._hasher = hasher
         self._tokens = tokens
@@ -48,9 +63,12 @@ class SessionService:
         """Call ``listener(codename, sid, reason)`` whenever this node revokes sessions."""
         self._listeners.append(listener)
 
-    async def login(self, codename: str, password: str, address: str) -> TokenPair:
-        """Check a password and open a session; raises :class:`LoginError`."""
-        agent = await self._store.get_agent(codename) if is_valid_codename(codename) else None
+    async def login(self, codename: str, password: str, address: str, otp: str | None = None) -> TokenPair:
+        """Check a password (and, for an enrolled agent, ``otp``) and open a session; raises :class:`LoginError`."""
+        valid = is_valid_codename(codename)
+        agent = await self._store.get_agent(codename) if valid else None
+        # Read for every well-formed codename, known or not: the work done never tells them apart.
+        factor = await self._mfa.record(codename) if valid else None
         loggable = _loggable(agent)
         retry_after = await self._throttle.retry_after(codename, address)
         if retry_after:
@@ -58,17 +76,72 @@ class SessionService:
             raise LoginError("too many failed attempts; try again later", "too_many_attempts", retry_after)
         ok = await self._hasher.verify(password, agent.password_hash if agent else None)
         if not ok or agent is None or len(password) > MAX_PASSWORD_LENGTH:
+            if otp is not None:  # as much work as checking the code would have been
+                self._mfa.spend_like_a_check(otp)
             await self._throttle.record_failure(codename, address)
             self._audit.record("login_failed", codename=loggable, address=address, code="invalid_credentials")
             raise LoginError("unknown codename or wrong password", "invalid_credentials")
         if not agent.enabled:
             self._audit.record("login_failed", codename=agent.codename, address=address, code="agent_disabled")
             raise LoginError("this agent is disabled", "agent_disabled")
+        if factor is not None and factor.confirmed:
+            used = await self._second_factor(agent, factor, otp, codename, address)
+            # Only now: clearing the count on a correct password alone would let a code guesser
+            # reset it between guesses.
+            await self._throttle.record_success(codename)
+            left = factor.recovery_codes_left - 1 if used == "recovery_code" else None
+            return await self._open(agent, address, factor=used, recovery_codes_left=left)
         await self._throttle.record_success(codename)
+        if self._mfa.required_for(agent):
+            return await self._open(agent, address, scope=ENROLL_SCOPE)
+        return await self._open(agent, address)
+
+    async def _second_factor(self, agent: Agent, factor: MfaRecord, otp: str | None, codename: str,
+                             address: str) -> str:
+        """Check ``otp`` after a correct password: the factor used, or :class:`LoginError`."""
+        if otp is None:
+            self._audit.record("login_failed", codename=agent.codename, address=address, code="mfa_required")
+            raise LoginError("this agent logs in with a second factor: send the code its authenticator app "
+                             "shows (or a recovery code) as \"otp\"", "mfa_required")
+        try:
+            return await self._mfa.check(agent, factor, otp)
+        except OtpRejected:
+            await self._throttle.record_failure(codename, address)
+            self._audit.record("login_failed", codename=agent.codename, address=address, code="invalid_otp")
+            raise LoginError("wrong code, or one already used: wait for the next code and try again",
+                             "invalid_otp") from None
+
+    async def check_password(self, agent: Agent, password: str, address: str) -> None:
+        """Ask for the password again before a sensitive change (enrolling a second factor):
+        throttled and counted like a login; raises :class:`LoginError`."""
+        retry_after = await self._throttle.retry_after(agent.codename, address)
+        if retry_after:
+            self._audit.record("login_failed", codename=agent.codename, address=address, code="too_many_attempts")
+            raise LoginError("too many failed attempts; try again later", "too_many_attempts", retry_after)
+        ok = await self._hasher.verify(password, agent.password_hash)
+        if not ok or len(password) > MAX_PASSWORD_LENGTH:
+            await self._throttle.record_failure(agent.codename, address)
+            self._audit.record("login_failed", codename=agent.codename, address=address, code="invalid_credentials")
+            raise LoginError("wrong password", "invalid_credentials")
+
+    async def finish_enrollment(self, agent: Agent, enrollment_sid: str, address: str) -> TokenPair:
+        """Swap an enrolment-only session for a full one, once the agent has confirmed a code."""
+        await self.revoke(agent.codename, "logged_out", enrollment_sid, address=address)
+        return await self._open(agent, address, factor="totp")
+
+    async def _open(self, agent: Agent, address: str, scope: str | None = None, factor: str = "password",
+                    recovery_codes_left: int | None = None) -> TokenPair:
+        """A new login session and its tokens (an enrolment-only one with ``scope``)."""
         sid = new_session_id()
         await self._store.create_session(sid, agent.codename)
-        pair = await self._issue(agent, sid)
-        self._audit.record("login_succeeded", codename=agent.codename, address=address)
+        if scope is None:
+            pair = await self._issue(agent, sid)
+        else:
+            lifetime = min(self._auth.access_ttl, ENROLLMENT_TOKEN_TTL)
+            pair = TokenPair(agent, self._tokens.issue(agent.codename, agent.role, sid, scope=scope,
+                                                       lifetime=lifetime), None, 0, scope)
+        self._audit.record("login_succeeded", codename=agent.codename, address=address, factor=factor,
+                           enrollment_only=True if scope else None, recovery_codes_left=recovery_codes_left)
         return pair
 
     async def refresh(self, refresh_token: str, address: str) -> TokenPair:

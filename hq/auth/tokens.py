@@ -26,6 +26,10 @@ from ..errors import AuthError
 ACCESS_TOKEN_TYPE = "at+jwt"
 REQUIRED_CLAIMS = ("sub", "role", "sid", "jti", "iat", "exp", "iss", "aud")
 FORBIDDEN_HEADERS = ("jku", "jwk", "x5u", "x5c")
+#: The one restricted scope: a token that may only enrol a second factor (hq/auth/mfa.py). A token
+#: without a ``scope`` claim is a full one; any other value is not HQ's and is refused.
+ENROLL_SCOPE = "mfa_enroll"
+SCOPES = frozenset({ENROLL_SCOPE})
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class AccessClaims:
     jti: str
     iat: int
     exp: int
+    scope: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,15 +134,20 @@ class TokenService:
     def keys(self) -> KeyRing:
         return self._keys
 
-    def issue(self, codename: str, role: str, sid: str, now: float | None = None) -> IssuedToken:
-        """Sign an access token for one agent's login session."""
+    def issue(self, codename: str, role: str, sid: str, now: float | None = None, scope: str | None = None,
+              lifetime: int | None = None) -> IssuedToken:
+        """Sign an access token for one agent's login session (``scope``: a restricted one)."""
+        assert scope is None or scope in SCOPES, scope
         iat = int(now if now is not None else time.time())
-        exp = iat + self._auth.access_ttl
-        claims = {"sub": codename, "role": role, "sid": sid, "jti": uuid.uuid4().hex, "iat": iat,
-                  "exp": exp, "iss": self._auth.issuer, "aud": self._auth.audience}
+        lifetime = self._auth.access_ttl if lifetime is None else lifetime
+        exp = iat + lifetime
+        claims: dict[str, Any] = {"sub": codename, "role": role, "sid": sid, "jti": uuid.uuid4().hex, "iat": iat,
+                                  "exp": exp, "iss": self._auth.issuer, "aud": self._auth.audience}
+        if scope is not None:
+            claims["scope"] = scope
         headers = {"typ": ACCESS_TOKEN_TYPE, "kid": self._keys.kid}
         token = jwt.encode(claims, self._keys.signing_key, algorithm=self._keys.algorithm, headers=headers)
-        return IssuedToken(token, exp, self._auth.access_ttl)
+        return IssuedToken(token, exp, lifetime)
 
     def verify(self, token: str) -> AccessClaims:
         """Check signature, algorithm, ``typ``, every claim, ``iss``, ``aud`` and expiry."""
@@ -174,9 +184,11 @@ class TokenService:
 def _claims(payload: dict[str, Any]) -> AccessClaims:
     try:
         claims = AccessClaims(sub=payload["sub"], role=payload["role"], sid=payload["sid"], jti=payload["jti"],
-                              iat=int(payload["iat"]), exp=int(payload["exp"]))
+                              iat=int(payload["iat"]), exp=int(payload["exp"]), scope=payload.get("scope"))
     except (KeyError, TypeError, ValueError):
         raise AuthError("token is not valid", "token_invalid") from None
+    if claims.scope is not None and claims.scope not in SCOPES:
+        raise AuthError("token is not valid", "token_invalid")
     if not all(isinstance(v, str) and v for v in (claims.sub, claims.role, claims.sid, claims.jti)):
         raise AuthError("token is not valid", "token_invalid")
     return claims

@@ -42,14 +42,17 @@ OTHER = "other"
 VOCABULARY: dict[str, frozenset[str]] = {
     "code": frozenset({"invalid_credentials", "agent_disabled", "too_many_attempts", "forbidden", "token_missing",
                        "token_invalid", "token_expired", "token_revoked", "token_reused", "origin_not_allowed",
-                       "mfa_required", "invalid_otp", "unavailable", "bad_request"}),
+                       "mfa_required", "invalid_otp", "mfa_enrollment_required", "unavailable", "bad_request"}),
     "reason": frozenset({"token_expired", "logged_out", "revoked", "agent_disabled", "password_changed",
                          "role_changed", "client disconnect", "server disconnect", "ping timeout",
                          "transport close", "transport error", "disconnected"}),
     "transport": frozenset({"http", "websocket", "polling", "unknown"}),
     "scope": frozenset({"session", "agent"}),
     "interface": frozenset({"admin_ui", "console", "api", "cli", "startup"}),
-    "action": frozenset({"add", "enable", "disable", "role", "passwd", "end_session"}),
+    "action": frozenset({"add", "enable", "disable", "role", "passwd", "end_session",
+                         "mfa_enroll", "mfa_confirm", "mfa_reset"}),
+    # How a login was completed: the password alone, or with a TOTP code or a recovery code.
+    "factor": frozenset({"password", "totp", "recovery_code"}),
 }
 #: Fields that name an agent (or the CLI, ``cli``, or start-up, ``hq``): valid codenames only.
 _AGENT_FIELDS = frozenset({"codename", "actor", "target"})

@@ -20,10 +20,11 @@ OTHER = "other"
 EVENTS = frozenset({"join", "leave", "message", "history", "reauth", "presence", "unknown"})
 TRANSPORTS = frozenset({"polling", "websocket"})
 TOKEN_CODES = frozenset({"token_missing", "token_invalid", "token_expired", "token_revoked", "token_reused",
-                         "agent_disabled", "origin_not_allowed", "unavailable"})
+                         "agent_disabled", "origin_not_allowed", "unavailable", "mfa_enrollment_required"})
 EVENT_CODES = frozenset({"bad_request", "forbidden", "not_found", "rate_limited", "payload_too_large",
                          "internal"}) | TOKEN_CODES
-LOGIN_OUTCOMES = frozenset({"success", "invalid_credentials", "agent_disabled", "too_many_attempts", "forbidden"})
+LOGIN_OUTCOMES = frozenset({"success", "invalid_credentials", "agent_disabled", "too_many_attempts", "forbidden",
+                            "mfa_required", "invalid_otp"})
 SESSION_REASONS = frozenset({"token_expired", "logged_out", "revoked", "agent_disabled"})
 DISCONNECT_REASONS = SESSION_REASONS | frozenset({"server disconnect", "client disconnect", "ping timeout",
                                                   "transport close", "transport error", "disconnected"})

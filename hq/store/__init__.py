@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import AgentExistsError, Store, StoreUnavailable, UnknownAgentError
-from .models import Agent, LoginSession, Message, RefreshOutcome, RefreshResult, Revocation
+from .models import Agent, LoginSession, Message, MfaRecord, RefreshOutcome, RefreshResult, Revocation
 
-__all__ = ["Agent", "AgentExistsError", "LoginSession", "Message", "RefreshOutcome", "RefreshResult",
+__all__ = ["Agent", "AgentExistsError", "LoginSession", "Message", "MfaRecord", "RefreshOutcome", "RefreshResult",
            "Revocation", "Store", "StoreUnavailable", "UnknownAgentError", "open_store"]
 
 

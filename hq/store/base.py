@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from ..errors import UnavailableError
-from .models import Agent, LoginSession, Message, RefreshResult, Revocation
+from .models import Agent, LoginSession, Message, MfaRecord, RefreshResult, Revocation
 
 
 class AgentExistsError(Exception):
@@ -74,3 +74,23 @@ class Store(Protocol):
     async def add_message(self, channel: str, sender: str, text: str, ts: str) -> Message: ...
     async def history(self, channel: str, after_id: int | None, limit: int) -> list[Message]: ...
     async def last_message_id(self, channel: str) -> int: ...
+
+    # second factors (hq/auth/mfa.py): every change is one conditional statement, so that two
+    # nodes racing on one agent cannot both win.
+    async def get_mfa(self, codename: str) -> MfaRecord | None: ...
+    async def begin_mfa(self, codename: str, secret_box: str) -> bool:
+        """Store a pending (unconfirmed) secret, replacing a pending one; False if one is confirmed."""
+        ...
+    async def confirm_mfa(self, codename: str, secret_box: str, step: int, recovery_hashes: list[str]) -> bool:
+        """Confirm the pending secret ``secret_box`` (its code matched ``step``) and replace the
+        recovery codes; False if that secret is no longer the pending one."""
+        ...
+    async def use_totp_step(self, codename: str, step: int) -> bool:
+        """Record ``step`` as used if it is newer than the last one used; False for a replay."""
+        ...
+    async def use_recovery_code(self, codename: str, code_hash: str, now: float) -> bool:
+        """Spend an unspent recovery code of a confirmed enrolment; False if there is none such."""
+        ...
+    async def reset_mfa(self, codename: str) -> bool:
+        """Remove the agent's second factor and recovery codes; False if it had none."""
+        ...

@@ -115,3 +115,24 @@ class RefreshResult:
     def issued(self) -> bool:
         """Whether a new refresh token was stored (a normal rotation or a grace retry)."""
         return self.outcome in (RefreshOutcome.ROTATED, RefreshOutcome.GRACE)
+
+
+# Both backends' query for an agent's second factor and how many recovery codes it has left.
+MFA_RECORD = """
+    SELECT f.codename_key, f.secret_box, f.confirmed, f.last_step,
+           (SELECT COUNT(*) FROM mfa_recovery_codes r WHERE r.codename_key = f.codename_key
+            AND r.used_at IS NULL) AS codes_left
+    FROM mfa_factors f WHERE f.codename_key = {p1}"""
+
+
+@dataclass(frozen=True)
+class MfaRecord:
+    """An agent's TOTP enrolment (see :mod:`hq.auth.mfa`): the secret only ever sealed, whether the
+    agent has confirmed it with a code, the last time step a code was accepted for, and how many
+    recovery codes are left unspent."""
+
+    codename: str
+    secret_box: str
+    confirmed: bool
+    last_step: int | None
+    recovery_codes_left: int

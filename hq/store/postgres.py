@@ -22,6 +22,7 @@ import asyncpg
 import asyncpg.exceptions as pg_errors
 
 from .base import AgentExistsError, StoreUnavailable, UnknownAgentError
+from .models import MFA_RECORD, MfaRecord
 from .models import (AGENT_AND_SESSION, REFRESH_TOKEN_AND_SESSION, SUPERSEDE_CHILD, Agent, LoginSession, Message,
                      RefreshOutcome, RefreshResult, Revocation, in_grace_window)
 from .models import LIVE_SESSIONS
@@ -113,6 +114,20 @@ CREATE TABLE IF NOT EXISTS messages (
     text TEXT NOT NULL,
     ts TEXT NOT NULL,
     PRIMARY KEY (channel, id)
+);
+-- Second factors (hq/auth/mfa.py): the TOTP secret sealed with HQ's MFA key, never in the clear.
+CREATE TABLE IF NOT EXISTS mfa_factors (
+    codename_key TEXT PRIMARY KEY,
+    secret_box TEXT NOT NULL,
+    confirmed BOOLEAN NOT NULL DEFAULT FALSE,
+    last_step BIGINT,
+    created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mfa_recovery_codes (
+    codename_key TEXT NOT NULL,
+    code_hash TEXT NOT NULL,
+    used_at DOUBLE PRECISION,
+    PRIMARY KEY (codename_key, code_hash)
 );
 """
 
@@ -498,3 +513,67 @@ class PostgresStore:
     async def last_message_id(self, channel: str) -> int:
         """The channel's newest message id (0 when empty)."""
         return int(await self._fetchval("SELECT COALESCE(MAX(id), 0) FROM messages WHERE channel = $1", channel))
+
+    # second factors ----------------------------------------------------------------------------
+    # Each change is one conditional statement (or one transaction): under READ COMMITTED a second
+    # UPDATE of the same row waits for the first and re-checks its WHERE against what it wrote, so
+    # two nodes accepting the same code at the same moment cannot both succeed.
+    @_bounded
+    async def get_mfa(self, codename: str) -> MfaRecord | None:
+        """The agent's enrolment, confirmed or pending."""
+        row = await self._fetchrow(MFA_RECORD.format(p1="$1"), codename.lower())
+        if row is None:
+            return None
+        return MfaRecord(row["codename_key"], row["secret_box"], row["confirmed"],
+                         None if row["last_step"] is None else int(row["last_step"]), int(row["codes_left"]))
+
+    @_bounded
+    async def begin_mfa(self, codename: str, secret_box: str) -> bool:
+        """Store a pending secret (replacing a pending one); False if a confirmed one exists."""
+        written = await self._fetchval(
+            "INSERT INTO mfa_factors (codename_key, secret_box, confirmed, last_step, created)"
+            " VALUES ($1, $2, FALSE, NULL, $3) ON CONFLICT (codename_key) DO UPDATE"
+            " SET secret_box = excluded.secret_box, created = excluded.created"
+            " WHERE mfa_factors.confirmed = FALSE RETURNING codename_key", codename.lower(), secret_box, _now_iso())
+        return written is not None
+
+    @_bounded
+    async def confirm_mfa(self, codename: str, secret_box: str, step: int, recovery_hashes: list[str]) -> bool:
+        """Confirm the pending ``secret_box`` and replace the recovery codes, in one transaction."""
+        key = codename.lower()
+        async with self._connection() as conn, conn.transaction():
+            confirmed = await conn.fetchval(
+                "UPDATE mfa_factors SET confirmed = TRUE, last_step = $1 WHERE codename_key = $2"
+                " AND confirmed = FALSE AND secret_box = $3 RETURNING codename_key", step, key, secret_box)
+            if confirmed is None:
+                return False
+            await conn.execute("DELETE FROM mfa_recovery_codes WHERE codename_key = $1", key)
+            await conn.executemany("INSERT INTO mfa_recovery_codes (codename_key, code_hash) VALUES ($1, $2)",
+                                   [(key, h) for h in recovery_hashes])
+        return True
+
+    @_bounded
+    async def use_totp_step(self, codename: str, step: int) -> bool:
+        """Record ``step`` as used unless it, or a later one, already was."""
+        written = await self._fetchval(
+            "UPDATE mfa_factors SET last_step = $1 WHERE codename_key = $2 AND confirmed = TRUE"
+            " AND (last_step IS NULL OR last_step < $1) RETURNING codename_key", step, codename.lower())
+        return written is not None
+
+    @_bounded
+    async def use_recovery_code(self, codename: str, code_hash: str, now: float) -> bool:
+        """Spend one unspent recovery code."""
+        spent = await self._fetchval(
+            "UPDATE mfa_recovery_codes SET used_at = $1 WHERE codename_key = $2 AND code_hash = $3 AND used_at IS NULL"
+            " AND EXISTS (SELECT 1 FROM mfa_factors f WHERE f.codename_key = mfa_recovery_codes.codename_key"
+            " AND f.confirmed) RETURNING code_hash", now, codename.lower(), code_hash)
+        return spent is not None
+
+    @_bounded
+    async def reset_mfa(self, codename: str) -> bool:
+        """Remove the agent's second factor and its recovery codes."""
+        key = codename.lower()
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute("DELETE FROM mfa_recovery_codes WHERE codename_key = $1", key)
+            removed = await conn.fetchval("DELETE FROM mfa_factors WHERE codename_key = $1 RETURNING codename_key", key)
+        return removed is not None

@@ -19,6 +19,7 @@ from .base import AgentExistsError, UnknownAgentError
 from .models import (AGENT_AND_SESSION, REFRESH_TOKEN_AND_SESSION, SUPERSEDE_CHILD, Agent, LoginSession, Message,
                      RefreshOutcome, RefreshResult, Revocation, in_grace_window)
 from .models import LIVE_SESSIONS
+from .models import MFA_RECORD, MfaRecord
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
@@ -63,6 +64,20 @@ CREATE TABLE IF NOT EXISTS messages (
     text TEXT NOT NULL,
     ts TEXT NOT NULL,
     PRIMARY KEY (channel, id)
+) WITHOUT ROWID;
+-- Second factors (hq/auth/mfa.py): the TOTP secret sealed with HQ's MFA key, never in the clear.
+CREATE TABLE IF NOT EXISTS mfa_factors (
+    codename_key TEXT PRIMARY KEY,
+    secret_box TEXT NOT NULL,
+    confirmed INTEGER NOT NULL DEFAULT 0,
+    last_step INTEGER,
+    created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mfa_recovery_codes (
+    codename_key TEXT NOT NULL,
+    code_hash TEXT NOT NULL,
+    used_at REAL,
+    PRIMARY KEY (codename_key, code_hash)
 ) WITHOUT ROWID;
 """
 
@@ -398,3 +413,77 @@ class SQLiteStore:
         """The channel's newest message id (0 when empty)."""
         row = await self._one("SELECT COALESCE(MAX(id), 0) AS n FROM messages WHERE channel = ?", channel)
         return int(row["n"]) if row else 0
+
+    # second factors ----------------------------------------------------------------------------
+    async def get_mfa(self, codename: str) -> MfaRecord | None:
+        """The agent's enrolment, confirmed or pending."""
+        return _mfa(await self._one(MFA_RECORD.format(p1="?"), codename.lower()))
+
+    async def begin_mfa(self, codename: str, secret_box: str) -> bool:
+        """Store a pending secret (replacing a pending one); False if a confirmed one exists."""
+        row = await self._one(
+            "INSERT INTO mfa_factors (codename_key, secret_box, confirmed, last_step, created)"
+            " VALUES (?, ?, 0, NULL, ?) ON CONFLICT (codename_key) DO UPDATE"
+            " SET secret_box = excluded.secret_box, created = excluded.created"
+            " WHERE mfa_factors.confirmed = 0 RETURNING codename_key", codename.lower(), secret_box, _now_iso())
+        return row is not None
+
+    async def confirm_mfa(self, codename: str, secret_box: str, step: int, recovery_hashes: list[str]) -> bool:
+        """Confirm the pending ``secret_box`` and replace the recovery codes, in one transaction."""
+        key = codename.lower()
+        async with self._lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = await self.db.execute(
+                    "UPDATE mfa_factors SET confirmed = 1, last_step = ? WHERE codename_key = ?"
+                    " AND confirmed = 0 AND secret_box = ? RETURNING codename_key", (step, key, secret_box))
+                confirmed = await cur.fetchone() is not None
+                await cur.close()
+                if confirmed:
+                    await self.db.execute("DELETE FROM mfa_recovery_codes WHERE codename_key = ?", (key,))
+                    await self.db.executemany("INSERT INTO mfa_recovery_codes (codename_key, code_hash) VALUES (?, ?)",
+                                              [(key, h) for h in recovery_hashes])
+                await self.db.execute("COMMIT")
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+        return confirmed
+
+    async def use_totp_step(self, codename: str, step: int) -> bool:
+        """Record ``step`` as used unless it, or a later one, already was."""
+        row = await self._one(
+            "UPDATE mfa_factors SET last_step = ? WHERE codename_key = ? AND confirmed = 1"
+            " AND (last_step IS NULL OR last_step < ?) RETURNING codename_key", step, codename.lower(), step)
+        return row is not None
+
+    async def use_recovery_code(self, codename: str, code_hash: str, now: float) -> bool:
+        """Spend one unspent recovery code."""
+        row = await self._one(
+            "UPDATE mfa_recovery_codes SET used_at = ? WHERE codename_key = ? AND code_hash = ? AND used_at IS NULL"
+            " AND EXISTS (SELECT 1 FROM mfa_factors f WHERE f.codename_key = mfa_recovery_codes.codename_key"
+            " AND f.confirmed = 1) RETURNING code_hash", now, codename.lower(), code_hash)
+        return row is not None
+
+    async def reset_mfa(self, codename: str) -> bool:
+        """Remove the agent's second factor and its recovery codes."""
+        key = codename.lower()
+        async with self._lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                await self.db.execute("DELETE FROM mfa_recovery_codes WHERE codename_key = ?", (key,))
+                cur = await self.db.execute("DELETE FROM mfa_factors WHERE codename_key = ? RETURNING codename_key",
+                                            (key,))
+                removed = await cur.fetchone() is not None
+                await cur.close()
+                await self.db.execute("COMMIT")
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+        return removed
+
+
+def _mfa(row: Any) -> MfaRecord | None:
+    if row is None:
+        return None
+    return MfaRecord(row["codename_key"], row["secret_box"], bool(row["confirmed"]), row["last_step"],
+                     int(row["codes_left"]))
