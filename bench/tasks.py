@@ -157,7 +157,8 @@ def main() -> None:
     args = parser.parse_args()
     source = Path(args.hq_source or Path(__file__).resolve().parent.parent)
     sys.path.insert(0, str(source))
-    server = start_counting_server(source, "hq-tasks-", {"sender": "director", "member": "field-operative"},
+    # A handler may write to both channels measured; a director would have to log in with a second factor.
+    server = start_counting_server(source, "hq-tasks-", {"sender": "handler", "member": "field-operative"},
                                    '[limits]\nevents_per_second = 1e6\nevents_burst = 1000000\n')
     port = server.port
     result = asyncio.run(measure(server, f"http://127.0.0.1:{port}", args.messages, args.members))
