@@ -88,7 +88,8 @@ def build(settings: Settings) -> HQ:
     sessions = SessionService(store, hasher, tokens, throttle, audit, settings.auth, second_factor)
     authenticator = Authenticator(tokens, store)
     addresses = AddressResolver(settings.server.trusted_proxies)
-    presence = Presence(settings.channels, redis, prefix=settings.cluster.channel)
+    presence = Presence(settings.channels, redis, prefix=settings.cluster.channel,
+                        heartbeat=settings.cluster.presence_heartbeat, ttl=settings.cluster.presence_ttl)
     realtime = Realtime(settings, authenticator, policy, store, audit, addresses, presence)
     cluster = settings.cluster
     bus = RevocationBus(cluster.redis_url, revocation_channel(cluster.channel)) if cluster.redis_url else None

@@ -105,6 +105,11 @@ class StorageSettings:
 class ClusterSettings:
     redis_url: str | None = None
     channel: str = "hq"
+    # Presence (hq/realtime/presence.py): each node refreshes its alive key in Redis every
+    # presence_heartbeat seconds with a TTL of presence_ttl, so a crashed node's agents leave
+    # presence within presence_ttl seconds.
+    presence_heartbeat: float = 5.0
+    presence_ttl: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -340,6 +345,7 @@ def _validate(s: Settings) -> None:
             _require(getattr(policy, which) in levels, f"channels.{name}.{which}",
                      f"unknown clearance level {getattr(policy, which)!r}")
     _require(s.storage.revocation_poll > 0, "storage.revocation_poll", "must be positive")
+    _validate_cluster(s.cluster)
     _require(not s.storage.url or s.storage.url.startswith(("sqlite:///", "postgresql://", "postgres://")),
              "storage.url", "must start with sqlite:/// or postgresql://")
 
@@ -361,6 +367,15 @@ def _validate_auth(a: AuthSettings) -> None:
     # Longer windows give a thief with a copied token more time to race the owner unnoticed.
     _require(0 <= a.refresh_grace <= 60, "auth.refresh_grace", "must be between 0 and 60 seconds")
     _require(bool(a.issuer) and bool(a.audience), "auth.issuer", "issuer and audience must be set")
+
+
+def _validate_cluster(c: ClusterSettings) -> None:
+    # A heartbeat far below 0.1 s would keep Redis and the node busy for nothing.
+    _require(0.1 <= c.presence_heartbeat <= 3600, "cluster.presence_heartbeat",
+             "must be between 0.1 and 3600 seconds")
+    # Not above the heartbeat: a live node's alive key would expire between two refreshes.
+    _require(c.presence_heartbeat < c.presence_ttl <= 3600, "cluster.presence_ttl",
+             "must be greater than presence_heartbeat and at most 3600 seconds")
 
 
 def _validate_limits(lim: LimitsSettings) -> None:

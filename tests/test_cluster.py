@@ -6,33 +6,26 @@ import json
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 from typing import AsyncIterator
 
 import pytest
 
-from .services import REDIS_URL, create_database, drop_database, ensure_redis
+from .cluster import Cluster, start_cluster
+from .services import REDIS_URL, ensure_redis
 from .sio import RecordingClient
-from .support import HQServer, make_server
+from .support import make_server
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[tuple[HQServer, HQServer]]:
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    """Two nodes on a fresh database and the machine's Redis."""
     ensure_redis()
-    url = await create_database()
-    shared = {"storage": {"url": url, "revocation_poll": 0.1},
-              "cluster": {"redis_url": REDIS_URL, "channel": f"hq-test-{uuid.uuid4().hex[:8]}"},
-              "auth": {"bcrypt_rounds": 4, "secret": "a shared cluster secret of at least 32 bytes!"}}
-    a = make_server(tmp_path / "a", **shared).start()
-    b = make_server(tmp_path / "b", agents={}, **shared).start()
-    yield a, b
-    a.stop()
-    b.stop()
-    await drop_database(url)
+    async with start_cluster(tmp_path, 2, REDIS_URL) as started:
+        yield started
 
 
-async def test_message_sent_on_one_node_reaches_members_on_the_other(cluster) -> None:
+async def test_message_sent_on_one_node_reaches_members_on_the_other(cluster: Cluster) -> None:
     a, b = cluster
     fox = await RecordingClient().connect(a.url, a.login("fox")["access_token"])
     assert (await fox.call("join", {"channel": "missions"}))["ok"]
@@ -47,7 +40,7 @@ async def test_message_sent_on_one_node_reaches_members_on_the_other(cluster) ->
     await hank.close()
 
 
-async def test_logout_on_one_node_ends_the_socket_on_the_other(cluster) -> None:
+async def test_logout_on_one_node_ends_the_socket_on_the_other(cluster: Cluster) -> None:
     a, b = cluster
     pair = a.login("fox")
     fox = await RecordingClient().connect(a.url, pair["access_token"])
@@ -59,7 +52,7 @@ async def test_logout_on_one_node_ends_the_socket_on_the_other(cluster) -> None:
     print(f"logout on node B -> socket on node A ended in {1000 * (await fox.wait_disconnected() - started):.0f} ms")
 
 
-async def test_login_failures_are_counted_across_nodes(cluster) -> None:
+async def test_login_failures_are_counted_across_nodes(cluster: Cluster) -> None:
     a, b = cluster
     for _ in range(5):
         with pytest.raises(urllib.error.HTTPError) as failure:

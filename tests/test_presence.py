@@ -1,23 +1,28 @@
 """Presence: who is online in a channel (the ``presence`` event and its ack), on one node and across
-a cluster of two nodes on PostgreSQL and a private Redis, through a node's crash and a Redis outage."""
+clusters of two and three nodes on PostgreSQL and a private Redis, through a node's crash and a Redis
+outage; and the ``[cluster] presence_heartbeat`` / ``presence_ttl`` settings that pace the expiry."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 import time
-import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 import pytest
 
-from hq.realtime.presence import EXPIRY, HEARTBEAT
+from hq.config import ConfigError, load_settings
+from hq.realtime.presence import EXPIRY, HEARTBEAT, Presence
 
-from .services import create_database, drop_database
-from .sio import RecordingClient
-from .support import HQServer, make_server
+from .cluster import FAST_PRESENCE, Cluster, start_cluster
 from .services import PrivateRedis
+from .sio import RecordingClient
+from .support import HQServer, free_port, run_cli, write_config
+
+#: The cluster tests' pace (tests/cluster.py): a dead node's entries expire in seconds, not 15 s.
+BEAT = FAST_PRESENCE["presence_heartbeat"]
+TTL = FAST_PRESENCE["presence_ttl"]
 
 SETTLE = 0.3  # long enough for an event that should not come to have come
 
@@ -116,86 +121,157 @@ async def test_presence_is_forbidden_below_read_clearance(hq: HQServer) -> None:
 
 # a cluster ------------------------------------------------------------------------------------------
 
-@pytest.fixture
-async def nodes(tmp_path: Path, private_redis: PrivateRedis) -> AsyncIterator[tuple[HQServer, HQServer]]:
-    url = await create_database()
-    shared = {"storage": {"url": url, "revocation_poll": 0.1},
-              "cluster": {"redis_url": private_redis.url, "channel": f"hq-test-{uuid.uuid4().hex[:8]}"},
-              "auth": {"bcrypt_rounds": 4, "secret": "a shared cluster secret of at least 32 bytes!"}}
-    a = make_server(tmp_path / "a", **shared).start()
-    b = make_server(tmp_path / "b", agents={}, **shared).start()
-    yield a, b
-    a.stop()
-    b.stop()
-    await drop_database(url)
-    for node in (a, b):
-        assert "Traceback" not in node.log_path.read_text(errors="replace")
+@pytest.fixture(params=[2, 3], ids=["2-nodes", "3-nodes"])
+async def nodes(request: pytest.FixtureRequest, tmp_path: Path, private_redis: PrivateRedis) -> AsyncIterator[Cluster]:
+    async with start_cluster(tmp_path, request.param, private_redis.url, cluster=FAST_PRESENCE) as cluster:
+        yield cluster
+        cluster.stop()
+        cluster.assert_clean_logs()
 
 
-async def test_presence_shows_agents_on_every_node(nodes) -> None:
-    a, b = nodes
-    fox = await connect(a, "fox", "missions")
-    hank = await connect(b, "hank", "missions")
+async def test_presence_shows_agents_on_every_node(nodes: Cluster) -> None:
+    first, second, last = nodes[0], nodes[1], nodes[-1]
+    lookers = [await connect(node, "dora") for node in nodes]  # they ask, from every node, without joining
+    fox = await connect(first, "fox", "missions")
+    hank = await connect(last, "hank", "missions")
     both = {"fox": ("field-operative", 1), "hank": ("handler", 1)}
-    assert await online(fox) == both
-    assert await online(hank) == both
-    await wait_changes(fox, "hank", [True])  # an arrival on b, told on a
-    fox2 = await connect(b, "fox", "missions")
-    assert await online(fox) == {"fox": ("field-operative", 2), "hank": ("handler", 1)}
-    assert await online(hank) == {"fox": ("field-operative", 2), "hank": ("handler", 1)}
+    for looker in lookers:
+        assert await online(looker) == both
+    await wait_changes(fox, "hank", [True])  # an arrival on the last node, told on the first
+    fox2 = await connect(second, "fox", "missions")
+    for looker in lookers:
+        assert await online(looker) == {"fox": ("field-operative", 2), "hank": ("handler", 1)}
     await fox.close()
     await asyncio.sleep(SETTLE)
-    assert changes(hank, "fox") == []  # fox is still on b
-    assert await online(hank) == {"fox": ("field-operative", 1), "hank": ("handler", 1)}
+    assert changes(hank, "fox") == []  # fox is still on the second node
+    for looker in lookers:
+        assert await online(looker) == {"fox": ("field-operative", 1), "hank": ("handler", 1)}
     await fox2.close()
     await wait_changes(hank, "fox", [False])
-    assert await online(hank) == {"hank": ("handler", 1)}
-    await hank.close()
+    for looker in lookers:
+        assert await online(looker) == {"hank": ("handler", 1)}
+    await close_all(hank, *lookers)
 
 
-async def test_a_crashed_nodes_agents_leave_presence_within_the_expiry(nodes) -> None:
-    a, b = nodes
-    hank = await connect(a, "hank", "missions")
-    fox = await connect(b, "fox", "missions")
-    await wait_changes(hank, "fox", [True])
-    assert await online(hank) == {"fox": ("field-operative", 1), "hank": ("handler", 1)}
-    b.stop(signal.SIGKILL)
+async def test_a_crashed_nodes_agents_leave_presence_within_the_ttl(nodes: Cluster) -> None:
+    survivors, crashed = nodes.nodes[:-1], nodes[-1]
+    # A member on every node that stays (hank on the first, dora on the others), fox on the one that dies.
+    members = [await connect(node, "hank" if i == 0 else "dora", "missions") for i, node in enumerate(survivors)]
+    fox = await connect(crashed, "fox", "missions")
+    for member in members:
+        await wait_changes(member, "fox", [True])
+    stayed = {"hank": ("handler", 1)}
+    if len(survivors) > 1:
+        stayed["dora"] = ("director", len(survivors) - 1)
+    assert await online(members[0]) == {"fox": ("field-operative", 1), **stayed}
+    crashed.stop(signal.SIGKILL)
     killed = time.monotonic()
-    gone = await wait_online(hank, {"hank": ("handler", 1)}, timeout=EXPIRY + 5)
-    assert gone - killed <= EXPIRY + 1
-    # The first live node to notice (at its next heartbeat) tells the members.
-    await wait_changes(hank, "fox", [True, False], timeout=HEARTBEAT + 3)
-    print(f"\ncrashed node's agent gone from presence after {gone - killed:.1f} s, "
-          f"offline event after {hank.events[-1][2] - killed:.1f} s")
+    gone = await wait_online(members[0], stayed, timeout=TTL + 5)
+    assert gone - killed <= TTL + 1
+    for member in members[1:]:
+        assert await online(member) == stayed
+    # The first live node to notice (at its next heartbeat) tells the members on every node, once.
+    for member in members:
+        await wait_changes(member, "fox", [True, False], timeout=BEAT + 3)
+    offline_at = max(e[2] for e in members[0].events if e[0] == "presence" and e[1]["codename"] == "fox")
+    await asyncio.sleep(max(SETTLE, BEAT))  # a second node claiming the dead one would tell them again here
+    for member in members:
+        assert changes(member, "fox") == [True, False]
+    print(f"\n{len(nodes)} nodes: crashed node's agent gone from presence after {gone - killed:.1f} s, "
+          f"offline event after {offline_at - killed:.1f} s (heartbeat {BEAT} s, ttl {TTL} s)")
     await fox.close()
-    await hank.close()
+    await close_all(*members)
 
 
-async def test_a_redis_outage_never_breaks_join_leave_or_disconnect(nodes, private_redis: PrivateRedis) -> None:
-    a, b = nodes
-    hank = await connect(a, "hank", "missions")
-    dora = await connect(b, "dora", "missions")
-    assert await online(hank) == {"dora": ("director", 1), "hank": ("handler", 1)}
+async def test_a_redis_outage_never_breaks_join_leave_or_disconnect(nodes: Cluster,
+                                                                   private_redis: PrivateRedis) -> None:
+    first, others = nodes[0], nodes.nodes[1:]
+    hank = await connect(first, "hank", "missions")
+    doras = [await connect(node, "dora", "missions") for node in others]  # dora on every other node
+    assert await online(hank) == {"dora": ("director", len(others)), "hank": ("handler", 1)}
     private_redis.kill()
-    fox = await RecordingClient().connect(a.url, a.login("fox")["access_token"])
+    fox = await RecordingClient().connect(first.url, first.login("fox")["access_token"])
     for event, payload in [("join", {"channel": "missions"}), ("presence", {"channel": "missions"}),
                            ("leave", {"channel": "missions"}), ("join", {"channel": "missions"})]:
         started = time.monotonic()
         ack = await fox.call(event, payload)
         assert ack["ok"] is True, (event, ack)
         assert time.monotonic() - started < 2.5, event  # bounded, whatever Redis does
-    # This node's view while Redis is away: a's agents, told to a's members.
+    # This node's view while Redis is away: the first node's agents, told to its members.
     assert await online(hank) == {"fox": ("field-operative", 1), "hank": ("handler", 1)}
     await wait_changes(hank, "fox", [True, False, True])
-    fox2 = await RecordingClient().connect(a.url, a.login("fox")["access_token"])
+    fox2 = await RecordingClient().connect(first.url, first.login("fox")["access_token"])
     assert (await fox2.call("join", {"channel": "missions"}))["ok"]
     await fox2.close()  # a disconnect during the outage
     private_redis.start()
     # Back: each node writes its agents back (Redis lost them all) and the cluster-wide view returns.
-    everyone = {"dora": ("director", 1), "fox": ("field-operative", 1), "hank": ("handler", 1)}
-    await wait_online(hank, everyone, timeout=HEARTBEAT + EXPIRY)
-    await wait_online(dora, everyone, timeout=HEARTBEAT + 5)
-    await wait_changes(dora, "fox", [True])  # b's members hear of fox once Redis carries it again
-    await close_all(fox, hank, dora)
-    warnings = [node.log_path.read_text().count("presence: Redis does not answer") for node in (a, b)]
-    assert warnings[0] == 1 and warnings[1] <= 1  # one per outage (b may not have asked Redis meanwhile)
+    everyone = {"dora": ("director", len(others)), "fox": ("field-operative", 1), "hank": ("handler", 1)}
+    await wait_online(hank, everyone, timeout=BEAT + TTL + 5)
+    for dora in doras:
+        await wait_online(dora, everyone, timeout=BEAT + 5)
+        await wait_changes(dora, "fox", [True])  # other nodes' members hear of fox once Redis carries it again
+    await close_all(fox, hank, *doras)
+    warnings = [node.log_path.read_text().count("presence: Redis does not answer") for node in nodes]
+    # One per outage (the others may not have asked Redis meanwhile).
+    assert warnings[0] == 1 and all(count <= 1 for count in warnings[1:]), warnings
+
+
+# settings -------------------------------------------------------------------------------------------
+
+def test_presence_pace_defaults_to_5_s_heartbeat_and_15_s_ttl(tmp_path: Path) -> None:
+    settings = load_settings(None, environ={})
+    assert (settings.cluster.presence_heartbeat, settings.cluster.presence_ttl) == (HEARTBEAT, EXPIRY) == (5.0, 15.0)
+    config = tmp_path / "config.toml"
+    write_config(config, {"cluster": {"presence_heartbeat": 1, "presence_ttl": 2.5}})
+    settings = load_settings(config, environ={"HQ_CLUSTER_PRESENCE_TTL": "4"})
+    assert (settings.cluster.presence_heartbeat, settings.cluster.presence_ttl) == (1.0, 4.0)
+
+
+@pytest.mark.parametrize("values, key", [
+    ({"presence_heartbeat": 0}, "cluster.presence_heartbeat"),
+    ({"presence_heartbeat": -1.0}, "cluster.presence_heartbeat"),
+    ({"presence_heartbeat": 0.01}, "cluster.presence_heartbeat"),
+    ({"presence_heartbeat": float("nan")}, "cluster.presence_heartbeat"),
+    ({"presence_ttl": 5}, "cluster.presence_ttl"),  # equal to the default heartbeat
+    ({"presence_heartbeat": 3, "presence_ttl": 2}, "cluster.presence_ttl"),
+    ({"presence_ttl": float("inf")}, "cluster.presence_ttl"),
+    ({"presence_ttl": 7200}, "cluster.presence_ttl"),
+    ({"presence_ttl": "15"}, "cluster.presence_ttl"),
+    ({"presence_heartbeat": True}, "cluster.presence_heartbeat"),
+], ids=["zero", "negative", "too-fast", "nan", "ttl-equal", "ttl-below", "ttl-inf", "ttl-over-an-hour",
+        "ttl-string", "heartbeat-bool"])
+def test_a_bad_presence_pace_is_refused_naming_the_key(tmp_path: Path, values: dict[str, Any], key: str) -> None:
+    config = tmp_path / "config.toml"
+    lines = ["[cluster]"] + [f"{name} = {_toml_number(value)}" for name, value in values.items()]
+    config.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError) as refused:
+        load_settings(config, environ={})
+    assert str(refused.value).startswith(f"config: {key}: "), refused.value
+
+
+def _toml_number(value: Any) -> str:
+    """TOML for the cases above (TOML spells NaN and infinity ``nan`` and ``inf``)."""
+    if isinstance(value, float) and value != value:
+        return "nan"
+    if value == float("inf"):
+        return "inf"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
+def test_serve_refuses_a_ttl_not_above_the_heartbeat_with_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    write_config(config, {"server": {"port": free_port()}})  # were it accepted, serve would run: a timeout
+    result = run_cli(config, "serve", env={"HQ_CLUSTER_PRESENCE_TTL": "2", "HQ_CLUSTER_PRESENCE_HEARTBEAT": "2"},
+                     timeout=30)
+    assert result.returncode == 2, result
+    assert result.stderr.strip().splitlines() == [
+        "hq: config: cluster.presence_ttl: must be greater than presence_heartbeat and at most 3600 seconds"]
+
+
+def test_presence_itself_refuses_a_ttl_not_above_the_heartbeat() -> None:
+    with pytest.raises(ValueError):
+        Presence(["missions"], heartbeat=2.0, ttl=2.0)
+    with pytest.raises(ValueError):
+        Presence(["missions"], heartbeat=0.0, ttl=2.0)

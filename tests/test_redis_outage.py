@@ -8,6 +8,8 @@ pooled connections died with the old Redis process).
 The tests that need Redis run their own ``redis-server`` on a free port and kill it with SIGKILL
 (or pause it with SIGSTOP): the machine's Redis on 6379 is shared and never stopped. ``/healthz``
 and the 503 answers are also checked over fake backends, which can hang or refuse on demand.
+Clusters of two and three nodes on PostgreSQL go through an outage too: every message acknowledged
+meanwhile reaches every member on every node, once and in id order.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from hq.http_api import HealthCheck, HttpApi
 from hq.auth.limits import RedisLoginThrottle, redis_client
 from hq.store import StoreUnavailable
 
-from .support import PASSWORD, HQServer, make_server
+from .cluster import Cluster, start_cluster
 from .services import PrivateRedis
+from .sio import RecordingClient
+from .support import PASSWORD, HQServer, make_server
 
 WINDOW = 60.0
 ADDRESS = "192.0.2.7"
@@ -322,3 +326,70 @@ async def test_a_node_starts_and_serves_while_redis_is_down(tmp_path: Path) -> N
     finally:
         server.stop()
         redis_server.kill()
+
+
+# A cluster (PostgreSQL and a private Redis) ---------------------------------------------------------
+
+@pytest.fixture(params=[2, 3], ids=["2-nodes", "3-nodes"])
+async def cluster(request: pytest.FixtureRequest, tmp_path: Path, redis_server: PrivateRedis) -> AsyncIterator[Cluster]:
+    async with start_cluster(tmp_path, request.param, redis_server.url) as started:
+        yield started
+
+
+async def _all_say(nodes: list[Node], expected: tuple[int, dict[str, Any]], timeout: float = 10) -> None:
+    """Wait until ``/healthz`` of every node answers ``expected``."""
+    deadline = time.monotonic() + timeout
+    while [await node.healthz() for node in nodes] != [expected] * len(nodes):
+        assert time.monotonic() < deadline, f"/healthz did not answer {expected} on every node"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_cluster_loses_nothing_acknowledged_through_a_redis_outage(
+        cluster: Cluster, redis_server: PrivateRedis) -> None:
+    first, last = cluster[0], cluster[-1]
+    members = [await RecordingClient().connect(node.url, node.login("fox")["access_token"]) for node in cluster]
+    for member in members:
+        assert (await member.call("join", {"channel": "missions"}))["ok"]
+    # Senders on the first and the last node: messages stored on different nodes, interleaved.
+    senders = [await RecordingClient().connect(first.url, first.login("hank")["access_token"]),
+               await RecordingClient().connect(last.url, last.login("dora")["access_token"])]
+
+    async def say(n: int, text: str) -> int:
+        started = time.monotonic()
+        ack = await senders[n % 2].call("message", {"channel": "missions", "text": text})
+        assert ack["ok"] is True, ack
+        assert time.monotonic() - started < 3  # an ack never waits long for a Redis that is gone
+        return int(ack["id"])
+
+    async def everyone_received(ids: list[int]) -> None:
+        for member in members:
+            await member.wait_for("message", count=len(ids), timeout=10)
+        await asyncio.sleep(0.3)  # a duplicate arriving late would show up here
+        for member in members:
+            assert [m["id"] for m in member.received("message")] == ids  # in order, none missed or twice
+
+    async with aiohttp.ClientSession() as http:
+        nodes = [Node(server, http) for server in cluster]
+        acked = [await say(0, "before")]
+        await everyone_received(acked)
+
+        redis_server.kill()
+        await _all_say(nodes, (200, {"status": "degraded", "degraded": ["redis"]}))
+        for node in nodes:  # logins go on, on every node
+            status, answer = await node.login("ana")
+            assert status == 200, answer
+        acked += [await say(n, f"during {n}") for n in range(10)]
+        await everyone_received(acked)  # from the store (the sequencer's catch-up), within about a second
+        assert all(client.sio.connected for client in members + senders)
+
+        redis_server.start()  # same port, empty
+        await _all_say(nodes, (200, {"status": "ok"}))
+        acked += [await say(n, f"after {n}") for n in range(6)]
+        await everyone_received(acked)
+        assert acked == list(range(1, 18))
+        for node in nodes:
+            assert (await node.login("ana"))[0] == 200
+        assert all(500 not in node.statuses for node in nodes), [node.statuses for node in nodes]
+    for client in members + senders:
+        await client.close()
+    cluster.assert_clean_logs()

@@ -12,9 +12,10 @@ also writes, per channel and agent, how many sockets it holds (:class:`_RedisBoa
 * ``<prefix>:presence:channel:<channel>``, a hash: lower-case codename → JSON
   ``{"codename", "role", "nodes": {node: sockets}}``, changed only by Lua scripts, so that exactly one
   node sees an agent's count across all nodes go from 0 to more (online) or back (offline);
-* ``<prefix>:presence:alive:<node>``, refreshed every :data:`HEARTBEAT` seconds with a TTL of
-  :data:`EXPIRY`: a node that dies (SIGKILL, power cut) stops refreshing it, and its counts stop
-  counting within :data:`EXPIRY` seconds. The first live node to notice a dead one (in the set
+* ``<prefix>:presence:alive:<node>``, refreshed every ``heartbeat`` seconds with a TTL of ``ttl``
+  (``[cluster] presence_heartbeat`` and ``presence_ttl``, by default :data:`HEARTBEAT` and
+  :data:`EXPIRY`): a node that dies (SIGKILL, power cut) stops refreshing it, and its counts stop
+  counting within ``ttl`` seconds. The first live node to notice a dead one (in the set
   ``<prefix>:presence:nodes``) removes its counts and reports the agents that went offline.
 
 Redis is never a reason for a join, leave or disconnect to fail or wait long: each call is bounded
@@ -41,9 +42,9 @@ import redis.asyncio as aioredis
 
 log = logging.getLogger("hq.presence")
 
-#: Seconds between two refreshes of a node's alive key (and checks for dead nodes).
+#: Default seconds between two refreshes of a node's alive key (and checks for dead nodes).
 HEARTBEAT = 5.0
-#: TTL of the alive key: a node that stopped refreshing it is gone from presence this long after.
+#: Default TTL of the alive key: a node that stopped refreshing it is gone from presence this long after.
 EXPIRY = 15.0
 #: No presence call waits on Redis longer than this (join, leave and disconnect await them).
 REDIS_DEADLINE = 1.0
@@ -186,9 +187,10 @@ return out
 class _RedisBoard:
     """The cluster's presence in Redis: this node's counts, alive keys, and the scripts over them."""
 
-    def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, redis: aioredis.Redis, prefix: str, ttl: float) -> None:
         self.node = uuid.uuid4().hex  # a new one per process: a restarted node never revives old counts
         self._redis = redis
+        self._ttl_ms = max(1, round(ttl * 1000))
         self._prefix = f"{prefix}:presence"
         self._sync = redis.register_script(_SYNC)
         self._list = redis.register_script(_LIST)
@@ -218,7 +220,7 @@ class _RedisBoard:
 
     async def heartbeat(self) -> bool:
         """Refresh this node's alive key; True if it had expired (or never existed): write everything back."""
-        previous = await self._redis.set(f"{self._alive_prefix}{self.node}", "1", ex=int(EXPIRY), get=True)
+        previous = await self._redis.set(f"{self._alive_prefix}{self.node}", "1", px=self._ttl_ms, get=True)
         await self._redis.sadd(self._nodes_key, self.node)
         return previous is None
 
@@ -242,12 +244,17 @@ class Presence:
 
     Without a Redis client it is one node's memory. With one, see the module's docstring; call
     :meth:`start` and :meth:`stop` around the node's life. No method raises because of Redis.
+    ``heartbeat`` and ``ttl`` (seconds, ``0 < heartbeat < ttl``) pace the alive key.
     """
 
-    def __init__(self, channels: Iterable[str], redis: aioredis.Redis | None = None, prefix: str = "hq") -> None:
+    def __init__(self, channels: Iterable[str], redis: aioredis.Redis | None = None, prefix: str = "hq",
+                 heartbeat: float = HEARTBEAT, ttl: float = EXPIRY) -> None:
+        if not 0 < heartbeat < ttl:
+            raise ValueError(f"presence needs 0 < heartbeat < ttl, got {heartbeat} and {ttl}")
         self._channels = tuple(channels)
         self._local = _LocalView()
-        self._board = _RedisBoard(redis, prefix) if redis is not None else None
+        self._heartbeat = heartbeat
+        self._board = _RedisBoard(redis, prefix, ttl) if redis is not None else None
         self._listeners: list[PresenceListener] = []
         # One Redis write at a time per (channel, agent): each writes the count as it is when it runs,
         # so a late write can never overwrite a newer count with an older one.
@@ -370,7 +377,7 @@ class Presence:
                     await self._reap(node)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), RETRY_AFTER if self._failing else HEARTBEAT)
+                await asyncio.wait_for(self._wake.wait(), RETRY_AFTER if self._failing else self._heartbeat)
 
     async def _write_all(self, board: _RedisBoard) -> None:
         """Write this node's whole view back (after an outage or an expiry) and report what changed."""
