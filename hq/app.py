@@ -21,11 +21,14 @@ from .ops.audit import AuditLog, audit_context
 from .auth.clearance import ClearancePolicy
 from .config import Settings
 from .console import Console
+from .directors import DirectorsApi
 from .http_api import HealthCheck, HttpApi, json_errors
 from .auth.identity import Authenticator
 from .auth.limits import LoginLimiter, LoginThrottle, RedisLoginThrottle, redis_client
 from .ops.metrics import Metrics
+from .openapi import OpenApi
 from .auth.passwords import PasswordHasher
+from .realtime.connections import ConnectionRegistry
 from .realtime.presence import Presence
 from .realtime.handlers import Realtime
 from .realtime.revocation import RevocationBus, RevocationWatcher, revocation_channel
@@ -90,7 +93,9 @@ def build(settings: Settings) -> HQ:
     addresses = AddressResolver(settings.server.trusted_proxies)
     presence = Presence(settings.channels, redis, prefix=settings.cluster.channel,
                         heartbeat=settings.cluster.presence_heartbeat, ttl=settings.cluster.presence_ttl)
-    realtime = Realtime(settings, authenticator, policy, store, audit, addresses, presence)
+    # Every live socket of the cluster (in Redis with [cluster] redis_url), for the directors' API.
+    connections = ConnectionRegistry(redis, prefix=settings.cluster.channel)
+    realtime = Realtime(settings, authenticator, policy, store, audit, addresses, presence, connections)
     cluster = settings.cluster
     bus = RevocationBus(cluster.redis_url, revocation_channel(cluster.channel)) if cluster.redis_url else None
     watcher = RevocationWatcher(store, realtime.end_sessions, settings.storage.revocation_poll, bus)
@@ -129,6 +134,8 @@ def create_app(settings: Settings, on_first_agent: FirstAgentReporter = print_fi
     api = HttpApi(settings, hq.sessions, hq.authenticator, addresses, hq.keys, health)
     app.add_routes(api.routes())
     app.add_routes(MfaApi(settings, hq.mfa, hq.sessions, hq.authenticator, hq.policy, addresses).routes())
+    app.add_routes(DirectorsApi(settings, hq.admin, hq.authenticator, hq.realtime.connections).routes())
+    app.add_routes(OpenApi(settings).routes())
     hq.realtime.sio.attach(app, socketio_path="socket.io")
     app.on_shutdown.append(hq.realtime.shutdown)
     admin_ui = add_console_and_monitoring(app, hq)
@@ -141,8 +148,10 @@ def create_app(settings: Settings, on_first_agent: FirstAgentReporter = print_fi
         await hq.watcher.start()
         hq.realtime.start()
         await hq.presence.start()
+        await hq.realtime.connections.start()
         yield
         await admin_ui.shutdown()
+        await hq.realtime.connections.stop()
         await hq.presence.stop()
         await hq.realtime.stop()
         await hq.watcher.stop()

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 import socketio
 
 from ..addresses import AddressResolver
-from ..ops.audit import AuditLog
+from ..ops.audit import AuditLog, clip_free_text
 from ..auth.clearance import ClearancePolicy
 from ..config import Settings
 from ..errors import AuthError, EventError, UnavailableError
@@ -28,6 +28,7 @@ from .engine import ProtocolFaults
 from .fanout import LocalManager, RedisManager
 from ..auth.identity import Authenticator, Principal
 from ..auth.limits import TokenBucket
+from .connections import ConnectionRegistry
 from .presence import Presence
 from .socket_server import REFUSED_EVENT, SocketServer
 from ..store import Store
@@ -104,7 +105,8 @@ class Realtime:
     """Owns the python-socketio ``AsyncServer`` and the live connections of this HQ node."""
 
     def __init__(self, settings: Settings, authenticator: Authenticator, policy: ClearancePolicy,
-                 store: Store, audit: AuditLog, addresses: AddressResolver, presence: Presence | None = None) -> None:
+                 store: Store, audit: AuditLog, addresses: AddressResolver, presence: Presence | None = None,
+                 connections: ConnectionRegistry | None = None) -> None:
         self._settings = settings
         self._auth = authenticator
         self._policy = policy
@@ -114,6 +116,9 @@ class Realtime:
         self._presence = presence if presence is not None else Presence(settings.channels)
         self._presence.on_change(self._announce_presence)
         self._connections: dict[str, Connection] = {}
+        #: Every live socket of the cluster, for the directors' API (this node's written in memory only).
+        self.connections = connections if connections is not None else ConnectionRegistry()
+        self.connections.follow_transports(self._current_transport)
         self._observers: list[RealtimeObserver] = []
         self.faults = ProtocolFaults()
         self.sio = self._create_server(settings, self.faults, store)
@@ -184,6 +189,8 @@ class Realtime:
         connection = Connection(principal, address, transport, user_agent,
                                 TokenBucket(limits.events_per_second, limits.events_burst))
         self._connections[sid] = connection
+        self.connections.add(sid, sid=principal.sid, codename=principal.codename, address=address,
+                             transport=transport, user_agent=clip_free_text(user_agent), exp=principal.exp)
         self._schedule_expiry(sid, connection)
         self._audit.record("connection_accepted", codename=principal.codename, address=address,
                            transport=transport, user_agent=user_agent)
@@ -197,6 +204,7 @@ class Realtime:
         connection = self._connections.pop(sid, None)
         if connection is None:
             return
+        self.connections.remove(sid)
         if connection.timer is not None:
             connection.timer.cancel()
         await self._presence.left(sid, connection.principal.codename, connection.channels)
@@ -282,6 +290,13 @@ class Realtime:
             # at once (hq/realtime/engine.py); tests/test_shutdown.py fails if a client can hold the stop up.
             reason = self.sio.eio.reason.SERVER_DISCONNECT
             await asyncio.wait([asyncio.create_task(s.close(wait=False, reason=reason)) for s in sockets], timeout=5)
+
+    def _current_transport(self, sid: str) -> str | None:
+        """The socket's transport now (it may have upgraded from polling since it connected)."""
+        try:
+            return self.sio.transport(sid)
+        except (KeyError, TypeError):  # gone meanwhile
+            return None
 
     @property
     def connection_count(self) -> int:
@@ -393,6 +408,7 @@ class Realtime:
         if principal.codename != connection.principal.codename:
             raise AuthError("token belongs to another agent", "token_invalid")
         connection.principal = principal
+        self.connections.update_expiry(sid, principal.exp)
         demoted = [c for c in connection.channels if not self._policy.may_read(principal.role, c)]
         for channel in demoted:
             await self.sio.leave_room(sid, channel_room(channel))

@@ -1,0 +1,270 @@
+"""The directors' HTTP API: agents and live sessions, read and changed over HTTP.
+
+``GET/POST /api/agents``, ``PATCH /api/agents/{codename}``, ``POST /api/agents/{codename}/password``,
+``GET /api/sessions`` and ``DELETE /api/sessions/{sid}``. Thin handlers: every
+change goes through :class:`hq.auth.agents.AgentAdmin`, the path the operator CLI takes, so a change
+is checked, audited and made effective on every node exactly as the CLI's.
+
+Who may: an agent whose *stored* role is the highest clearance level (``director`` by default).
+A change (POST, PATCH, DELETE) is authorised by ``Authorization: Bearer``, or by the ``jwt`` cookie
+only together with the header ``X-HQ-Console: 1``, which a cross-site form or link cannot send: a
+cookie alone never changes anything (403 ``forbidden``). Changes are limited per director (a token
+bucket, :data:`CHANGES_BURST` at once, then :data:`CHANGES_PER_SECOND`): 429 ``too_many_attempts``
+with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections import Counter, defaultdict
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from .auth.agents import Actor, AgentAdmin, AgentAdminError, UnknownSessionError
+from .auth.identity import Authenticator, Principal
+from .auth.limits import TokenBucket
+from .auth.passwords import PasswordPolicyError
+from .config import Settings
+from .errors import AuthError
+from .http_api import NO_STORE, auth_error_response, error_response, identify_request, read_json_body
+from .realtime.connections import ConnectionRegistry, Listing
+from .store import Agent, AgentExistsError, UnknownAgentError
+
+#: Changes one director may make at once, and how fast the allowance comes back (30 a minute).
+CHANGES_BURST = 30
+CHANGES_PER_SECOND = 0.5
+#: The header that makes the ``jwt`` cookie good for a change (the console sends it).
+CONSOLE_HEADER = "X-HQ-Console"
+#: Set on listings that could show this node's sockets only (Redis did not answer).
+PARTIAL_HEADER = "X-HQ-Sockets"
+_SESSION_ID = re.compile(r"[0-9a-f]{32}")
+
+Handler = Callable[["DirectorsApi", web.Request], Awaitable[web.StreamResponse]]
+
+
+class Refused(Exception):
+    """A request this API answers with an error: the status, the contract's code and a message."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+
+class ChangeLimiter:
+    """A token bucket per director (by codename, any case) on the changes they make."""
+
+    def __init__(self, rate: float = CHANGES_PER_SECOND, burst: int = CHANGES_BURST) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def spend(self, codename: str) -> int:
+        """Spend one change; 0 when allowed, else the seconds until the next one is."""
+        bucket = self._buckets.setdefault(codename.lower(), TokenBucket(self._rate, self._burst))
+        if bucket.take():
+            return 0
+        return max(1, math.ceil((1 - bucket.tokens) / self._rate))
+
+
+def _answers(handler: Handler) -> Handler:
+    """Turn the refusals of a handler into the contract's JSON errors (a backend that is down is
+    left to the ``json_errors`` middleware: 503 ``unavailable``)."""
+    @functools.wraps(handler)
+    async def run(self: DirectorsApi, request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(self, request)
+        except AuthError as exc:
+            return auth_error_response(exc)
+        except _Answered as exc:
+            return exc.response
+        except Refused as exc:
+            return error_response(exc.status, exc.code, exc.message, headers={**NO_STORE, **(exc.headers or {})})
+        except (AgentAdminError, PasswordPolicyError) as exc:
+            return error_response(400, "bad_request", str(exc), headers=NO_STORE)
+        except AgentExistsError as exc:
+            return error_response(409, "agent_exists", f"an agent named {exc} already exists (codenames ignore case)",
+                                  headers=NO_STORE)
+        except UnknownAgentError as exc:
+            return error_response(404, "not_found", f"no agent named {str(exc)[:64]!r}", headers=NO_STORE)
+        except UnknownSessionError:
+            return error_response(404, "not_found", "no live session has that id", headers=NO_STORE)
+    return run
+
+
+class DirectorsApi:
+    """The directors' routes, over :class:`AgentAdmin` and the cluster's :class:`ConnectionRegistry`."""
+
+    def __init__(self, settings: Settings, admin: AgentAdmin, authenticator: Authenticator,
+                 connections: ConnectionRegistry, limiter: ChangeLimiter | None = None) -> None:
+        self._director = settings.clearance.levels[-1]
+        self._body_limit = settings.limits.login_body_max_bytes
+        self._admin = admin
+        self._auth = authenticator
+        self._connections = connections
+        self._limiter = limiter or ChangeLimiter()
+
+    def routes(self) -> list[web.RouteDef]:
+        """Every route of the directors' API."""
+        return [
+            web.get("/api/agents", self.list_agents, allow_head=False),
+            web.post("/api/agents", self.add_agent),
+            web.patch("/api/agents/{codename}", self.change_agent),
+            web.post("/api/agents/{codename}/password", self.reset_password),
+            web.get("/api/sessions", self.list_sessions, allow_head=False),
+            web.delete("/api/sessions/{sid}", self.end_session),
+        ]
+
+    # reading --------------------------------------------------------------------------------------
+    @_answers
+    async def list_agents(self, request: web.Request) -> web.Response:
+        """``GET /api/agents``: every agent with its last login and live sockets on every node."""
+        await self._authorise(request, change=False)
+        agents = await self._admin.list()
+        logins = await self._admin.last_logins()
+        listing = await self._connections.cluster()
+        sockets = Counter(record.codename.lower() for record in listing.records)
+        body = [_agent(agent, logins, sockets) for agent in agents]
+        return web.json_response(body, headers=_listing_headers(listing))
+
+    @_answers
+    async def list_sessions(self, request: web.Request) -> web.Response:
+        """``GET /api/sessions``: live login sessions with their sockets on every node."""
+        await self._authorise(request, change=False)
+        listing = await self._connections.cluster()
+        sockets: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for record in sorted(listing.records, key=lambda r: (r.since, r.node)):
+            sockets[record.sid].append(record.to_wire())
+        sessions = await self._admin.live_sessions(set(sockets))
+        spelling = {agent.codename.lower(): agent.codename for agent in await self._admin.list()}
+        body = [{"sid": s.sid, "codename": spelling.get(s.codename, s.codename), "created": s.created,
+                 "sockets": sockets.get(s.sid, [])} for s in sessions]
+        return web.json_response(body, headers=_listing_headers(listing))
+
+    # changing -------------------------------------------------------------------------------------
+    @_answers
+    async def add_agent(self, request: web.Request) -> web.Response:
+        """``POST /api/agents {"codename", "role", "password"?}``: 201 the agent (and a generated password)."""
+        _, actor = await self._authorise(request, change=True)
+        body = _fields(await self._body(request), {"codename": str, "role": str, "password": str},
+                       required=("codename", "role"))
+        created = await self._admin.add(body["codename"], body["role"], body.get("password"), actor=actor)
+        answer = _agent(created.agent, {}, Counter())
+        if created.generated is not None:
+            answer["password"] = created.generated
+        return web.json_response(answer, status=201,
+                                 headers={**NO_STORE, "Location": f"/api/agents/{created.agent.codename}"})
+
+    @_answers
+    async def change_agent(self, request: web.Request) -> web.Response:
+        """``PATCH /api/agents/{codename} {"enabled"?, "role"?}``: disabling or a new role ends its sessions."""
+        principal, actor = await self._authorise(request, change=True)
+        body = _fields(await self._body(request), {"enabled": bool, "role": str}, required=())
+        if not body:
+            raise Refused(400, "bad_request", 'send "enabled" and/or "role"')
+        agent = await self._admin.get(request.match_info["codename"])
+        if agent.codename.lower() == principal.codename.lower() and (body.get("enabled") is False or "role" in body):
+            # A director locking themselves out could leave HQ without one; another director or the CLI may.
+            raise Refused(403, "forbidden", "directors cannot disable or demote themselves here; "
+                                            "ask another director, or use the CLI")
+        enabled = body.get("enabled")
+        if enabled is False:  # first, so that its sockets are told agent_disabled
+            agent = await self._admin.set_enabled(agent.codename, False, actor=actor)
+        if "role" in body:
+            agent = await self._admin.set_role(agent.codename, body["role"], actor=actor)
+        if enabled is True:
+            agent = await self._admin.set_enabled(agent.codename, True, actor=actor)
+        return web.json_response(await self._described(agent), headers=NO_STORE)
+
+    @_answers
+    async def reset_password(self, request: web.Request) -> web.Response:
+        """``POST /api/agents/{codename}/password {"password"?}``: ends its sessions; generated when not given."""
+        _, actor = await self._authorise(request, change=True)
+        raw = await self._body(request) if request.can_read_body else {}
+        body = _fields(raw, {"password": str}, required=())
+        codename = request.match_info["codename"]
+        result = await self._admin.set_password(codename, body.get("password"), actor=actor)
+        answer = await self._described(result.agent)
+        if result.generated is not None:
+            answer["password"] = result.generated
+        return web.json_response(answer, headers=NO_STORE)
+
+    @_answers
+    async def end_session(self, request: web.Request) -> web.Response:
+        """``DELETE /api/sessions/{sid}``: revoke it; its sockets on every node get ``session_ended {reason: "revoked"}``."""
+        _, actor = await self._authorise(request, change=True)
+        sid = request.match_info["sid"]
+        if not _SESSION_ID.fullmatch(sid):
+            raise UnknownSessionError(sid)
+        await self._admin.end_session(sid, actor=actor)
+        return web.Response(status=204, headers=NO_STORE)
+
+    # helpers --------------------------------------------------------------------------------------
+    async def _authorise(self, request: web.Request, change: bool) -> tuple[Principal, Actor]:
+        """The director behind the request, and as whom a change is audited; raises otherwise."""
+        bearer = "Authorization" in request.headers
+        principal = await identify_request(self._auth, request)
+        if principal.role != self._director:
+            raise Refused(403, "forbidden", f"only a {self._director} may use this")
+        if change:
+            if not bearer and request.headers.get(CONSOLE_HEADER) != "1":
+                raise Refused(403, "forbidden", f"a change authorised by the session cookie needs the header "
+                                                f"{CONSOLE_HEADER}: 1 (or use Authorization: Bearer)")
+            wait = self._limiter.spend(principal.codename)
+            if wait:
+                raise Refused(429, "too_many_attempts", f"too many changes; try again in {wait} s",
+                              headers={"Retry-After": str(wait)})
+        return principal, Actor(principal.codename, "api" if bearer else "console")
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        body, problem = await read_json_body(request, self._body_limit)
+        if problem is not None:
+            raise _Answered(problem)
+        return body
+
+    async def _described(self, agent: Agent) -> dict[str, Any]:
+        """One agent as the list shows it (last login, live sockets on every node)."""
+        logins = await self._admin.last_logins()
+        listing = await self._connections.cluster()
+        key = agent.codename.lower()
+        return _agent(agent, logins, Counter(r.codename.lower() for r in listing.records if r.codename.lower() == key))
+
+
+class _Answered(Exception):
+    """A request already answered with an error response (a body :func:`read_json_body` refused)."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+def _fields(body: dict[str, Any], types: dict[str, type], required: tuple[str, ...]) -> dict[str, Any]:
+    """``body`` checked strictly: known fields only, each of its type (``true`` is no string, ``1`` no bool)."""
+    unknown = sorted(set(body) - types.keys())
+    if unknown:
+        raise Refused(400, "bad_request", f"unknown field {unknown[0][:64]!r}; expected: {', '.join(types)}")
+    for name in required:
+        if name not in body:
+            raise Refused(400, "bad_request", f'"{name}" is required')
+    for name, value in body.items():
+        if type(value) is not types[name]:
+            kind = "true or false" if types[name] is bool else "a string"
+            raise Refused(400, "bad_request", f'"{name}" must be {kind}')
+    return body
+
+
+def _agent(agent: Agent, logins: dict[str, str], sockets: Counter[str]) -> dict[str, Any]:
+    """The contract's agent shape; never a hash."""
+    key = agent.codename.lower()
+    return {"codename": agent.codename, "role": agent.role, "enabled": agent.enabled, "created": agent.created,
+            "last_login": logins.get(key), "sockets": sockets.get(key, 0)}
+
+
+def _listing_headers(listing: Listing) -> dict[str, str]:
+    # The body keeps the contract's shape; a listing that could show this node's sockets only says so here.
+    return NO_STORE if listing.complete else {**NO_STORE, PARTIAL_HEADER: "this-node-only"}

@@ -1,0 +1,343 @@
+"""The OpenAPI 3.1 description of every HTTP endpoint HQ serves, at ``GET /api/openapi.json``.
+
+The document is built from the settings (the clearance levels a ``role`` may take) once per app.
+Every response is described, errors included: each error response lists, as an ``enum``, exactly
+the codes that route answers with that status, so clients can switch on them and the tests can
+check that each one is reachable (tests/test_openapi.py drives every one of them, checks that every
+route of :func:`hq.app.create_app` is described, and runs schemathesis against a real HQ).
+
+Adding a route: write a function returning its path items (see :func:`_directors_paths`), built
+with :func:`operation`, :func:`ok`, :func:`errors` and the :data:`AUTH_CODES` families, and add it
+to :func:`build_document`'s list. tests/test_openapi.py then fails until each documented error code
+has a driver there that provokes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from aiohttp import web
+
+from .config import Settings
+from .console import STATIC_FILES
+
+JSON = "application/json"
+Schema = dict[str, Any]
+
+#: The 401 codes of every route that identifies its caller by an access token.
+AUTH_CODES = ("token_missing", "token_invalid", "token_expired", "token_revoked", "agent_disabled")
+#: Readers authenticate with a Bearer token or the ``jwt`` cookie.
+READ_SECURITY = [{"bearer": []}, {"cookie": []}]
+#: Changers with a Bearer token, or with the cookie only together with ``X-HQ-Console: 1``.
+CHANGE_SECURITY = [{"bearer": []}, {"cookie": [], "console": []}]
+
+_STATUS_TEXT = {400: "Bad request", 401: "Not authenticated", 403: "Forbidden", 404: "Not found",
+                409: "Conflict", 413: "Payload too large", 415: "Unsupported media type",
+                429: "Too many requests", 503: "A backend HQ needs is down; retry later"}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again.",
+                                "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
+_WWW_AUTHENTICATE = {"WWW-Authenticate": {"description": "RFC 6750 Bearer challenge.", "schema": {"type": "string"}}}
+_PARTIAL = {"X-HQ-Sockets": {
+    "description": "`this-node-only` when the cluster's sockets could not be read from Redis: the "
+                   "`sockets` shown are this node's only. Absent otherwise.",
+    "schema": {"type": "string", "enum": ["this-node-only"]}}}
+_SET_COOKIE = {"Set-Cookie": {"description": "`jwt` (Path=/) and `hq_refresh` (Path=/api/auth): HttpOnly, "
+                                             "Secure, SameSite=Strict, Max-Age the token's lifetime.",
+                              "schema": {"type": "string"}}}
+
+
+# building blocks --------------------------------------------------------------------------------
+def error_schema(codes: Iterable[str]) -> Schema:
+    """The contract's error body with ``code`` limited to ``codes``."""
+    return {"type": "object", "required": ["error"], "additionalProperties": False, "properties": {
+        "error": {"type": "object", "required": ["code", "message"], "additionalProperties": False,
+                  "properties": {"code": {"type": "string", "enum": sorted(set(codes))},
+                                 "message": {"type": "string"}}}}}
+
+
+def errors(**by_status: Iterable[str]) -> dict[str, Any]:
+    """Error responses: ``errors(s401=AUTH_CODES, s404=["not_found"])`` (keys are ``s`` + status)."""
+    responses = {}
+    for key, codes in by_status.items():
+        status = int(key.removeprefix("s"))
+        headers: dict[str, Any] = {}
+        if status in (429, 503):
+            headers.update(_RETRY_AFTER)
+        if status == 401:
+            headers.update(_WWW_AUTHENTICATE)
+        response: dict[str, Any] = {"description": _STATUS_TEXT[status],
+                                    "content": {JSON: {"schema": error_schema(codes)}}}
+        if headers:
+            response["headers"] = headers
+        responses[str(status)] = response
+    return responses
+
+
+def ok(description: str, schema: Schema | None = None, status: int = 200, media_type: str = JSON,
+       headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A success response (no body when ``schema`` is None)."""
+    response: dict[str, Any] = {"description": description}
+    if schema is not None:
+        response["content"] = {media_type: {"schema": schema}}
+    if headers:
+        response["headers"] = headers
+    return {str(status): response}
+
+
+def json_body(schema: Schema, required: bool = True, description: str | None = None) -> dict[str, Any]:
+    """A JSON request body."""
+    body: dict[str, Any] = {"required": required, "content": {JSON: {"schema": schema}}}
+    if description:
+        body["description"] = description
+    return body
+
+
+def operation(summary: str, tag: str, responses: dict[str, Any], *, security: list[Any] | None = None,
+              body: dict[str, Any] | None = None, parameters: list[dict[str, Any]] | None = None,
+              description: str | None = None) -> dict[str, Any]:
+    """One operation object; ``security`` None means no credentials are needed."""
+    op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses,
+                          "security": security if security is not None else []}
+    if description:
+        op["description"] = description
+    if body is not None:
+        op["requestBody"] = body
+    if parameters:
+        op["parameters"] = parameters
+    return op
+
+
+def path_parameter(name: str, description: str, schema: Schema | None = None) -> dict[str, Any]:
+    """A required path parameter."""
+    return {"name": name, "in": "path", "required": True, "description": description,
+            "schema": schema or {"type": "string"}}
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _object(properties: dict[str, Schema], required: Iterable[str] | None = None, closed: bool = True,
+            **extra: Any) -> Schema:
+    schema: Schema = {"type": "object", "properties": properties,
+                      "required": list(properties if required is None else required)}
+    if closed:
+        schema["additionalProperties"] = False
+    schema.update(extra)
+    return schema
+
+
+# schemas ----------------------------------------------------------------------------------------
+def _components(settings: Settings) -> dict[str, Any]:
+    levels = list(settings.clearance.levels)
+    codename = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9_.-]+$"}
+    timestamp = {"type": "string", "description": "ISO 8601, UTC"}
+    role = {"type": "string", "description": f"A clearance level, lowest first: {', '.join(levels)}."}
+    new_password = {"type": "string", "minLength": 12, "maxLength": 1024}
+    agent = _object({
+        "codename": {"type": "string", "description": "As stored (codenames are unique regardless of case)."},
+        "role": role, "enabled": {"type": "boolean"}, "created": timestamp,
+        "last_login": {"type": ["string", "null"], "description": "When its newest login session was opened; "
+                                                                  "null if it never logged in."},
+        "sockets": {"type": "integer", "minimum": 0, "description": "Live sockets on every node."}})
+    agent_with_password = {**agent, "properties": {**agent["properties"], "password": {
+        "type": "string", "description": "Only when HQ generated it: shown this once, never again."}}}
+    socket = _object({
+        "node": {"type": "string", "description": "The HQ node (process) holding it: host:pid:random."},
+        "address": {"type": "string"}, "transport": {"type": "string", "enum": ["websocket", "polling"]},
+        "user_agent": {"type": "string", "maxLength": 257}, "since": timestamp,
+        "exp": {"type": "integer", "description": "Expiry (Unix time) of the token it is authenticated with."}})
+    session = _object({"sid": {"type": "string", "pattern": "^[0-9a-f]{32}$"}, "codename": {"type": "string"},
+                       "created": timestamp, "sockets": {"type": "array", "items": _ref("Socket")}})
+    token_pair = _object({
+        "access_token": {"type": "string"}, "token_type": {"const": "Bearer"},
+        "expires_in": {"type": "integer", "description": "Seconds"}, "refresh_token": {"type": "string"},
+        "agent": _object({"codename": {"type": "string"}, "role": role})})
+    health = _object({"status": {"type": "string", "enum": ["ok", "degraded", "unavailable"]},
+                      "degraded": {"type": "array", "items": {"type": "string"}},
+                      "down": {"type": "array", "items": {"type": "string"}}}, required=["status"])
+    return {
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                       "description": "An access token from POST /api/auth/login or /api/auth/refresh."},
+            "cookie": {"type": "apiKey", "in": "cookie", "name": "jwt",
+                       "description": "The HttpOnly cookie login sets (the browser console's way)."},
+            "console": {"type": "apiKey", "in": "header", "name": "X-HQ-Console",
+                        "description": "Must be `1`. With the cookie, required for every change: a cookie alone "
+                                       "never changes anything (403 forbidden)."},
+        },
+        "schemas": {
+            "Agent": agent,
+            "AgentWithPassword": agent_with_password,
+            "NewAgent": _object({"codename": codename, "role": {"type": "string", "enum": levels},
+                                 "password": new_password}, required=["codename", "role"]),
+            "AgentChange": _object({"enabled": {"type": "boolean"}, "role": {"type": "string", "enum": levels}},
+                                   required=[], minProperties=1),
+            "NewPassword": _object({"password": new_password}, required=[]),
+            "Socket": socket,
+            "Session": session,
+            "TokenPair": token_pair,
+            "Me": _object({"codename": {"type": "string"}, "role": role, "exp": {"type": "integer"}}),
+            "Health": health,
+            "Channel": _object({"name": {"type": "string"}, "read": {"type": "boolean"}, "write": {"type": "boolean"}}),
+            "JWKS": _object({"keys": {"type": "array", "items": {"type": "object"}}}),
+        },
+    }
+
+
+# paths ------------------------------------------------------------------------------------------
+def _auth_paths() -> dict[str, Any]:
+    body_problems = {"s413": ["payload_too_large"], "s415": ["unsupported_media_type"]}
+    login_body = _object({"username": {"type": "string"}, "password": {"type": "string"}}, closed=False)
+    refresh_body = _object({"refresh_token": {"type": "string"}}, required=[], closed=False)
+    tokens = ok("A new token pair (also set as cookies).", _ref("TokenPair"), headers=_SET_COOKIE)
+    return {
+        "/api/auth/login": {"post": operation(
+            "Log in with a codename and password", "auth",
+            {**tokens, **errors(s400=["bad_request"], s401=["invalid_credentials"], s403=["agent_disabled"],
+                                s429=["too_many_attempts"], s503=["unavailable"], **body_problems)},
+            body=json_body(login_body, description="Bodies are limited to 64 KiB."),
+            description="Failed logins are limited per codename and per client address (429 with "
+                        "Retry-After, even for the right password while limited).")},
+        "/api/auth/refresh": {"post": operation(
+            "Exchange a refresh token for a new pair", "auth",
+            {**tokens, **errors(s400=["bad_request"], s401=["token_missing", "token_invalid", "token_expired",
+                                                             "token_reused"],
+                                s503=["unavailable"], **body_problems)},
+            body=json_body(refresh_body, required=False,
+                           description="Or send no body and the `hq_refresh` cookie."),
+            description="The old refresh token is dead afterwards; presenting a spent one again revokes the "
+                        "whole session (token_reused), except within `[auth] refresh_grace` seconds.")},
+        "/api/auth/logout": {"post": operation(
+            "Log out: revoke this session and end its sockets", "auth",
+            {**ok("Logged out; cookies cleared.", status=204), **errors(s401=AUTH_CODES, s503=["unavailable"])},
+            security=READ_SECURITY)},
+        "/api/auth/me": {"get": operation(
+            "Who the presented token belongs to", "auth",
+            {**ok("The agent, with its stored role.", _ref("Me")), **errors(s401=AUTH_CODES, s503=["unavailable"])},
+            security=READ_SECURITY)},
+        "/.well-known/jwks.json": {"get": operation(
+            "Public verification keys (asymmetric algorithms)", "auth",
+            {**ok("The JWKS.", _ref("JWKS")), **errors(s404=["not_found"])},
+            description="404 under HMAC (HS256, the default): there is no public key.")},
+    }
+
+
+def _ops_paths() -> dict[str, Any]:
+    return {
+        "/healthz": {"get": operation(
+            "Health for load balancers", "operations",
+            {**ok("Serving: `ok`, or `degraded` while an optional backend (Redis) is down.", _ref("Health")),
+             "503": {"description": "A required backend (the database) is down: take the node out.",
+                     "content": {JSON: {"schema": _ref("Health")}}}})},
+        "/metrics": {"get": operation(
+            "Prometheus metrics", "operations",
+            {"200": {"description": "Prometheus text format (OpenMetrics when asked for by Accept).",
+                     "content": {"text/plain": {"schema": {"type": "string"}},
+                                 "application/openmetrics-text": {"schema": {"type": "string"}}}}})},
+        "/api/openapi.json": {"get": operation(
+            "This document", "operations", ok("OpenAPI 3.1.", {"type": "object"}))},
+    }
+
+
+def _console_paths() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for path, (name, content_type) in STATIC_FILES.items():
+        what = "The browser console" if path == "/" else f"The console's {name}"
+        paths[path] = {"get": operation(what, "console", ok(what, {"type": "string"}, media_type=content_type))}
+    paths["/api/channels"] = {"get": operation(
+        "The channels, and whether the caller may read and write each", "console",
+        {**ok("Every channel, in configuration order.", {"type": "array", "items": _ref("Channel")}),
+         **errors(s401=AUTH_CODES, s503=["unavailable"])},
+        security=READ_SECURITY)}
+    return paths
+
+
+def _directors_paths() -> dict[str, Any]:
+    reader = {"s401": AUTH_CODES, "s403": ["forbidden"], "s503": ["unavailable"]}
+    changer = {**reader, "s429": ["too_many_attempts"]}
+    body_problems = {"s400": ["bad_request"], "s413": ["payload_too_large"], "s415": ["unsupported_media_type"]}
+    codename = path_parameter("codename", "The agent's codename (any case).")
+    tag = "directors"
+    return {
+        "/api/agents": {
+            "get": operation("Every agent", tag, {
+                **ok("Agents, oldest first.", {"type": "array", "items": _ref("Agent")}, headers=_PARTIAL),
+                **errors(**reader)}, security=READ_SECURITY),
+            "post": operation("Create an agent", tag, {
+                **ok("The agent; `password` when HQ generated it (shown once).", _ref("AgentWithPassword"),
+                     status=201, headers={"Location": {"schema": {"type": "string"}}}),
+                **errors(**changer, **body_problems, s409=["agent_exists"])},
+                security=CHANGE_SECURITY, body=json_body(_ref("NewAgent"))),
+        },
+        "/api/agents/{codename}": {"patch": operation("Enable, disable or change the role of an agent", tag, {
+            **ok("The agent.", _ref("Agent")),
+            **errors(**changer, **body_problems, s404=["not_found"])},
+            security=CHANGE_SECURITY, body=json_body(_ref("AgentChange")), parameters=[codename],
+            description="Disabling or a role change ends the agent's sessions and live sockets on every node. "
+                        "A director cannot disable or demote themselves here (403 forbidden).")},
+        "/api/agents/{codename}/password": {"post": operation("Set or generate an agent's password", tag, {
+            **ok("The agent; `password` when HQ generated it (shown once).", _ref("AgentWithPassword")),
+            **errors(**changer, **body_problems, s404=["not_found"])},
+            security=CHANGE_SECURITY, body=json_body(_ref("NewPassword"), required=False), parameters=[codename],
+            description="Ends the agent's sessions and live sockets on every node.")},
+        "/api/sessions": {"get": operation("Live login sessions and their sockets on every node", tag, {
+            **ok("Sessions, oldest first.", {"type": "array", "items": _ref("Session")}, headers=_PARTIAL),
+            **errors(**reader)}, security=READ_SECURITY,
+            description="Live: not revoked, and holding an unspent, unexpired refresh token or a live socket.")},
+        "/api/sessions/{sid}": {"delete": operation("End a session", tag, {
+            **ok("Revoked; its sockets are sent session_ended {reason: revoked} and disconnected.", status=204),
+            **errors(**changer, s404=["not_found"])},
+            security=CHANGE_SECURITY, parameters=[path_parameter("sid", "The session id.")])},
+    }
+
+
+def _socketio_paths() -> dict[str, Any]:
+    description = ("Engine.IO / Socket.IO transport (long-polling and the websocket upgrade), not a JSON API: "
+                   "use a Socket.IO client. Events and refusals are in the README's Socket.IO section.")
+    text = {"text/plain": {"schema": {"type": "string"}}}
+    responses = {"200": {"description": "Engine.IO packets", "content": {**text, "application/octet-stream": {
+        "schema": {"type": "string"}}}}, "400": {"description": "Not a valid Engine.IO request", "content": text}}
+    return {"/socket.io/": {method: operation(f"Socket.IO ({method.upper()})", "socket.io", responses,
+                                              description=description)
+                            for method in ("get", "post", "options", "put", "delete", "patch")}}
+
+
+def build_document(settings: Settings) -> dict[str, Any]:
+    """The whole document for these settings."""
+    paths: dict[str, Any] = {}
+    for section in (_auth_paths(), _directors_paths(), _console_paths(), _ops_paths(), _socketio_paths()):
+        paths.update(section)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "HQ", "version": "1", "description": (
+            "HQ's HTTP API. Errors are `{\"error\": {\"code\", \"message\"}}`; each error response lists the "
+            "codes it may carry. Every GET also answers HEAD. Any request that needs a backend that is down "
+            "is answered 503 `unavailable`.")},
+        "tags": [{"name": "auth"}, {"name": "directors", "description": "Director clearance by stored role."},
+                 {"name": "console"}, {"name": "operations"}, {"name": "socket.io"}],
+        "paths": paths,
+        "components": _components(settings),
+    }
+
+
+class OpenApi:
+    """Serves the document at ``GET /api/openapi.json``."""
+
+    PATH = "/api/openapi.json"
+
+    def __init__(self, settings: Settings) -> None:
+        self._document = build_document(settings)
+
+    @property
+    def document(self) -> dict[str, Any]:
+        """The document (shared: do not change it)."""
+        return self._document
+
+    def routes(self) -> list[web.RouteDef]:
+        """The document's route."""
+        return [web.get(self.PATH, self.serve)]
+
+    async def serve(self, request: web.Request) -> web.Response:
+        """``GET /api/openapi.json``."""
+        return web.json_response(self._document, headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,333 @@
+"""Every live socket of the cluster: which node holds it, for whom, from where, since when.
+
+Each process is a node with an id of its own (:attr:`ConnectionRegistry.node`, ``host:pid:random``).
+The registry keeps this node's sockets in memory; that is the whole truth on a single node. With
+``[cluster] redis_url`` each node also writes its sockets to Redis, so the directors' API on any
+node can list the sockets of all of them:
+
+* ``<prefix>:connections:node:<node>``, a hash: Socket.IO sid → JSON record (login session id,
+  codename, client address, transport, user agent, since, token expiry; never a token). Its TTL
+  (:data:`EXPIRY`) is refreshed every :data:`HEARTBEAT` seconds, so the sockets of a node that dies
+  without goodbye (SIGKILL, power cut) stop being listed within :data:`EXPIRY` seconds;
+* ``<prefix>:connections:nodes``, the set of node ids that have written a hash (pruned by readers
+  when a node's hash is gone).
+
+Connecting and disconnecting never wait for Redis: :meth:`ConnectionRegistry.add` and
+:meth:`~ConnectionRegistry.remove` change memory only and wake a writer task that sends the changes
+in one pipeline. While Redis does not answer, the writer keeps the changes and writes this node's
+whole hash back once it does (one warning per outage), and :meth:`~ConnectionRegistry.cluster`
+lists this node's sockets only, saying so (``complete=False``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable
+
+import redis.asyncio as aioredis
+
+log = logging.getLogger("hq.connections")
+
+#: Seconds between two refreshes of this node's hash TTL (and of changed transports).
+HEARTBEAT = 5.0
+#: TTL of a node's hash: a node that stopped refreshing it is no longer listed this long after.
+EXPIRY = 15.0
+#: No Redis call of the registry waits longer than this; past it, this node's view answers.
+REDIS_DEADLINE = 1.0
+#: After a failed Redis call, listings use this node's view for this long before asking again.
+RETRY_AFTER = 1.0
+
+#: ``transport_of(socket_id)``: the socket's transport now (a polling socket may have upgraded).
+TransportSource = Callable[[str], "str | None"]
+
+
+def new_node_id() -> str:
+    """An id for this process as a node: host and pid for people, a random part so that it is never reused."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO 8601 with seconds (the ``since`` of a socket)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class SocketRecord:
+    """One live socket as the registry keeps it. ``sid`` is the login session's id, not the socket's."""
+
+    node: str
+    sid: str
+    codename: str
+    address: str
+    transport: str
+    user_agent: str
+    since: str
+    exp: int
+
+    def to_wire(self) -> dict[str, Any]:
+        """The contract's socket shape: ``{"node", "address", "transport", "user_agent", "since", "exp"}``."""
+        return {"node": self.node, "address": self.address, "transport": self.transport,
+                "user_agent": self.user_agent, "since": self.since, "exp": self.exp}
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The cluster's sockets; ``complete`` is False when only this node's could be listed (Redis away)."""
+
+    records: list[SocketRecord]
+    complete: bool
+
+
+class ConnectionRegistry:
+    """This node's live sockets in memory and, with a Redis client, every node's through Redis.
+
+    Without Redis it is one node's memory and needs no :meth:`start`. With Redis, call
+    :meth:`start` and :meth:`stop` around the node's life. No method raises because of Redis.
+    """
+
+    def __init__(self, redis: aioredis.Redis | None = None, prefix: str = "hq", node: str | None = None,
+                 heartbeat: float = HEARTBEAT, expiry: float = EXPIRY) -> None:
+        self.node = node or new_node_id()
+        self._redis = redis
+        self._prefix = f"{prefix}:connections"
+        self._heartbeat = heartbeat
+        self._expiry = expiry
+        self._local: dict[str, SocketRecord] = {}
+        self._transport_of: TransportSource | None = None
+        # Socket ids changed since the last write: written (present in _local) or deleted (absent).
+        self._dirty: set[str] = set()
+        self._write_back = True  # this node's hash in Redis may be missing or stale: write it whole
+        self._paused_until = 0.0
+        self._failing = False
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def clustered(self) -> bool:
+        """Whether other nodes' sockets are listed too (a Redis client was given)."""
+        return self._redis is not None
+
+    def follow_transports(self, transport_of: TransportSource) -> None:
+        """Ask ``transport_of`` for a socket's current transport (a socket may upgrade after connect)."""
+        self._transport_of = transport_of
+
+    # this node's sockets: memory only, never a wait --------------------------------------------
+    def add(self, socket_id: str, *, sid: str, codename: str, address: str, transport: str,
+            user_agent: str, exp: int) -> SocketRecord:
+        """Count a socket that was just accepted; ``user_agent`` should already be clipped."""
+        record = SocketRecord(self.node, sid, codename, address, transport, user_agent, now_iso(), exp)
+        self._local[socket_id] = record
+        self._changed(socket_id)
+        return record
+
+    def update_expiry(self, socket_id: str, exp: int) -> None:
+        """The socket's token was renewed (``reauth``)."""
+        record = self._local.get(socket_id)
+        if record is not None and record.exp != exp:
+            self._local[socket_id] = replace(record, exp=exp)
+            self._changed(socket_id)
+
+    def remove(self, socket_id: str) -> None:
+        """The socket is gone."""
+        if self._local.pop(socket_id, None) is not None:
+            self._changed(socket_id)
+
+    def local(self) -> list[SocketRecord]:
+        """This node's sockets, with their current transports."""
+        self._refresh_transports()
+        return list(self._local.values())
+
+    def _changed(self, socket_id: str) -> None:
+        if self._redis is not None:
+            self._dirty.add(socket_id)
+            self._wake.set()
+
+    def _refresh_transports(self) -> None:
+        if self._transport_of is None:
+            return
+        for socket_id, record in list(self._local.items()):
+            current = self._transport_of(socket_id)
+            if current and current != record.transport:
+                self._local[socket_id] = replace(record, transport=current)
+                self._changed(socket_id)
+
+    # the cluster --------------------------------------------------------------------------------
+    async def cluster(self) -> Listing:
+        """Every live node's sockets; this node's alone (``complete=False``) while Redis is away."""
+        mine = self.local()
+        if self._redis is None:
+            return Listing(mine, True)
+        others = await self._ask(self._read_others)
+        if others is None:
+            return Listing(mine, False)
+        return Listing(mine + others, True)
+
+    async def _read_others(self, redis: aioredis.Redis) -> list[SocketRecord]:
+        nodes = [_text(n) for n in await redis.smembers(self._nodes_key)]
+        nodes = [n for n in nodes if n != self.node]
+        if not nodes:
+            return []
+        async with redis.pipeline(transaction=False) as pipe:
+            for node in nodes:
+                pipe.hgetall(self._node_key(node))
+            hashes = await pipe.execute()
+        records: list[SocketRecord] = []
+        gone = []
+        for node, entries in zip(nodes, hashes):
+            if not entries:
+                gone.append(node)  # expired (dead node) or empty; a live node adds itself back
+                continue
+            for raw in entries.values():
+                record = _record(node, raw)
+                if record is not None:
+                    records.append(record)
+        if gone:
+            await redis.srem(self._nodes_key, *gone)
+        return records
+
+    async def start(self) -> None:
+        """Start writing to Redis (with a client); a Redis that is down at start-up is retried, not fatal."""
+        if self._redis is not None and self._task is None:
+            self._task = asyncio.create_task(self._run(self._redis), name="connection-registry")
+
+    async def stop(self) -> None:
+        """Stop writing and take this node's hash out of Redis (its sockets are closing)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._redis is not None and time.monotonic() >= self._paused_until:
+            await self._ask(self._leave)
+
+    async def _leave(self, redis: aioredis.Redis) -> None:
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._node_key(self.node))
+            pipe.srem(self._nodes_key, self.node)
+            await pipe.execute()
+
+    # writing ------------------------------------------------------------------------------------
+    @property
+    def _nodes_key(self) -> str:
+        return f"{self._prefix}:nodes"
+
+    def _node_key(self, node: str) -> str:
+        return f"{self._prefix}:node:{node}"
+
+    async def _run(self, redis: aioredis.Redis) -> None:
+        loop = asyncio.get_running_loop()
+        next_beat = loop.time()
+        while True:
+            if loop.time() >= next_beat:
+                self._refresh_transports()
+                if await self._ask(self._beat) is not None:
+                    next_beat = loop.time() + self._heartbeat
+                else:
+                    next_beat = loop.time() + RETRY_AFTER
+            if self._dirty or self._write_back:
+                await self._ask(self._write)
+            self._wake.clear()
+            wait = max(0.0, next_beat - loop.time())
+            if self._failing:
+                wait = min(wait, RETRY_AFTER)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+            if self._failing:
+                # Do not spin on changes while Redis is away: try again after the pause.
+                await asyncio.sleep(max(0.0, self._paused_until - time.monotonic()))
+
+    async def _beat(self, redis: aioredis.Redis) -> bool:
+        """Refresh the TTL; a hash that expired meanwhile (a long pause) is written back whole."""
+        key = self._node_key(self.node)
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.expire(key, int(self._expiry))
+            pipe.sadd(self._nodes_key, self.node)
+            alive, _ = await pipe.execute()
+        if not alive and self._local:
+            self._write_back = True
+        return True
+
+    async def _write(self, redis: aioredis.Redis) -> None:
+        key = self._node_key(self.node)
+        whole, dirty = self._write_back, self._dirty
+        self._write_back, self._dirty = False, set()
+        try:
+            async with redis.pipeline(transaction=True) as pipe:
+                if whole:
+                    pipe.delete(key)
+                    written = {s: r for s, r in self._local.items()}
+                    deleted: list[str] = []
+                else:
+                    written = {s: self._local[s] for s in dirty if s in self._local}
+                    deleted = [s for s in dirty if s not in self._local]
+                if written:
+                    pipe.hset(key, mapping={s: _encode(r) for s, r in written.items()})
+                if deleted:
+                    pipe.hdel(key, *deleted)
+                pipe.expire(key, int(self._expiry))
+                pipe.sadd(self._nodes_key, self.node)
+                await pipe.execute()
+        except BaseException:
+            # Not written: keep what changed, and write everything once Redis answers again (some of
+            # the pipeline may have been applied; a whole write is exact whatever happened).
+            self._dirty |= dirty
+            self._write_back = True
+            raise
+
+    async def _ask(self, call: Callable[[aioredis.Redis], Awaitable[Any]]) -> Any:
+        """Run ``call`` against Redis within the deadline; None while Redis is away (never raises)."""
+        redis = self._redis
+        if redis is None or time.monotonic() < self._paused_until:
+            return None
+        try:
+            async with asyncio.timeout(REDIS_DEADLINE):
+                result = await call(redis)
+        except Exception as error:  # refused, reset, timed out: this node's view answers meanwhile
+            self._paused_until = time.monotonic() + RETRY_AFTER
+            self._write_back = True
+            if not self._failing:
+                self._failing = True
+                log.warning("connections: Redis does not answer (%s); listing this node's sockets only until it does",
+                            _describe(error))
+            return None
+        if self._failing:
+            self._failing = False
+            log.info("connections: Redis answers again; writing this node's sockets back")
+            self._wake.set()
+        return result if result is not None else True
+
+
+def _encode(record: SocketRecord) -> str:
+    fields = asdict(record)
+    del fields["node"]  # the key names the node
+    return json.dumps(fields, separators=(",", ":"))
+
+
+def _record(node: str, raw: Any) -> SocketRecord | None:
+    """A record another node wrote; one that is malformed is skipped (and logged), never a failure."""
+    try:
+        fields = json.loads(raw)
+        record = SocketRecord(node=node, sid=str(fields["sid"]), codename=str(fields["codename"]),
+                              address=str(fields["address"]), transport=str(fields["transport"]),
+                              user_agent=str(fields["user_agent"]), since=str(fields["since"]),
+                              exp=int(fields["exp"]))
+    except (ValueError, KeyError, TypeError) as error:
+        log.warning("connections: skipped a malformed record of node %s (%s)", node, _describe(error))
+        return None
+    return record
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}".splitlines()[0] if str(error) else type(error).__name__
