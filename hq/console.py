@@ -1,4 +1,5 @@
-"""The browser console: ``GET /`` and its static files, plus ``GET /api/channels`` it lists channels with.
+"""The browser console: ``GET /`` and its static files, plus ``GET /api/channels`` it lists channels with
+and ``GET /api/roles`` (the clearance levels a director's page offers when adding an agent or changing a role).
 
 The files live in the installed package (``hq/web``), read through :mod:`importlib.resources`, so
 an HQ installed with ``pip install .`` serves them; ``socket.io-client``'s ESM build is committed in
@@ -17,13 +18,16 @@ from aiohttp import web
 
 from .auth.clearance import ClearancePolicy
 from .errors import AuthError
-from .http_api import NO_STORE, error_response, identify_request
+from .http_api import NO_STORE, auth_error_response, error_response, identify_request
 from .auth.identity import Authenticator
 
 # URL path -> (file under hq/web, content type)
 STATIC_FILES = {
     "/": ("index.html", "text/html"),
     "/console.js": ("console.js", "text/javascript"),
+    "/http.js": ("http.js", "text/javascript"),
+    "/channels.js": ("channels.js", "text/javascript"),
+    "/directors.js": ("directors.js", "text/javascript"),
     "/console.css": ("console.css", "text/css"),
     "/vendor/socket.io.esm.min.js": ("vendor/socket.io.esm.min.js", "text/javascript"),
 }
@@ -57,10 +61,10 @@ class Console:
         self._root = root if root is not None else web_root()
 
     def routes(self) -> list[web.RouteDef]:
-        """The console's routes: its files and ``GET /api/channels``."""
+        """The console's routes: its files, ``GET /api/channels`` and ``GET /api/roles``."""
         files = [web.get(path, self._static(name, content_type), allow_head=True)
                  for path, (name, content_type) in STATIC_FILES.items()]
-        return files + [web.get("/api/channels", self.channels)]
+        return files + [web.get("/api/channels", self.channels), web.get("/api/roles", self.roles)]
 
     def _static(self, name: str, content_type: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def serve(request: web.Request) -> web.StreamResponse:
@@ -77,10 +81,18 @@ class Console:
         """``GET /api/channels``: every channel with whether the caller's stored role may read and write it."""
         try:
             principal = await identify_request(self._auth, request)
-        except AuthError as exc:
-            return error_response(401, exc.code, exc.message, headers=NO_STORE)
+        except AuthError as exc:  # 401, or 403 for a token that may only enrol a second factor
+            return auth_error_response(exc)
         role = principal.role
         return web.json_response([
             {"name": name, "read": self._policy.may_read(role, name), "write": self._policy.may_write(role, name)}
             for name in self._channels
         ], headers=NO_STORE)
+
+    async def roles(self, request: web.Request) -> web.Response:
+        """``GET /api/roles``: the configured clearance levels, lowest first, to any logged-in agent."""
+        try:
+            await identify_request(self._auth, request)
+        except AuthError as exc:
+            return auth_error_response(exc)
+        return web.json_response(list(self._policy.levels), headers=NO_STORE)

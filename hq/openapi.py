@@ -250,6 +250,12 @@ def _console_paths() -> dict[str, Any]:
         {**ok("Every channel, in configuration order.", {"type": "array", "items": _ref("Channel")}),
          **errors(s401=AUTH_CODES, s503=["unavailable"])},
         security=READ_SECURITY)}
+    paths["/api/roles"] = {"get": operation(
+        "The clearance levels (roles), lowest first", "console",
+        {**ok("The configured levels; a director's console offers them for new agents and role changes.",
+              {"type": "array", "items": {"type": "string"}}),
+         **errors(s401=AUTH_CODES, s503=["unavailable"])},
+        security=READ_SECURITY)}
     return paths
 
 

@@ -56,6 +56,9 @@ def test_the_page_runs_only_its_own_code(shared_hq: HQServer) -> None:
 
 @pytest.mark.parametrize("path, content_type, marker", [
     ("/console.js", "text/javascript", b'import("/vendor/socket.io.esm.min.js")'),
+    ("/http.js", "text/javascript", b"export function request("),
+    ("/channels.js", "text/javascript", b"export class ChannelDesk"),
+    ("/directors.js", "text/javascript", b"export function mountDirectors("),
     ("/console.css", "text/css", b"prefers-color-scheme"),
     ("/vendor/socket.io.esm.min.js", "text/javascript", b"export{"),
 ])
@@ -65,13 +68,20 @@ def test_static_files(shared_hq: HQServer, path: str, content_type: str, marker:
     assert marker in body
 
 
+PAGE_SCRIPTS = [path for path in STATIC_FILES if path.endswith(".js") and not path.startswith("/vendor/")]
+
+
 def test_the_console_never_touches_tokens_itself(shared_hq: HQServer) -> None:
-    _, _, body = get(shared_hq, "/console.js")
-    script = body.decode()
-    for forbidden in ("localStorage", "sessionStorage", "document.cookie", "access_token", "refresh_token",
-                      "Authorization", "innerHTML"):
-        assert forbidden not in script, forbidden
-    assert 'credentials: "include"' in script and "withCredentials: true" in script
+    scripts = {path: get(shared_hq, path)[2].decode() for path in PAGE_SCRIPTS}
+    assert set(scripts) >= {"/console.js", "/http.js", "/channels.js", "/directors.js"}
+    for path, script in scripts.items():
+        for forbidden in ("localStorage", "sessionStorage", "document.cookie", "access_token", "refresh_token",
+                          "Authorization", "innerHTML", "outerHTML", "insertAdjacentHTML", "eval("):
+            assert forbidden not in script, (path, forbidden)
+    # Every request goes through http.js: the cookie, and the header HQ requires for cookie-borne changes.
+    assert 'credentials: "include"' in scripts["/http.js"] and '"X-HQ-Console"' in scripts["/http.js"]
+    assert "fetch(" not in "".join(script for path, script in scripts.items() if path != "/http.js")
+    assert "withCredentials: true" in scripts["/console.js"]
 
 
 def test_head_and_unknown_paths(shared_hq: HQServer) -> None:
@@ -108,6 +118,17 @@ def test_channels_refusals(shared_hq: HQServer) -> None:
         assert (status, body["error"]["code"]) == (401, code), headers
     _, response_headers, _ = get(shared_hq, "/api/channels", {"Authorization": f"Bearer {token}"})
     assert response_headers["Cache-Control"] == "no-store"
+
+
+def test_roles_are_the_configured_levels_for_logged_in_agents(shared_hq: HQServer) -> None:
+    token = shared_hq.login("fox")["access_token"]
+    for headers in ({"Authorization": f"Bearer {token}"}, {"Cookie": f"jwt={token}"}):
+        status, response_headers, body = get(shared_hq, "/api/roles", headers)
+        assert (status, json.loads(body)) == (200, ["analyst", "field-operative", "handler", "director"])
+        assert response_headers["Cache-Control"] == "no-store"
+    for headers, code in (({}, "token_missing"), ({"Authorization": "Bearer not-a-token"}, "token_invalid")):
+        status, _, body = get(shared_hq, "/api/roles", headers)
+        assert (status, json.loads(body)["error"]["code"]) == (401, code)
 
 
 def test_channels_of_a_disabled_agent_are_refused(hq: HQServer) -> None:

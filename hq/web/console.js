@@ -1,4 +1,5 @@
-// HQ browser console: log in, follow a channel live, send, refresh and reconnect without a reload.
+// HQ browser console: log in, follow every readable channel live, send, refresh and reconnect
+// without a reload; directors also get the Agents and Sessions sections (directors.js).
 //
 // The page never sees a token. Login and refresh set HttpOnly cookies (`jwt` for everything,
 // `hq_refresh` only for /api/auth); the page never reads their response bodies, and the Socket.IO
@@ -6,39 +7,39 @@
 // refreshed session is picked up by reconnecting the socket (the new handshake sends the new
 // cookie) and fetching the history missed in between, so no message is lost.
 
+import { ChannelDesk, eventWords } from "/channels.js";
+import { discardBody, errorOf, request, waitWords } from "/http.js";
+
 const ACK_TIMEOUT_MS = 10000;
-const HISTORY_PAGE = 500;
-const FIRST_PAGE = 100;
-// Presence events say who came or went; the counts and roles come from asking again, at most this often.
-const PRESENCE_REFRESH_MS = 1000;
 
 const $ = (id) => document.getElementById(id);
 const ui = {
-  status: $("status"), whoami: $("whoami"), logout: $("logout"), alert: $("alert"),
+  status: $("status"), whoami: $("whoami"), logout: $("logout"), alert: $("alert"), main: $("main"),
   loginView: $("login-view"), loginForm: $("login-form"), codename: $("codename"), password: $("password"),
   loginButton: $("login"),
-  consoleView: $("console-view"), channelPicker: $("channel-picker"), channel: $("channel"),
-  noChannels: $("no-channels"), feed: $("feed"), onlinePanel: $("online-panel"), online: $("online"),
+  consoleView: $("console-view"),
   sendForm: $("send-form"), message: $("message"), sendTo: $("send-to"), send: $("send"),
   noWrite: $("no-write"), sendResult: $("send-result"),
 };
 
 const state = {
   io: null,            // the socket.io-client `io` function, loaded at start
+  ioReady: null,       // a promise of loading it: true once `io` is there
   socket: null,
   me: null,            // {codename, role, exp} from /api/auth/me
   channels: [],        // [{name, read, write}] from /api/channels
-  current: null,       // the channel shown in the feed
-  seen: new Set(),     // message ids shown for the current channel
-  lastId: 0,           // highest id shown for the current channel
-  online: new Map(),   // codename -> {codename, role, connections}: who is in the current channel
-  presenceTimer: null, // a pending re-ask of `presence` after live events
-  loading: null,       // {channel, buffer} while history is being fetched
-  generation: 0,       // bumps on every channel switch, so late answers for an old one are dropped
+  directors: null,     // the mounted Agents and Sessions sections (directors only)
+  entered: 0,          // bumps on every login and logout, so late answers of an old session are dropped
   endedReason: null,   // the last session_ended reason, read when HQ then disconnects us
   refreshTries: 0,     // refresh-and-reconnect attempts since the last good connect
   loggingOut: false,
+  loginStarted: false, // set once the person submits the form: start-up then stops deciding what to show
 };
+
+const desk = new ChannelDesk({
+  list: $("channels"), listPanel: $("channels-panel"), picker: $("channel-picker"), select: $("channel"),
+  noChannels: $("no-channels"), feed: $("feed"), onlinePanel: $("online-panel"), online: $("online"),
+}, { call, showAlert });
 
 // ---------------------------------------------------------------------------------------- words
 
@@ -47,6 +48,9 @@ const LOGIN_WORDS = {
   agent_disabled: "This agent is disabled. Ask a director to enable it.",
   bad_request: "Enter a codename and a password.",
   payload_too_large: "That is too long for a codename or password.",
+  mfa_required: "This agent must also give an authentication code (second factor).",
+  invalid_otp: "That authentication code is not valid.",
+  unavailable: "HQ's storage is not reachable right now. Try again shortly.",
 };
 
 const REFUSAL_WORDS = {
@@ -65,24 +69,6 @@ const SESSION_ENDED_WORDS = {
   agent_disabled: "This agent has been disabled. Your session has ended.",
 };
 
-function eventWords(error, channel) {
-  switch (error.code) {
-    case "forbidden": return `Forbidden: your clearance does not allow that on ${channel}.`;
-    case "rate_limited": return "You are sending too fast. Wait a moment and try again.";
-    case "payload_too_large": return "That message is too long for HQ.";
-    case "not_found": return `There is no channel named ${channel}.`;
-    case "bad_request": return "HQ could not understand that request.";
-    case "timeout": return "HQ did not answer in time. Check the connection and try again.";
-    case "internal": return "HQ had an internal error. Try again.";
-    default: return REFUSAL_WORDS[error.code] || `HQ refused: ${error.message || error.code}.`;
-  }
-}
-
-function waitWords(seconds) {
-  if (!seconds) return "later";
-  return seconds < 90 ? `in ${seconds} seconds` : `in about ${Math.ceil(seconds / 60)} minutes`;
-}
-
 // ----------------------------------------------------------------------------------- small views
 
 function showAlert(text) { ui.alert.textContent = text; }
@@ -98,14 +84,17 @@ function updateSendButton() {
   ui.send.disabled = !(state.socket && state.socket.connected) || ui.sendTo.options.length === 0;
 }
 
-function showLogin() {
+// Show the login form. What is already typed there stays (a password manager may have filled it
+// while start-up was still asking HQ about a saved session); only the end of a session clears the
+// password, and focus moves only if the person is not already in the form.
+function showLogin({ clearPassword = false } = {}) {
   ui.consoleView.hidden = true;
   ui.logout.hidden = true;
   ui.whoami.hidden = true;
   ui.loginView.hidden = false;
-  ui.password.value = "";
+  if (clearPassword) ui.password.value = "";
   ui.loginButton.disabled = false;
-  ui.codename.focus();
+  if (!ui.loginForm.contains(document.activeElement)) (ui.codename.value ? ui.password : ui.codename).focus();
 }
 
 function showConsole() {
@@ -113,31 +102,18 @@ function showConsole() {
   ui.consoleView.hidden = false;
   ui.logout.hidden = false;
   ui.whoami.hidden = false;
-  ui.whoami.replaceChildren("Agent ", strong(state.me.codename), ` · ${state.me.role}`);
+  const name = document.createElement("strong");
+  name.textContent = state.me.codename;
+  ui.whoami.replaceChildren("Agent ", name, ` · ${state.me.role}`);
 }
 
-function strong(text) {
-  const element = document.createElement("strong");
-  element.textContent = text;
-  return element;
-}
-
-function fillSelect(select, names, keep) {
-  select.replaceChildren(...names.map((name) => new Option(name, name)));
-  if (names.includes(keep)) select.value = keep;
-}
-
+// HQ's channel list for the agent's clearance: the desk shows what it may read, `Send to` what it may write.
 function renderChannels() {
-  const readable = state.channels.filter((c) => c.read).map((c) => c.name);
+  const readable = desk.setChannels(state.channels);
   const writable = state.channels.filter((c) => c.write).map((c) => c.name);
-  fillSelect(ui.channel, readable, state.current);
-  ui.channelPicker.hidden = readable.length === 0;
-  ui.feed.hidden = readable.length === 0;
-  ui.onlinePanel.hidden = readable.length === 0;
-  ui.noChannels.hidden = readable.length !== 0;
-  ui.noChannels.textContent =
-    `No channels: your clearance (${state.me.role}) may not read any channel.`;
-  fillSelect(ui.sendTo, writable, ui.sendTo.value || state.current);
+  const keep = ui.sendTo.value || desk.current;
+  ui.sendTo.replaceChildren(...writable.map((name) => new Option(name, name)));
+  if (writable.includes(keep)) ui.sendTo.value = keep;
   ui.sendForm.hidden = writable.length === 0;
   ui.noWrite.hidden = writable.length !== 0;
   ui.noWrite.textContent = `Your clearance (${state.me.role}) may not send to any channel.`;
@@ -145,113 +121,11 @@ function renderChannels() {
   return readable;
 }
 
-// ------------------------------------------------------------------------------------------ feed
-
-function messageItem(message) {
-  const item = document.createElement("li");
-  item.className = "msg" + (state.me && message.from === state.me.codename ? " mine" : "");
-  item.dataset.id = String(message.id);
-  const header = document.createElement("header");
-  const from = document.createElement("span");
-  from.className = "from";
-  from.textContent = message.from;
-  const time = document.createElement("time");
-  time.dateTime = message.ts;
-  const date = new Date(message.ts);
-  time.textContent = Number.isNaN(date.getTime()) ? message.ts : date.toLocaleTimeString();
-  time.title = message.ts;
-  header.append(from, time);
-  const text = document.createElement("p");
-  text.className = "text";
-  text.textContent = message.text; // text only: whatever an agent sends is never parsed as HTML
-  item.append(header, text);
-  return item;
-}
-
-function addMessage(message) {
-  if (message.channel !== state.current || state.seen.has(message.id)) return;
-  state.seen.add(message.id);
-  const nearBottom = ui.feed.scrollHeight - ui.feed.scrollTop - ui.feed.clientHeight < 80;
-  const item = messageItem(message);
-  // Keep id order even when a live message overtakes one still on its way.
-  let before = null;
-  if (message.id < state.lastId) {
-    before = [...ui.feed.children].find((li) => Number(li.dataset.id) > message.id) || null;
-  }
-  ui.feed.insertBefore(item, before);
-  state.lastId = Math.max(state.lastId, message.id);
-  if (nearBottom || before === null) ui.feed.scrollTop = ui.feed.scrollHeight;
-}
-
-function onLiveMessage(message) {
-  if (state.loading && state.loading.channel === message.channel) {
-    state.loading.buffer.push(message);
-  } else {
-    addMessage(message);
-  }
-}
-
-// ---------------------------------------------------------------------------------------- online
-
-function onlineItem(agent) {
-  const item = document.createElement("li");
-  item.className = "agent" + (state.me && agent.codename === state.me.codename ? " mine" : "");
-  item.dataset.codename = agent.codename;
-  const name = document.createElement("span");
-  name.className = "from";
-  name.textContent = agent.codename;
-  item.append(name);
-  if (agent.role) {
-    const role = document.createElement("span");
-    role.className = "role";
-    role.textContent = agent.role;
-    item.append(" ", role);
-  }
-  if (agent.connections > 1) {
-    const count = document.createElement("span");
-    count.className = "count";
-    count.textContent = `${agent.connections} connections`;
-    item.append(" ", count);
-  }
-  return item;
-}
-
-function renderOnline() {
-  const agents = [...state.online.values()].sort((a, b) => a.codename.localeCompare(b.codename));
-  ui.online.replaceChildren(...agents.map(onlineItem));
-}
-
-function clearOnline() {
-  clearTimeout(state.presenceTimer);
-  state.presenceTimer = null;
-  state.online = new Map();
-  renderOnline();
-}
-
-// Ask who is in `channel` (any HQ node); answers for a channel no longer open are dropped.
-async function loadPresence(channel, generation) {
-  const answer = await call("presence", { channel });
-  if (generation !== state.generation || channel !== state.current || !answer.ok) return;
-  state.online = new Map(answer.agents.map((agent) => [agent.codename, agent]));
-  renderOnline();
-}
-
-// A live arrival or departure: shown at once, then confirmed (role, connections) by asking again.
-function onPresence(event) {
-  if (!event || event.channel !== state.current) return;
-  if (!event.online) {
-    state.online.delete(event.codename);
-  } else if (!state.online.has(event.codename)) {
-    state.online.set(event.codename, { codename: event.codename, role: "", connections: 1 });
-  }
-  renderOnline();
-  if (state.presenceTimer !== null) return;
-  const { current: channel, generation } = state;
-  state.presenceTimer = setTimeout(() => {
-    state.presenceTimer = null;
-    loadPresence(channel, generation);
-  }, PRESENCE_REFRESH_MS);
-}
+// Opening a channel makes it the `Send to` target too, where the agent may write there.
+desk.onOpened = (name) => {
+  if (state.channels.some((c) => c.name === name && c.write)) ui.sendTo.value = name;
+};
+desk.onPresenceChange = () => { if (state.directors) state.directors.refreshSoon(); };
 
 function call(event, payload) {
   if (!state.socket) return Promise.resolve({ ok: false, error: { code: "timeout", message: "not connected" } });
@@ -259,77 +133,7 @@ function call(event, payload) {
     .catch(() => ({ ok: false, error: { code: "timeout", message: "no answer" } }));
 }
 
-// Join `channel` and show its history: the latest page on a switch, everything after the last
-// shown id on a reconnect. Live messages arriving meanwhile wait in a buffer, so order holds.
-async function loadChannel(channel, { fresh }) {
-  const generation = fresh ? ++state.generation : state.generation;
-  if (fresh) {
-    state.current = channel;
-    state.seen = new Set();
-    state.lastId = 0;
-    ui.feed.replaceChildren();
-    ui.feed.setAttribute("aria-label", `Live feed of ${channel}`);
-    clearOnline();
-  }
-  state.loading = { channel, buffer: [] };
-  try {
-    const joined = await call("join", { channel });
-    if (generation !== state.generation) return;
-    if (!joined.ok) { showAlert(eventWords(joined.error, channel)); return; }
-    loadPresence(channel, generation); // alongside the history, not after it
-    let after = fresh ? null : state.lastId;
-    for (;;) {
-      const payload = after === null ? { channel, limit: FIRST_PAGE } : { channel, after_id: after, limit: HISTORY_PAGE };
-      const page = await call("history", payload);
-      if (generation !== state.generation) return;
-      if (!page.ok) { showAlert(eventWords(page.error, channel)); return; }
-      page.messages.forEach(addMessage);
-      if (after === null || page.messages.length < HISTORY_PAGE) break;
-      after = state.lastId;
-    }
-  } finally {
-    if (generation === state.generation && state.loading && state.loading.channel === channel) {
-      const { buffer } = state.loading;
-      state.loading = null;
-      buffer.forEach(addMessage);
-    }
-  }
-}
-
-async function switchChannel() {
-  const previous = state.current;
-  const next = ui.channel.value;
-  if (!next || next === previous) return;
-  clearAlert();
-  if (previous && state.socket && state.socket.connected) call("leave", { channel: previous });
-  if (state.channels.some((c) => c.name === next && c.write)) ui.sendTo.value = next;
-  await loadChannel(next, { fresh: true });
-}
-
 // ------------------------------------------------------------------------------------------- HTTP
-
-async function request(path, method = "GET", body = undefined) {
-  const options = { method, credentials: "include", headers: {} };
-  if (body !== undefined) {
-    options.headers["Content-Type"] = "application/json";
-    options.body = JSON.stringify(body);
-  }
-  return fetch(path, options);
-}
-
-async function errorOf(response) {
-  try {
-    const body = await response.json();
-    return body.error || { code: String(response.status), message: response.statusText };
-  } catch {
-    return { code: String(response.status), message: response.statusText };
-  }
-}
-
-// Login and refresh answer with tokens in the body too; this page drops that body unread.
-function discardBody(response) {
-  if (response.body) response.body.cancel().catch(() => {});
-}
 
 async function fetchMe() {
   const response = await request("/api/auth/me");
@@ -368,6 +172,15 @@ async function refreshSession(staleExp = null) {
   }
 }
 
+// A request for the directors' sections: an expired access token is refreshed once and the request repeated.
+async function api(path, method = "GET", body = undefined) {
+  const response = await request(path, method, body);
+  if (response.status !== 401) return response;
+  const error = await errorOf(response.clone());
+  if (error.code !== "token_expired" || !(await refreshSession())) return response;
+  return request(path, method, body);
+}
+
 // ----------------------------------------------------------------------------------------- socket
 
 function connectSocket() {
@@ -380,8 +193,8 @@ function connectSocket() {
   socket.on("connect", () => onConnect(socket));
   socket.on("connect_error", (error) => onConnectError(socket, error));
   socket.on("disconnect", (reason) => onDisconnect(socket, reason));
-  socket.on("message", onLiveMessage);
-  socket.on("presence", onPresence);
+  socket.on("message", (message) => desk.receive(message));
+  socket.on("presence", (event) => desk.onPresence(event));
   socket.on("token_expiring", (data) => onTokenExpiring(socket, data));
   socket.on("session_ended", (data) => { state.endedReason = data && data.reason; });
   socket.io.on("reconnect_attempt", () => setStatus("Reconnecting…", "connecting"));
@@ -402,13 +215,12 @@ async function onConnect(socket) {
   if (socket !== state.socket) return;
   state.refreshTries = 0;
   setStatus(`Connected as ${state.me.codename}`, "online");
-  // Clearance may have changed while we were away: ask again, then catch up on the channel.
+  // Clearance may have changed while we were away: ask again, then catch up on every channel.
   const channels = await fetchChannels().catch(() => null);
   if (socket !== state.socket) return;
   if (channels) state.channels = channels;
-  const readable = renderChannels();
-  const channel = readable.includes(state.current) ? state.current : readable[0];
-  if (channel) await loadChannel(channel, { fresh: channel !== state.current });
+  renderChannels();
+  await desk.catchUp();
 }
 
 async function onConnectError(socket, error) {
@@ -428,6 +240,7 @@ async function onConnectError(socket, error) {
 
 async function onDisconnect(socket, reason) {
   if (socket !== state.socket) return;
+  desk.disconnected();
   updateSendButton();
   if (reason !== "io server disconnect") {
     // Lost the transport: socket.io-client reconnects with backoff; onConnect catches up.
@@ -460,6 +273,7 @@ function reconnect() {
   const socket = state.socket;
   if (!socket) return;
   socket.disconnect();
+  desk.disconnected();
   setStatus("Reconnecting…", "connecting");
   socket.connect();
 }
@@ -469,44 +283,70 @@ function reconnect() {
 async function enter() {
   const [me, channels] = await Promise.all([fetchMe(), fetchChannels()]);
   if (!me || !channels) return false;
+  const entered = ++state.entered;
+  unmountDirectors();
   state.me = me;
   state.channels = channels;
-  state.current = null;
-  state.generation += 1;
-  ui.feed.replaceChildren();
-  clearOnline();
+  desk.reset(me);
   ui.sendResult.textContent = "";
   showConsole();
   renderChannels();
   connectSocket();
-  (ui.channelPicker.hidden ? (ui.sendForm.hidden ? ui.logout : ui.message) : ui.channel).focus();
+  const first = desk.readable().length ? desk.button(desk.current) : (ui.sendForm.hidden ? ui.logout : ui.message);
+  first.focus();
+  // The stored role decides: only a director's page loads and shows the Agents and Sessions sections.
+  if (me.role === "director") {
+    const { mountDirectors } = await import("/directors.js");
+    if (entered === state.entered && state.me) {
+      state.directors = mountDirectors(ui.main, { api, showAlert, clearAlert, me });
+    }
+  }
   return true;
 }
 
-function endSession(words) {
+function unmountDirectors() {
+  if (!state.directors) return;
+  state.directors.unmount();
+  state.directors = null;
+}
+
+function leave() {
+  state.entered += 1;
   closeSocket();
+  unmountDirectors();
   state.me = null;
-  state.current = null;
+  desk.reset(null);
+}
+
+function endSession(words) {
+  leave();
   setStatus("Not connected");
   showAlert(words);
-  showLogin();
+  showLogin({ clearPassword: true });
+}
+
+// The login request's body from the form (one place to add fields, e.g. a second factor).
+function loginBody() {
+  return { username: ui.codename.value.trim(), password: ui.password.value };
 }
 
 async function logIn(event) {
   event.preventDefault();
+  state.loginStarted = true;
   clearAlert();
-  const username = ui.codename.value.trim();
-  const password = ui.password.value;
-  if (!username || !password) { showAlert(LOGIN_WORDS.bad_request); return; }
+  const body = loginBody();
+  if (!body.username || !body.password) { showAlert(LOGIN_WORDS.bad_request); return; }
   ui.loginButton.disabled = true;
   try {
-    const response = await request("/api/auth/login", "POST", { username, password });
+    if (!(await state.ioReady)) return;
+    const response = await request("/api/auth/login", "POST", body);
     if (response.ok) {
       discardBody(response);
       ui.password.value = "";
       if (!(await enter())) showAlert("Logged in, but HQ did not confirm the session. Try again.");
       return;
     }
+    setStatus("Not logged in");
     const error = await errorOf(response);
     if (response.status === 429) {
       showAlert(`Too many failed attempts. Try again ${waitWords(Number(response.headers.get("Retry-After")))}.`);
@@ -527,10 +367,9 @@ async function logOut() {
   try {
     let response = await request("/api/auth/logout", "POST");
     if (response.status === 401 && (await refreshSession())) response = await request("/api/auth/logout", "POST");
-    closeSocket();
-    state.me = null;
+    leave();
     setStatus("Logged out");
-    showLogin();
+    showLogin({ clearPassword: true });
     if (!response.ok && response.status !== 401) showAlert(`Logging out failed: ${(await errorOf(response)).message}`);
   } catch {
     showAlert("HQ is unreachable; you are not logged out yet. Try again.");
@@ -557,7 +396,7 @@ async function sendMessage(event) {
     ui.message.value = "";
     ui.sendResult.textContent = `Sent to ${channel} (#${ack.id}).`;
     // HQ does not echo a message to the socket that sent it.
-    addMessage({ id: ack.id, channel, from: state.me.codename, text, ts: new Date().toISOString() });
+    desk.sent({ id: ack.id, channel, from: state.me.codename, text, ts: new Date().toISOString() });
   } finally {
     updateSendButton();
     ui.message.focus();
@@ -573,27 +412,43 @@ function onMessageKey(event) {
 
 // ------------------------------------------------------------------------------------------ start
 
+async function loadSocketIo() {
+  try {
+    ({ io: state.io } = await import("/vendor/socket.io.esm.min.js"));
+    return true;
+  } catch {
+    showAlert("The console's socket.io-client is missing from this HQ installation (run `make setup`).");
+    ui.loginButton.disabled = true;
+    return false;
+  }
+}
+
+// A session left in the cookies is resumed (refreshed once if only the refresh cookie is left);
+// true when a session was entered or the person has meanwhile submitted the login form.
+async function resumeSession() {
+  const me = await fetchMe();
+  if (state.loginStarted) return true;
+  if (!me && !(await refreshSession())) return false;
+  if (state.loginStarted) return true;
+  return enter();
+}
+
+// The login form is usable from the first paint: whatever is typed (or autofilled) meanwhile is
+// kept, and a login submitted before start-up has finished wins over start-up's own decision.
 async function start() {
   ui.loginForm.addEventListener("submit", logIn);
   ui.logout.addEventListener("click", logOut);
   ui.sendForm.addEventListener("submit", sendMessage);
   ui.message.addEventListener("keydown", onMessageKey);
-  ui.channel.addEventListener("change", switchChannel);
+  state.ioReady = loadSocketIo();
+  if (!(await state.ioReady)) return;
   try {
-    ({ io: state.io } = await import("/vendor/socket.io.esm.min.js"));
+    if (await resumeSession()) return;
   } catch {
-    showAlert("The console's socket.io-client is missing from this HQ installation (run `make setup`).");
-    ui.loginButton.disabled = true;
-    return;
+    if (!state.loginStarted) showAlert("HQ is unreachable. Reload the page when it is back.");
   }
-  // Resume a session from the cookies, refreshing once if only the refresh cookie is left.
-  try {
-    if ((await fetchMe()) || (await refreshSession())) {
-      if (await enter()) return;
-    }
-  } catch {
-    showAlert("HQ is unreachable. Reload the page when it is back.");
-  }
+  if (state.loginStarted) return;
+  setStatus("Not logged in");
   showLogin();
 }
 

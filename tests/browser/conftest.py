@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
-from playwright.async_api import Browser, BrowserContext, async_playwright, expect
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
 from ..support import HQServer
 from .console_page import ARTIFACTS, WAIT_MS, Console, launch
@@ -30,13 +30,17 @@ async def open_console(browser: Browser, request: pytest.FixtureRequest) -> Asyn
     consoles: list[Console] = []
 
     async def open_one(hq: HQServer, width: int = 1100, height: int = 720,
-                       context: BrowserContext | None = None) -> Console:
-        """A console tab; pass ``context`` for another tab of the same browser profile (shared cookies)."""
+                       context: BrowserContext | None = None,
+                       prepare: Callable[[Page], Awaitable[object]] | None = None) -> Console:
+        """A console tab; pass ``context`` for another tab of the same browser profile (shared cookies),
+        ``prepare`` to set the page up (e.g. ``page.route``) before the console loads."""
         if context is None:
             context = await browser.new_context(viewport={"width": width, "height": height})
             context.set_default_timeout(WAIT_MS)
         console = Console(await context.new_page(), hq.url)
         consoles.append(console)
+        if prepare is not None:
+            await prepare(console.page)
         return await console.open()
 
     yield open_one

@@ -261,7 +261,7 @@ async def test_log_out(hq: HQServer, open_console: OpenConsole) -> None:
     assert [line["reason"] for line in hq.audit_lines() if line["event"] == "session_revoked"] == ["logged_out"]
     await console.page.reload()
     await expect(console.login_button).to_be_visible(timeout=WAIT_MS)
-    assert await console.status.text_content() == "Not logged in"
+    await expect(console.status).to_have_text("Not logged in")  # once start-up found no session
 
 
 async def test_small_screens_keep_every_control(shared_hq: HQServer, open_console: OpenConsole) -> None:
