@@ -298,12 +298,14 @@ async def _mfa_action(hq: HQ, action: str, codename: str) -> int:
             return 0
         enrollment = await hq.mfa.begin(codename)
         _show_enrollment(enrollment)
-        for attempt in range(3 if sys.stdin.isatty() else 1):
+        attempts = 3 if sys.stdin.isatty() else 1  # a terminal may try again; a script gets one line
+        for attempt in range(1, attempts + 1):
             code = _read_code()
             try:
                 codes = await hq.mfa.confirm(codename, code)
             except OtpRejected:
-                print("That code does not match (is the phone's clock right?).", file=sys.stderr, flush=True)
+                if attempt < attempts:
+                    print("That code does not match (is the phone's clock right?); try again.", flush=True)
                 continue
             print(f"mfa enroll: {enrollment.codename} enrolled. Recovery codes, each good for one login "
                   "without the app; shown only this once:")
@@ -312,8 +314,8 @@ async def _mfa_action(hq: HQ, action: str, codename: str) -> int:
             return 0
     except (MfaAdminError, OtpRejected) as exc:
         raise UsageError(str(exc)) from None
-    raise UsageError(f"no matching code: {codename}'s enrolment is not complete (its second factor is unchanged); "
-                     "run `agents mfa enroll` again")
+    raise UsageError(f"that code does not match: {codename}'s enrolment is not complete (its second factor "
+                     "is unchanged); run `agents mfa enroll` again")
 
 
 def _show_enrollment(enrollment: Enrollment) -> None:
