@@ -3,19 +3,20 @@ repeating or reordering a message; a node that is down, or answers 502/503, is s
 start; a 4xx is never retried elsewhere; the CLI takes several ``--url`` values or a list in
 ``$HQ_URL``.
 
-The cluster is two real HQ processes on one fresh PostgreSQL database and the machine's Redis, so a
-message stored through either node is in both histories. Only HQ processes are ever killed.
+The cluster is two or three real HQ processes (tests/cluster.py) on one fresh PostgreSQL database and
+the machine's Redis, so a message stored through any node is in every history. Only HQ processes are
+ever killed: with three nodes, the first and then the second, so the client fails over twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -25,40 +26,30 @@ from aiohttp import web
 from agent_client import AgentClient, LoginFailed, Message, RateLimited
 from agent_client.nodes import parse_urls
 
-from .services import REDIS_URL, create_database, drop_database, ensure_redis
-from .support import PASSWORD, ROOT, HQServer, free_port, make_server
+from .cluster import Cluster, start_cluster
+from .services import REDIS_URL, ensure_redis
+from .support import PASSWORD, ROOT, HQServer, free_port
 from .test_agent_client import wait_until
 from .test_agent_client_cli import agent_env, run_agent
 
-StartCluster = Callable[..., Awaitable[tuple[HQServer, HQServer]]]
+StartCluster = Callable[..., Awaitable[Cluster]]
 SHORT_TOKENS = {"access_ttl": 3, "expiry_warning": 1}
 
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[StartCluster]:
-    """``await cluster(auth={...})``: two HQ nodes sharing a fresh database and Redis; stopped afterwards."""
-    started: list[HQServer] = []
-    urls: list[str] = []
+    """``await cluster(nodes=2, auth={...})``: HQ nodes sharing a fresh database and the machine's Redis;
+    stopped afterwards."""
+    async with contextlib.AsyncExitStack() as stack:
+        started: list[Cluster] = []
 
-    async def start(auth: dict[str, Any] | None = None) -> tuple[HQServer, HQServer]:
-        ensure_redis()
-        url = await create_database()
-        urls.append(url)
-        shared: dict[str, dict[str, Any]] = {
-            "storage": {"url": url, "revocation_poll": 0.1},
-            "cluster": {"redis_url": REDIS_URL, "channel": f"hq-test-{uuid.uuid4().hex[:8]}"},
-            "auth": {"bcrypt_rounds": 4, "secret": "a shared cluster secret of at least 32 bytes!", **(auth or {})}}
-        a = make_server(tmp_path / "a", **shared)
-        b = make_server(tmp_path / "b", agents={}, **shared)  # the agents are in the shared database already
-        started.extend([a, b])
-        await asyncio.gather(asyncio.to_thread(a.start), asyncio.to_thread(b.start))
-        return a, b
+        async def start(nodes: int = 2, auth: dict[str, Any] | None = None) -> Cluster:
+            ensure_redis()
+            started.append(await stack.enter_async_context(
+                start_cluster(tmp_path / f"cluster{len(started)}", nodes, REDIS_URL, auth=auth or {})))
+            return started[-1]
 
-    yield start
-    for server in started:
-        server.stop()
-    for url in urls:
-        await drop_database(url)
+        yield start
 
 
 def dead_url() -> str:
@@ -79,17 +70,20 @@ async def keep_sending(sender: AgentClient, acked: list[int], stop: asyncio.Even
 
 
 # the node in use dies ------------------------------------------------------------------------------
-@pytest.mark.parametrize("auth", [{}, SHORT_TOKENS], ids=["default-tokens", "3s-tokens"])
+# Short tokens (a refresh due after the crash, so through another node) need no third node to be tested.
+@pytest.mark.parametrize("nodes, auth", [(2, {}), (2, SHORT_TOKENS), (3, {})],
+                         ids=["2-nodes", "2-nodes-3s-tokens", "3-nodes"])
 async def test_sigkilled_node_is_left_for_the_next_without_losing_or_repeating(
-        cluster: StartCluster, auth: dict[str, Any]) -> None:
-    a, b = await cluster(auth)
-    dora = AgentClient([a.url, b.url], backoff_initial=0.1, backoff_max=1.0)
-    hank = AgentClient(b.url)  # the sender only ever uses the node that stays up
+        cluster: StartCluster, nodes: int, auth: dict[str, Any]) -> None:
+    """Every node but the last is killed in turn while in use; the client ends up on the last one."""
+    started = await cluster(nodes, auth)
+    dora = AgentClient(started.urls, backoff_initial=0.1, backoff_max=1.0)
+    hank = AgentClient(started[-1].url)  # the sender only ever uses the node that stays up
     stop = asyncio.Event()
     try:
         await dora.login("dora", PASSWORD)
         await dora.connect(["missions"])
-        assert dora.url == a.url
+        assert dora.url == started[0].url
         received: list[Message] = []
         dora.on_message(received.append)
         await hank.login("hank", PASSWORD)
@@ -98,11 +92,16 @@ async def test_sigkilled_node_is_left_for_the_next_without_losing_or_repeating(
         sender = asyncio.create_task(keep_sending(hank, acked, stop))
         await wait_until(lambda: len(received) >= 15, what="live messages across nodes")
 
-        a.stop(signal.SIGKILL)
-        killed_at = time.monotonic()
-        await wait_until(lambda: dora.connected and dora.url == b.url, timeout=15, what="the failover to node b")
-        failed_over_in = time.monotonic() - killed_at
-        own = await dora.send("missions", "dora, through node b")  # sends go on through the new node
+        failed_over_in = []
+        for crashed, following in zip(started.nodes, started.nodes[1:]):
+            crashed.stop(signal.SIGKILL)
+            killed_at = time.monotonic()
+            await wait_until(lambda: dora.connected and dora.url == following.url, timeout=15,
+                             what=f"the failover to {following.url}")
+            failed_over_in.append(time.monotonic() - killed_at)
+            seen = len(received)
+            await wait_until(lambda: len(received) >= seen + 5, what="live messages on the next node")
+        own = await dora.send("missions", "dora, through the last node")  # sends go on through the new node
         await asyncio.sleep(2.5 if auth else 1.0)  # with 3 s tokens, a refresh is due after the crash
         stop.set()
         await sender
@@ -114,14 +113,14 @@ async def test_sigkilled_node_is_left_for_the_next_without_losing_or_repeating(
         await asyncio.sleep(0.3)  # a duplicate arriving late would show up here
         # Exactly once, in id order, nothing missing: the stream is the channel's history.
         assert [m.id for m in received] == stored
-        assert next(m.text for m in received if m.id == own) == "dora, through node b"
-        assert dora.error is None and dora.stats.failovers >= 1
-        assert (dora.stats.disconnects, dora.stats.connects) == (1, 2)
+        assert next(m.text for m in received if m.id == own) == "dora, through the last node"
+        assert dora.error is None and dora.stats.failovers >= nodes - 1
+        assert (dora.stats.disconnects, dora.stats.connects) == (nodes - 1, nodes)
         if auth:
-            assert dora.refreshes >= 1  # node a was dead: the refresh went to node b
-        print(f"\n[failover figures, {auth or 'default tokens'}] node killed -> client joined on node b in "
-              f"{failed_over_in:.2f} s; messages stored {len(stored)}, delivered {len(received)}, "
-              f"recovered from history {dora.stats.recovered}, duplicates dropped "
+            assert dora.refreshes >= 1  # the nodes that issued the tokens were dead: the refresh went elsewhere
+        print(f"\n[failover figures, {nodes} nodes, {auth or 'default tokens'}] node killed -> client joined on "
+              f"the next in {', '.join(f'{t:.2f}' for t in failed_over_in)} s; messages stored {len(stored)}, "
+              f"delivered {len(received)}, recovered from history {dora.stats.recovered}, duplicates dropped "
               f"{dora.stats.duplicates_dropped}, token refreshes {dora.refreshes}")
     finally:
         stop.set()

@@ -2,7 +2,8 @@
 
 Every test runs against a PRIVATE PostgreSQL cluster made here with ``initdb`` and run with
 ``pg_ctl`` as the ``postgres`` user on a free port, so stopping, freezing or restarting it never
-touches the machine's shared PostgreSQL on 5432.
+touches the machine's shared PostgreSQL on 5432. The store is tested in this process, then one HQ
+node, then clusters of two and three nodes on it (and the machine's Redis, which is never stopped).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import pytest
 from hq.store import StoreUnavailable
 from hq.store.postgres import OPERATION_TIMEOUT, PostgresStore
 
+from .cluster import Cluster, start_cluster
+from .services import REDIS_URL, ensure_redis
 from .sio import RecordingClient
 from .support import PASSWORD, HQServer, free_port, make_server
 
@@ -428,3 +431,79 @@ async def test_hq_through_a_postgres_outage(postgres: PrivatePostgres, hq_on_pri
     finally:
         await hank.close()
         await fox.close()
+
+
+# a cluster -------------------------------------------------------------------------------------
+def _healthz(server: HQServer) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"{server.url}/healthz", timeout=ANSWER_WITHIN + 5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.fixture(params=[2, 3], ids=["2-nodes", "3-nodes"])
+async def cluster_on_private_postgres(request: pytest.FixtureRequest, tmp_path: Path,
+                                      fresh_database: str) -> AsyncIterator[Cluster]:
+    """Nodes on the private PostgreSQL and the machine's Redis (which this module never stops)."""
+    ensure_redis()
+    async with start_cluster(tmp_path, request.param, REDIS_URL, database_url=fresh_database) as cluster:
+        yield cluster
+
+
+async def test_a_cluster_through_a_postgres_outage(postgres: PrivatePostgres,
+                                                   cluster_on_private_postgres: Cluster) -> None:
+    cluster = cluster_on_private_postgres
+    members = [await RecordingClient().connect(node.url, _login(node, "fox")[1]["access_token"]) for node in cluster]
+    senders = [await RecordingClient().connect(node.url, _login(node, "hank")[1]["access_token"]) for node in cluster]
+    clients = members + senders
+    try:
+        for member in members:
+            assert (await member.call("join", {"channel": "missions"}))["ok"]
+        acked = []
+        for sender in senders:  # one message stored through each node
+            ack = await sender.call("message", {"channel": "missions", "text": f"before {len(acked)}"})
+            assert ack["ok"], ack
+            acked.append(ack["id"])
+        for member in members:
+            await member.wait_for("message", count=len(acked))
+
+        postgres.stop()  # immediate: a crash
+        for sender in senders:
+            started = time.monotonic()
+            ack = await sender.call("message", {"channel": "missions", "text": "during"})
+            took = time.monotonic() - started
+            assert ack["ok"] is False and ack["error"]["code"] == "unavailable", ack
+            assert took < ANSWER_WITHIN, f"message answered after {took:.1f}s"
+        for node in cluster:
+            status, body, took = _login(node, "fox")
+            assert (status, body["error"]["code"]) == (503, "unavailable") and took < ANSWER_WITHIN, (status, body)
+            status, body = _healthz(node)
+            assert status == 503 and body["status"] == "unavailable" and body["down"] == ["database"], body
+        assert all(client.sio.connected for client in clients)  # the sockets stay
+
+        postgres.start()  # every node recovers by itself
+        for sender in senders:
+            deadline = time.monotonic() + RECOVER_WITHIN
+            while not (ack := await sender.call("message", {"channel": "missions", "text": f"after {len(acked)}"}))["ok"]:
+                assert ack["error"]["code"] == "unavailable", ack
+                assert time.monotonic() < deadline, ack
+                await asyncio.sleep(0.2)
+            acked.append(ack["id"])
+        assert acked == list(range(1, 2 * len(cluster) + 1)), "an attempt refused during the outage used up an id"
+        for member in members:
+            await member.wait_for("message", count=len(acked))
+        await asyncio.sleep(0.3)  # a duplicate arriving late would show up here
+        for member in members:  # on every node: every acknowledged message, once, in id order
+            assert [m["id"] for m in member.received("message")] == acked
+            history = await member.call("history", {"channel": "missions"})
+            assert [m["id"] for m in history["messages"]] == acked
+        for node in cluster:
+            assert _login(node, "fox")[0] == 200
+            assert _healthz(node)[0] == 200
+        assert all(client.disconnected_at is None for client in clients)
+        cluster.assert_clean_logs()
+        assert not any("handler failed" in node.log_path.read_text() for node in cluster)
+    finally:
+        for client in clients:
+            await client.close()

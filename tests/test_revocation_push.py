@@ -9,25 +9,23 @@ The figures printed (``-s``) are the ones docs/scaling.md quotes.
 from __future__ import annotations
 
 import asyncio
-import signal
+import contextlib
 import statistics
 import subprocess
 import sys
 import time
-import uuid
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Iterator
+from typing import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
-import redis.asyncio as aioredis
 
 from hq.realtime.revocation import RevocationWatcher
 from hq.store import Revocation
 
-from .services import REDIS_URL, PrivateRedis, create_database, drop_database, ensure_redis
+from .cluster import Cluster, start_cluster
+from .services import REDIS_URL, PrivateRedis, ensure_redis
 from .sio import RecordingClient
 from .support import HQServer, free_port, make_server
 
@@ -35,68 +33,23 @@ POLL = 2.0  # [storage] revocation_poll: far slower than what the push must achi
 FAST = 1.0  # what "at once" is asserted as; the figures printed are what docs/scaling.md quotes
 
 
-@dataclass
-class Cluster:
-    """Two (or three) started nodes sharing one database and one Redis channel prefix."""
-
-    a: HQServer
-    b: HQServer
-    redis_url: str
-    prefix: str
-    c: HQServer | None = None
-
-    @property
-    def nodes(self) -> list[HQServer]:
-        return [self.a, self.b] + ([self.c] if self.c is not None else [])
-
-    async def wait_subscribed(self, timeout: float = 15) -> None:
-        """Wait until every node is subscribed to the revocation channel."""
-        channel = f"{self.prefix}:revocations"
-        client = aioredis.Redis.from_url(self.redis_url)
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    if (await client.pubsub_numsub(channel))[0][1] >= len(self.nodes):
-                        return
-                except (aioredis.ConnectionError, OSError):
-                    pass
-                assert time.monotonic() < deadline, "the nodes did not subscribe to the revocation channel"
-                await asyncio.sleep(0.05)
-        finally:
-            await client.aclose()
-
-
 ClusterFactory = Callable[..., Awaitable[Cluster]]
 
 
 @pytest.fixture
 async def make_cluster(tmp_path: Path) -> AsyncIterator[ClusterFactory]:
-    """Start two (or ``nodes=3``) nodes on a fresh database and the given Redis (stopped and dropped
-    afterwards)."""
-    made: list[tuple[Cluster, str]] = []
+    """``await make_cluster(redis_url, poll, nodes)``: two (or three) nodes on a fresh database and the given
+    Redis, every one subscribed to the push; stopped and dropped afterwards."""
+    async with contextlib.AsyncExitStack() as stack:
+        made: list[Cluster] = []
 
-    async def make(redis_url: str, poll: float = POLL, nodes: int = 2) -> Cluster:
-        url = await create_database()
-        prefix = f"hq-test-{uuid.uuid4().hex[:8]}"
-        shared = {"storage": {"url": url, "revocation_poll": poll},
-                  "cluster": {"redis_url": redis_url, "channel": prefix},
-                  "auth": {"bcrypt_rounds": 4, "secret": "a shared cluster secret of at least 32 bytes!"}}
-        a = make_server(tmp_path / "a", **shared)
-        b = make_server(tmp_path / "b", agents={}, **shared)
-        c = make_server(tmp_path / "c", agents={}, **shared) if nodes == 3 else None
-        cluster = Cluster(a, b, redis_url, prefix, c)
-        made.append((cluster, url))
-        for node in cluster.nodes:
-            node.start()
-        await cluster.wait_subscribed()
-        return cluster
+        async def make(redis_url: str, poll: float = POLL, nodes: int = 2) -> Cluster:
+            made.append(await stack.enter_async_context(
+                start_cluster(tmp_path / f"cluster{len(made)}", nodes, redis_url, storage={"revocation_poll": poll})))
+            await made[-1].wait_subscribed()
+            return made[-1]
 
-    yield make
-    for cluster, url in made:
-        for node in cluster.nodes:
-            node.stop()
-        await drop_database(url)
+        yield make
 
 
 @pytest.fixture
@@ -140,7 +93,7 @@ def _figures(delays: list[float]) -> str:
 
 
 async def test_logout_on_one_node_ends_the_socket_on_the_other_at_once(shared_redis_cluster: Cluster) -> None:
-    a, b = shared_redis_cluster.a, shared_redis_cluster.b
+    a, b = shared_redis_cluster[0], shared_redis_cluster[1]
     delays = []
     for i in range(30):
         origin, other = (a, b) if i % 2 == 0 else (b, a)
@@ -174,7 +127,7 @@ async def test_logout_on_one_of_three_nodes_ends_the_sockets_on_the_two_others_a
 
 
 async def test_cli_disable_ends_sockets_on_both_nodes_at_once(shared_redis_cluster: Cluster) -> None:
-    a, b = shared_redis_cluster.a, shared_redis_cluster.b
+    a, b = shared_redis_cluster[0], shared_redis_cluster[1]
     on_a = await RecordingClient().connect(a.url, a.login("fox")["access_token"])
     on_b = await RecordingClient().connect(b.url, b.login("fox")["access_token"])
     hank = await RecordingClient().connect(b.url, b.login("hank")["access_token"])
@@ -204,7 +157,7 @@ async def test_a_revocation_is_applied_once(make_cluster: ClusterFactory) -> Non
     ensure_redis()
     poll = 0.5  # the feed is then read every 4 s while pushed, so the test can wait for the feed's copy
     cluster = await make_cluster(REDIS_URL, poll)
-    a, b = cluster.a, cluster.b
+    a, b = cluster[0], cluster[1]
     old = await RecordingClient().connect(b.url, a.login("fox")["access_token"])
     role = await asyncio.create_subprocess_exec(sys.executable, "-m", "hq", "agents", "role", "fox", "--role",
                                                 "field-operative", "--config", str(a.config), cwd=a.workdir,
@@ -222,7 +175,7 @@ async def test_a_revocation_is_applied_once(make_cluster: ClusterFactory) -> Non
 async def test_redis_outage_falls_back_to_the_feed_and_push_resumes(private_redis: PrivateRedis,
                                                                     make_cluster: ClusterFactory) -> None:
     cluster = await make_cluster(private_redis.url)
-    a, b = cluster.a, cluster.b
+    a, b = cluster[0], cluster[1]
     before = [await _cross_node_logout(a, b) for _ in range(3)]
     assert max(before) < FAST, _figures(before)
 
@@ -262,7 +215,7 @@ async def test_redis_outage_falls_back_to_the_feed_and_push_resumes(private_redi
 async def test_a_hung_redis_is_noticed_and_left_to_the_feed(private_redis: PrivateRedis,
                                                             make_cluster: ClusterFactory) -> None:
     cluster = await make_cluster(private_redis.url)
-    a, b = cluster.a, cluster.b
+    a, b = cluster[0], cluster[1]
     tokens = [a.login("fox")["access_token"] for _ in range(2)]
     hung = await RecordingClient().connect(b.url, tokens[0])
     private_redis.pause(True)
