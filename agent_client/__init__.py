@@ -11,9 +11,9 @@ import logging
 
 from .client import AgentClient, ClientStats
 from .errors import (AgentClientError, AgentDisabled, BadRequest, CertificateError, ClientClosed,
-                     ConnectionLost, ConnectionRefused, Forbidden, LoginFailed, NotConnected, NotFound,
-                     NotLoggedIn, PayloadTooLarge, RateLimited, ServerError, SessionEnded, TokenRejected,
-                     TokenReused, TooManyAttempts, Unavailable, UnsupportedMediaType)
+                     ConnectionLost, ConnectionRefused, Forbidden, InvalidOtp, LoginFailed, MfaEnrollmentRequired,
+                     MfaRequired, NotConnected, NotFound, NotLoggedIn, PayloadTooLarge, RateLimited, ServerError,
+                     SessionEnded, TokenRejected, TokenReused, TooManyAttempts, Unavailable, UnsupportedMediaType)
 from .messages import Agent, Message
 
 # A library stays quiet unless the application configures logging.
@@ -21,7 +21,7 @@ logging.getLogger("agent_client").addHandler(logging.NullHandler())
 
 __all__ = [
     "Agent", "AgentClient", "AgentClientError", "AgentDisabled", "BadRequest", "CertificateError",
-    "ClientClosed", "ClientStats", "ConnectionLost", "ConnectionRefused", "Forbidden", "LoginFailed",
-    "Message", "NotConnected", "NotFound", "NotLoggedIn", "PayloadTooLarge", "RateLimited", "ServerError",
+    "ClientClosed", "ClientStats", "ConnectionLost", "ConnectionRefused", "Forbidden", "InvalidOtp", "LoginFailed",
+    "Message", "MfaEnrollmentRequired", "MfaRequired", "NotConnected", "NotFound", "NotLoggedIn", "PayloadTooLarge", "RateLimited", "ServerError",
     "SessionEnded", "TokenRejected", "TokenReused", "TooManyAttempts", "Unavailable", "UnsupportedMediaType",
 ]

@@ -1,7 +1,8 @@
 """The field agent's command line: ``python -m agent_client [options] login|listen|send|history``.
 
-Each run logs in (password from ``$AGENT_PASSWORD`` or a prompt without echo), does its one job and
-logs out. Errors are one line on stderr naming the contract's code; exit 1, or 2 for usage errors.
+Each run logs in (password from ``$AGENT_PASSWORD`` or a prompt without echo; for an agent with a
+second factor, the code from ``$AGENT_OTP``, else a prompt without echo when HQ asks for one and
+standard input is a terminal), does its one job and logs out. Errors are one line on stderr naming the contract's code; exit 1, or 2 for usage errors.
 
 Several nodes of one HQ cluster: ``--url`` given more than once, or ``$HQ_URL`` holding a
 comma-separated list; the client uses the first that answers and fails over to the next.
@@ -19,8 +20,8 @@ import sys
 from typing import NoReturn, Sequence
 
 from .client import AgentClient
-from .errors import AgentClientError
-from .messages import Message
+from .errors import AgentClientError, MfaRequired
+from .messages import Agent, Message
 from .nodes import parse_urls
 
 DEFAULT_URL = "http://127.0.0.1:3000"
@@ -65,10 +66,10 @@ def format_message(message: Message, as_json: bool) -> str:
     return f"#{message.channel} {message.id} {message.sender}: {text}"
 
 
-async def run(args: argparse.Namespace, password: str) -> int:
+async def run(args: argparse.Namespace, password: str, otp: str | None = None) -> int:
     """Log in, run the command, log out."""
     async with AgentClient(args.urls, ca_file=args.ca_file) as client:
-        agent = await client.login(args.codename, password)
+        agent = await _login(client, args.codename, password, otp)
         try:
             if args.command == "login":
                 print(json.dumps({"codename": agent.codename, "role": agent.role}) if args.json
@@ -87,6 +88,21 @@ async def run(args: argparse.Namespace, password: str) -> int:
             if client.error is None:
                 await _logout_quietly(client)
     return 0
+
+
+async def _login(client: AgentClient, codename: str, password: str, otp: str | None) -> Agent:
+    """Log in; when HQ asks for a second factor that ``$AGENT_OTP`` did not give, ask for it on the
+    terminal (once: a wrong code is counted by HQ's login limits)."""
+    try:
+        return await client.login(codename, password, otp)
+    except MfaRequired as exc:
+        if otp is not None:
+            raise
+        if not sys.stdin.isatty():
+            raise MfaRequired(f"{exc.message} (set $AGENT_OTP to the code)") from None
+    otp = await asyncio.to_thread(getpass.getpass, f"Code from the authenticator app for {codename} "
+                                                   "(or a recovery code): ")
+    return await client.login(codename, password, otp.strip())
 
 
 async def listen(client: AgentClient, channels: list[str], as_json: bool) -> None:
@@ -132,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if password is None:
             password = getpass.getpass(f"Password for {args.codename}: ")
-        return asyncio.run(run(args, password))
+        return asyncio.run(run(args, password, os.environ.get("AGENT_OTP") or None))
     except AgentClientError as exc:
         detail = f" ({exc.reason})" if hasattr(exc, "reason") else ""
         print(f"error: {exc.code}{detail}: {exc.message}", file=sys.stderr)

@@ -164,10 +164,13 @@ class AgentClient:
         """The terminal refusal that stopped the client, if any."""
         return self._error
 
-    async def login(self, codename: str, password: str) -> Agent:
-        """Log in; raises :class:`LoginFailed`, :class:`AgentDisabled`, :class:`TooManyAttempts`, ..."""
+    async def login(self, codename: str, password: str, otp: str | None = None) -> Agent:
+        """Log in, with ``otp`` (a code from the agent's authenticator app, or a recovery code) for
+        an agent with a second factor; raises :class:`LoginFailed`, :class:`MfaRequired`,
+        :class:`InvalidOtp`, :class:`MfaEnrollmentRequired`, :class:`AgentDisabled`,
+        :class:`TooManyAttempts`, ... The code is needed at login only: refreshes never ask again."""
         self._check_usable()
-        return await self._tokens.login(codename, password)
+        return await self._tokens.login(codename, password, otp)
 
     async def connect(self, channels: Iterable[str] = (), *, after_ids: Mapping[str, int] | None = None) -> None:
         """Connect and join ``channels``; from then on every new message is delivered.

@@ -57,6 +57,30 @@ class TooManyAttempts(AgentClientError):
         self.retry_after = retry_after
 
 
+class MfaRequired(AgentClientError):
+    """The password was right and the agent has a second factor: log in again with ``otp=`` the
+    code its authenticator app shows, or a recovery code (``mfa_required``)."""
+
+    code = "mfa_required"
+    terminal = True
+
+
+class InvalidOtp(AgentClientError):
+    """The code was wrong, already used in its 30-second step, or a spent recovery code
+    (``invalid_otp``); counted by HQ's login limits like a wrong password."""
+
+    code = "invalid_otp"
+    terminal = True
+
+
+class MfaEnrollmentRequired(AgentClientError):
+    """The agent's role must use a second factor and it has none yet (``mfa_enrollment_required``):
+    enrol one first (the browser console, or ``python -m hq agents mfa enroll``); the client cannot."""
+
+    code = "mfa_enrollment_required"
+    terminal = True
+
+
 class NotLoggedIn(AgentClientError):
     """A call that needs a session was made before :meth:`AgentClient.login`."""
 
@@ -186,7 +210,8 @@ class ClientClosed(AgentClientError):
 _BY_CODE: dict[str, type[AgentClientError]] = {
     cls.code: cls for cls in (
         LoginFailed, AgentDisabled, TooManyAttempts, TokenReused, BadRequest, Forbidden, NotFound,
-        RateLimited, PayloadTooLarge, UnsupportedMediaType, ServerError, Unavailable)
+        RateLimited, PayloadTooLarge, UnsupportedMediaType, ServerError, Unavailable, MfaRequired, InvalidOtp,
+        MfaEnrollmentRequired)
 }
 _TOKEN_CODES = frozenset({"token_missing", "token_invalid", "token_expired", "token_revoked"})
 

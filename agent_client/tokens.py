@@ -20,8 +20,8 @@ from typing import Any
 
 import aiohttp
 
-from .errors import (AgentClientError, CertificateError, NotLoggedIn, ServerError, TokenRejected,
-                     TooManyAttempts, Unavailable, error_from_body)
+from .errors import (AgentClientError, CertificateError, MfaEnrollmentRequired, NotLoggedIn, ServerError,
+                     TokenRejected, TooManyAttempts, Unavailable, error_from_body)
 from .messages import Agent
 from .nodes import Nodes
 
@@ -91,10 +91,18 @@ class TokenSession:
         return self._expires_at - margin - time.monotonic()
 
     # requests ------------------------------------------------------------------------------------
-    async def login(self, codename: str, password: str) -> Agent:
-        """``POST /api/auth/login``; raises :class:`LoginFailed`, :class:`AgentDisabled`, ..."""
+    async def login(self, codename: str, password: str, otp: str | None = None) -> Agent:
+        """``POST /api/auth/login`` (with ``otp``, a second factor's code, when given); raises
+        :class:`LoginFailed`, :class:`MfaRequired`, :class:`InvalidOtp`, :class:`AgentDisabled`, ..."""
         sent_at = time.monotonic()
-        body = await self._post("/api/auth/login", {"username": codename, "password": password})
+        payload = {"username": codename, "password": password}
+        if otp is not None:
+            payload["otp"] = otp
+        body = await self._post("/api/auth/login", payload)
+        if isinstance(body, dict) and body.get("scope") == "mfa_enroll":
+            # A token good for enrolling a second factor only: nothing this client can use it for.
+            message = body.get("message")
+            raise MfaEnrollmentRequired(message if isinstance(message, str) else "enrol a second factor first")
         return self._take(body, sent_at)
 
     async def refresh(self, stale: str | None = None) -> None:
