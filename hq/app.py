@@ -176,6 +176,7 @@ def add_console_and_monitoring(app: web.Application, hq: HQ) -> AdminUI:
     app.add_routes(metrics.routes())
     app[METRICS_KEY] = metrics
     admin_ui = AdminUI(settings, hq.realtime.sio, hq.store, hq.hasher, hq.audit,
-                       AddressResolver(settings.server.trusted_proxies), _login_limiter(settings, hq.redis))
+                       AddressResolver(settings.server.trusted_proxies), _login_limiter(settings, hq.redis),
+                       hq.mfa.second_factor)
     admin_ui.install()
     return admin_ui

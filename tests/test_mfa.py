@@ -29,12 +29,14 @@ from hq.store import Agent, Store, open_store
 
 from .services import create_database, drop_database
 from .sio import RecordingClient
+from .test_admin_ui import AdminClient
 from .support import PASSWORD, HQServer, make_server
 
 NEW_PASSWORD = "a fresh password for mfa"
 # HQ's default policy, and a per-address limit no test here reaches (each test uses its own codenames).
 MFA_DEFAULTS: dict[str, dict[str, Any]] = {"auth": {"mfa_required": ["director"]},
-                                           "limits": {"login_failures_per_address": 1000}}
+                                           "limits": {"login_failures_per_address": 1000},
+                                           "admin": {"enabled": True}}
 AGENTS = {"dora": "director", "eve": "director", "dex": "director", "pat": "director", "fox": "field-operative",
           "gus": "handler", "rho": "handler", "lim": "handler", "hank": "handler", "cli1": "handler"}
 RECOVERY_SHAPE = re.compile(r"^[0-9a-hjkmnp-tv-z]{4}(-[0-9a-hjkmnp-tv-z]{4}){3}$")
@@ -42,6 +44,7 @@ RECOVERY_SHAPE = re.compile(r"^[0-9a-hjkmnp-tv-z]{4}(-[0-9a-hjkmnp-tv-z]{4}){3}$
 HANDED_OUT: list[str] = []
 #: dora's recovery codes, from the self-enrolment test, for the directors' test.
 DORA_CODES: list[str] = []
+DORA_SECRET: list[str] = []
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -243,6 +246,7 @@ async def test_self_enrolment_asks_the_password_again_then_a_code(hq: HQServer, 
     assert status == 200, enrollment
     secret = enrollment["secret"]
     HANDED_OUT.append(secret)
+    DORA_SECRET.append(secret)
     assert enrollment["otpauth_uri"] == f"otpauth://totp/HQ:dora?secret={secret}&issuer=HQ"
     assert enrollment["qr_svg"].startswith("<svg") and enrollment["qr_data_uri"].startswith("data:image/svg+xml")
     status, state, _ = await call(http, "GET", f"{hq.url}/api/auth/mfa", token=token)
@@ -474,6 +478,25 @@ async def test_directors_enrol_and_reset_other_agents(hq: HQServer, http: aiohtt
     actions = [(a["actor"], a["interface"], a["action"]) for a in hq.audit_lines()
                if a["event"] == "admin_action" and a.get("target") == "fox" and a["action"].startswith("mfa")]
     assert actions == [("dora", "api", "mfa_enroll"), ("dora", "api", "mfa_confirm"), ("dora", "api", "mfa_reset")]
+
+
+# -- the Admin UI (one password field) --------------------------------------------------------------------
+async def test_admin_ui_wants_the_code_after_the_password(hq: HQServer) -> None:
+    assert DORA_SECRET, "run with test_self_enrolment_asks_the_password_again_then_a_code"
+    secret = DORA_SECRET[0]
+    for auth in ({"username": "dora", "password": PASSWORD},  # no code
+                 {"username": "dora", "password": PASSWORD + code_at(secret, -2)},  # a stale code
+                 {"username": "eve", "password": PASSWORD}):  # a director with no factor yet
+        client = AdminClient()
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await client.connect(hq, auth)
+        await client.close()
+    admin = await AdminClient().connect(hq, {"username": "dora", "password": PASSWORD + code_at(secret, 1)})
+    await admin.wait_for("config")
+    await admin.close()
+    lines = [line for line in hq.audit_lines() if line.get("interface") == "admin_ui"]
+    assert [line.get("code", "ok") for line in lines] == [
+        "invalid_credentials", "invalid_otp", "mfa_enrollment_required", "ok"]
 
 
 # -- at rest and in the logs ------------------------------------------------------------------------------

@@ -56,6 +56,11 @@ class MfaAdmin:
         self._sessions = sessions
         self._audit = audit
 
+    @property
+    def second_factor(self) -> SecondFactor:
+        """The login-time check, for the other ways in (the Admin UI)."""
+        return self._factor
+
     async def agent(self, codename: str) -> Agent:
         """The stored agent; raises :class:`UnknownAgentError`."""
         agent = await self._store.get_agent(codename) if is_valid_codename(codename) else None

@@ -5,7 +5,9 @@ of ``@socket.io/admin-ui``) connects to the ``/admin`` namespace with ``{"userna
 the password is bcrypt-checked against the store like a login (same dummy work for unknown
 codenames, the same per-codename and per-address failure limits, audited as ``login_succeeded`` /
 ``login_failed`` with ``interface: "admin_ui"``), and only an enabled agent of the highest
-clearance level (``director`` by default) gets in.
+clearance level (``director`` by default) gets in. The UI has no field for a second factor: an agent
+with one types the code from its app right after its password (``password123456``), and one whose
+role must have one (``[auth] mfa_required``) but has none is refused until it enrols.
 
 It runs in python-socketio's ``production`` mode: server statistics, socket counts per namespace
 and packet, byte and connection rates. The ``development`` mode is deliberately not used: it
@@ -26,6 +28,7 @@ from ..addresses import AddressResolver
 from .audit import AuditLog
 from ..config import Settings, is_valid_codename
 from ..auth.limits import LoginLimiter
+from ..auth.mfa import DIGITS, OtpRejected, SecondFactor
 from ..auth.passwords import MAX_PASSWORD_LENGTH, PasswordHasher
 from ..store import Store
 
@@ -50,7 +53,9 @@ class AdminUI:
     """Installs the Admin UI on a Socket.IO server behind a director's password."""
 
     def __init__(self, settings: Settings, sio: socketio.AsyncServer, store: Store, hasher: PasswordHasher,
-                 audit: AuditLog, addresses: AddressResolver, limiter: LoginLimiter) -> None:
+                 audit: AuditLog, addresses: AddressResolver, limiter: LoginLimiter,
+                 second_factor: SecondFactor | None = None) -> None:
+        self._factor = second_factor
         self._settings = settings
         self._sio = sio
         self._store = store
@@ -108,6 +113,10 @@ class AdminUI:
         if await self._throttle.retry_after(username, caller.address):
             self._record(False, loggable, caller, "too_many_attempts")
             return False
+        factor = await self._factor.record(username) if self._factor is not None and agent is not None else None
+        enrolled = factor is not None and factor.confirmed
+        # An enrolled agent's last six characters are the code from its app (the UI has one field).
+        password, code = (password[:-DIGITS], password[-DIGITS:]) if enrolled else (password, "")
         ok = await self._hasher.verify(password, agent.password_hash if agent else None)
         if not ok or agent is None or len(password) > MAX_PASSWORD_LENGTH:
             await self._throttle.record_failure(username, caller.address)
@@ -118,6 +127,16 @@ class AdminUI:
             return False
         if agent.role != self._role:
             self._record(False, agent.codename, caller, "forbidden")
+            return False
+        if factor is not None and enrolled and self._factor is not None:
+            try:
+                await self._factor.check(agent, factor, code)
+            except OtpRejected:
+                await self._throttle.record_failure(username, caller.address)
+                self._record(False, agent.codename, caller, "invalid_otp")
+                return False
+        elif self._factor is not None and self._factor.required_for(agent):
+            self._record(False, agent.codename, caller, "mfa_enrollment_required")
             return False
         await self._throttle.record_success(username)
         self._record(True, agent.codename, caller, None)
