@@ -25,6 +25,7 @@ import socketio
 
 from hq.auth.mfa import (MfaKeyError, OtpRejected, SecondFactor, SecretBox, hash_recovery_code, load_or_create_key,
                          new_recovery_codes, new_totp_secret, step_at)
+from hq.config import ConfigError, load_settings
 from hq.store import Agent, Store, open_store
 
 from .services import create_database, drop_database
@@ -103,6 +104,29 @@ async def enrol(http: aiohttp.ClientSession, hq: HQServer, codename: str) -> tup
     assert status == 200, confirmed
     HANDED_OUT.extend(confirmed["recovery_codes"])
     return secret, confirmed["recovery_codes"], confirmed
+
+
+# -- configuration ---------------------------------------------------------------------------------------
+def test_policy_and_key_settings(tmp_path: Path) -> None:
+    default = load_settings(None, environ={})
+    assert default.auth.mfa_required == ("director",) and default.mfa_roles == {"director"}
+    assert load_settings(None, environ={"HQ_AUTH_MFA_REQUIRED": "[]"}).mfa_roles == frozenset()
+    both = load_settings(None, environ={"HQ_AUTH_MFA_REQUIRED": '["handler", "director"]'})
+    assert both.mfa_roles == {"handler", "director"}
+    with pytest.raises(ConfigError) as typo:  # a misspelt role must not silently exempt anyone
+        load_settings(None, environ={"HQ_AUTH_MFA_REQUIRED": '["directr"]'})
+    assert typo.value.key == "auth.mfa_required"
+    # Levels of one's own: the default names no level there, so it requires nothing (and is no error).
+    custom = tmp_path / "levels.toml"
+    custom.write_text('[clearance]\nlevels = ["guest", "chief"]\n[channels.ops]\nread = "guest"\nwrite = "chief"\n')
+    assert load_settings(custom, environ={}).mfa_roles == frozenset()
+    keyed = tmp_path / "keyed.toml"
+    keyed.write_text('[auth]\nsecret_file = "keys/hq.secret"\n')
+    assert load_settings(keyed, environ={}).mfa_key_path == tmp_path / "keys" / "hq.mfa-key"
+    keyed.write_text('[auth]\nmfa_key_file = "/srv/shared/mfa.key"\nmfa_issuer = "HQ staging"\n')
+    assert load_settings(keyed, environ={}).mfa_key_path == Path("/srv/shared/mfa.key")
+    with pytest.raises(ConfigError):
+        load_settings(None, environ={"HQ_AUTH_MFA_ISSUER": "a:b"})
 
 
 # -- the key, the sealed secrets and the codes, on a real store ----------------------------------------
