@@ -123,7 +123,9 @@ export class ChannelDesk {
     const button = element("button", "channel-link");
     button.type = "button";
     button.dataset.channel = entry.name;
-    button.append(element("span", "name", entry.name), element("span", "unread"));
+    const mark = element("span", "mark", "#");
+    mark.setAttribute("aria-hidden", "true"); // decoration: the entry's name is the channel's
+    button.append(mark, element("span", "name", entry.name), " ", element("span", "unread"));
     item.append(button);
     this.renderEntry(entry, button);
     return item;

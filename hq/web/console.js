@@ -147,6 +147,14 @@ async function fetchChannels() {
   return response.json();
 }
 
+// The clearance levels, lowest first; the highest is the directors' (HQ's directors' API uses the same rule).
+async function fetchRoles() {
+  const response = await request("/api/roles").catch(() => null);
+  if (!response || !response.ok) return null;
+  const roles = await response.json().catch(() => null);
+  return Array.isArray(roles) && roles.length && roles.every((r) => typeof r === "string") ? roles : null;
+}
+
 async function doRefresh(staleExp) {
   // Another tab may have refreshed already: then the cookie is newer than the warning we got.
   if (staleExp) {
@@ -281,7 +289,7 @@ function reconnect() {
 // -------------------------------------------------------------------------------------- sessions
 
 async function enter() {
-  const [me, channels] = await Promise.all([fetchMe(), fetchChannels()]);
+  const [me, channels, roles] = await Promise.all([fetchMe(), fetchChannels(), fetchRoles()]);
   if (!me || !channels) return false;
   const entered = ++state.entered;
   unmountDirectors();
@@ -295,10 +303,10 @@ async function enter() {
   const first = desk.readable().length ? desk.button(desk.current) : (ui.sendForm.hidden ? ui.logout : ui.message);
   first.focus();
   // The stored role decides: only a director's page loads and shows the Agents and Sessions sections.
-  if (me.role === "director") {
+  if (me.role === (roles ? roles[roles.length - 1] : "director")) {
     const { mountDirectors } = await import("/directors.js");
     if (entered === state.entered && state.me) {
-      state.directors = mountDirectors(ui.main, { api, showAlert, clearAlert, me });
+      state.directors = mountDirectors(ui.main, { api, showAlert, clearAlert, me, roles });
     }
   }
   return true;

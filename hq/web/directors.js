@@ -42,11 +42,13 @@ function toDate(value) {
   return Number.isNaN(date.getTime()) ? null : date;
 }
 
+const TIME_FORMAT = new Intl.DateTimeFormat(undefined, { dateStyle: "short", timeStyle: "short" });
+
 function timeCell(value, empty) {
   const date = toDate(value);
   if (!date) return element("td", { text: empty });
   return element("td", {}, element("time", { datetime: date.toISOString(), title: date.toISOString(),
-                                              text: date.toLocaleString() }));
+                                              text: TIME_FORMAT.format(date) }));
 }
 
 function sentence(text) {
@@ -77,25 +79,26 @@ function refusalWords(error, response, subject) {
  * Mount the directors' sections at the end of `host`. `api(path, method, body)` resolves to a
  * fetch Response; `showAlert`/`clearAlert` drive the page's role=alert element.
  */
-export function mountDirectors(host, { api, showAlert, clearAlert, me }) {
-  const panel = new DirectorsPanel(host, { api, showAlert, clearAlert, me });
+export function mountDirectors(host, { api, showAlert, clearAlert, me, roles }) {
+  const panel = new DirectorsPanel(host, { api, showAlert, clearAlert, me, roles });
   panel.start();
   return panel;
 }
 
 class DirectorsPanel {
-  constructor(host, { api, showAlert, clearAlert, me }) {
+  constructor(host, { api, showAlert, clearAlert, me, roles }) {
     this.host = host;
     this.api = api;
     this.showAlert = showAlert;
     this.clearAlert = clearAlert;
     this.me = me;
-    this.roles = FALLBACK_ROLES;
+    this.roles = roles || FALLBACK_ROLES;
     this.agents = [];
     this.sessions = [];
     this.pollTimer = null;
     this.soonTimer = null;
     this.mounted = false;
+    this.partial = false;        // the last listing counted this node's sockets only
     this.oneTimeReturn = null;   // where focus goes when the shown password is dismissed
     this.dialogAgent = null;     // the codename the role dialog is about
   }
@@ -103,7 +106,8 @@ class DirectorsPanel {
   start() {
     this.build();
     this.mounted = true;
-    this.loadRoles().then(() => this.refresh());
+    this.fillRoles(this.newRole, this.roles[0]);
+    this.refresh();
     this.pollTimer = setInterval(() => { if (!document.hidden) this.refresh(); }, POLL_MS);
   }
 
@@ -160,12 +164,15 @@ class DirectorsPanel {
       this.agentsBody);
     this.agentsBody.addEventListener("click", (event) => this.onAgentAction(event));
     this.agentsResult = element("p", { className: "result", "aria-live": "polite" });
+    this.agentsPartial = element("p", { className: "notice", hidden: true,
+                                        text: "Live sockets: this HQ node's only (the cluster's list is unreachable)." });
 
     this.agentsSection = element("section", { id: "agents-section", className: "card admin",
                                               "aria-labelledby": "agents-title" },
       element("h2", { id: "agents-title", tabindex: -1, text: "Agents" }),
       this.addForm, this.oneTime,
       element("div", { className: "filter" }, field("agent-filter", "Filter agents", this.filter), this.agentsCount),
+      this.agentsPartial,
       element("div", { className: "table-wrap", tabindex: 0, role: "region", "aria-label": "Agents table" },
               agentsTable),
       this.agentsResult);
@@ -177,6 +184,8 @@ class DirectorsPanel {
         .map((name) => element("th", { scope: "col", text: name })))));
     this.sessionsTable.addEventListener("click", (event) => this.onSessionAction(event));
     this.sessionsEmpty = element("p", { className: "notice", text: "No live sessions.", hidden: true });
+    this.sessionsPartial = element("p", { className: "notice", hidden: true,
+                                          text: "Connections: this HQ node's only (the cluster's list is unreachable)." });
     this.sessionsResult = element("p", { className: "result", "aria-live": "polite" });
     const refresh = element("button", { type: "button", className: "secondary", text: "Refresh" });
     refresh.addEventListener("click", () => this.refresh({ announce: true }));
@@ -186,7 +195,7 @@ class DirectorsPanel {
               element("h2", { id: "sessions-title", tabindex: -1, text: "Sessions" }), refresh),
       element("p", { className: "hint",
                      text: "Live login sessions and their connections. Ending a session logs it out at once." }),
-      this.sessionsEmpty,
+      this.sessionsEmpty, this.sessionsPartial,
       element("div", { className: "table-wrap", tabindex: 0, role: "region", "aria-label": "Sessions table" },
               this.sessionsTable),
       this.sessionsResult);
@@ -217,19 +226,6 @@ class DirectorsPanel {
 
   // ----------------------------------------------------------------------------------- reading
 
-  async loadRoles() {
-    try {
-      const response = await this.api("/api/roles");
-      if (response.ok) {
-        const roles = await response.json();
-        if (Array.isArray(roles) && roles.length && roles.every((r) => typeof r === "string")) this.roles = roles;
-      }
-    } catch {
-      // keep the default levels; the agents' own roles are added as they are read
-    }
-    this.fillRoles(this.newRole, this.newRole.value || this.roles[0]);
-  }
-
   fillRoles(select, selected) {
     const known = new Set(this.roles);
     const roles = [...this.roles, ...this.agents.map((a) => a.role).filter((r) => !known.has(r))];
@@ -248,6 +244,8 @@ class DirectorsPanel {
       }
       this.agents = await agents.json();
       this.sessions = await sessions.json();
+      // Redis away: HQ could count only its own node's sockets, and says so in a header.
+      this.partial = [agents, sessions].some((r) => r.headers.get("X-HQ-Sockets") === "this-node-only");
     } catch {
       if (this.mounted) this.showAlert("HQ is unreachable, so the agents and sessions shown may be out of date.");
       return;
@@ -255,6 +253,7 @@ class DirectorsPanel {
     if (!this.mounted) return;
     this.renderAgents();
     this.renderSessions();
+    for (const note of [this.agentsPartial, this.sessionsPartial]) note.hidden = !this.partial;
     if (announce) this.sessionsResult.textContent = `Refreshed at ${new Date().toLocaleTimeString()}.`;
   }
 

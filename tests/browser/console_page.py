@@ -68,6 +68,56 @@ class Console:
     def logout_button(self) -> Locator:
         return self.page.get_by_role("button", name="Log out", exact=True)
 
+    @property
+    def channels(self) -> Locator:
+        """The list labelled `Channels`: one button per readable channel, with its unread count."""
+        return self.page.get_by_role("list", name="Channels", exact=True)
+
+    def channel_entry(self, name: str) -> Locator:
+        """The `Channels` entry of ``name`` (its accessible name is "NAME" or "NAME N unread")."""
+        return self.channels.get_by_role("button", name=re.compile(rf"^{re.escape(name)}( \d+ unread)?$"))
+
+    @property
+    def online(self) -> Locator:
+        return self.page.get_by_role("list", name="Online", exact=True)
+
+    # directors' sections --------------------------------------------------------------------------
+    @property
+    def agents_section(self) -> Locator:
+        return self.page.get_by_role("region", name="Agents", exact=True)
+
+    @property
+    def sessions_section(self) -> Locator:
+        return self.page.get_by_role("region", name="Sessions", exact=True)
+
+    def agent_row(self, codename: str) -> Locator:
+        """The Agents table's row of ``codename`` (found by its row header)."""
+        return self.agents_section.get_by_role("row").filter(
+            has=self.page.get_by_role("rowheader", name=codename, exact=True))
+
+    def session_rows(self, codename: str) -> Locator:
+        """The Sessions table's row groups (one per session) of ``codename``."""
+        return self.sessions_section.locator("tbody").filter(
+            has=self.page.get_by_role("rowheader", name=codename, exact=True))
+
+    async def add_agent(self, codename: str, role: str, password: str = "") -> str | None:
+        """Fill the `Agents` form and press `Add agent`; returns the password HQ generated (if any)."""
+        section = self.agents_section
+        await section.get_by_label("New codename", exact=True).fill(codename)
+        await section.get_by_label("Role", exact=True).select_option(role)
+        await section.get_by_label("Password", exact=True).fill(password)
+        await section.get_by_role("button", name="Add agent", exact=True).click()
+        await expect(self.agent_row(codename)).to_have_count(1)
+        if password:
+            return None
+        return await self.one_time_password(codename)
+
+    async def one_time_password(self, codename: str) -> str:
+        """The password shown once (after `Add agent` or `Reset password`) for ``codename``."""
+        shown = self.agents_section.get_by_role("group", name=re.compile(rf"[Pp]assword for {re.escape(codename)}\b"))
+        await expect(shown).to_be_visible()
+        return (await shown.locator("code").text_content() or "").strip()
+
     # steps ------------------------------------------------------------------------------------
     async def open(self) -> "Console":
         await self.page.goto(self.url)
