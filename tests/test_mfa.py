@@ -504,6 +504,47 @@ async def test_directors_enrol_and_reset_other_agents(hq: HQServer, http: aiohtt
     assert actions == [("dora", "api", "mfa_enroll"), ("dora", "api", "mfa_confirm"), ("dora", "api", "mfa_reset")]
 
 
+# -- several nodes, and a key file that does not match ------------------------------------------------------
+async def test_a_code_is_good_once_across_two_nodes(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    """Two HQ nodes on one PostgreSQL database and one MFA key file: a step used on one node is refused
+    on the other (the same guard, many concurrent attempts: test_a_step_and_a_recovery_code_...)."""
+    url = await create_database()
+    shared = {"storage": {"url": url}, "auth": {"mfa_required": ["director"], "mfa_key_file": str(tmp_path / "mfa.key"),
+                                                "secret": "a shared secret of at least thirty-two bytes"}}
+    a = make_server(tmp_path / "a", {"dora": "director"}, **shared)
+    b = make_server(tmp_path / "b", {}, **shared)
+    try:
+        await asyncio.gather(asyncio.to_thread(a.start), asyncio.to_thread(b.start))
+        secret, _, _ = await enrol(http, a, "dora")
+        status, body = await login(http, b, "dora", otp=code_at(secret))  # the step a's enrolment used
+        assert (status, body["error"]["code"]) == (401, "invalid_otp")
+        status, _ = await login(http, b, "dora", otp=code_at(secret, 1))
+        assert status == 200
+        status, body = await login(http, a, "dora", otp=code_at(secret, 1))  # used on b a moment ago
+        assert (status, body["error"]["code"]) == (401, "invalid_otp")
+    finally:
+        a.stop()
+        b.stop()
+        await drop_database(url)
+
+
+async def test_a_key_file_that_does_not_match_answers_unavailable(hq_factory: Any,
+                                                                   http: aiohttp.ClientSession) -> None:
+    hq = hq_factory({"dora": "director"}, **MFA_DEFAULTS)
+    secret, _, _ = await enrol(http, hq, "dora")
+    hq.stop()
+    (hq.workdir / "hq.mfa-key").unlink()  # lost: HQ makes a new one, which opens nothing enrolled before
+    hq.start()
+    async with aiohttp.ClientSession() as fresh:  # the old one's kept-alive connections died with HQ
+        status, body = await login(fresh, hq, "dora", otp=code_at(secret, 1))
+        assert (status, body["error"]["code"]) == (503, "unavailable")
+        log = hq.log_path.read_text()
+        assert "does not open with the MFA key file" in log and "Traceback" not in log and secret not in log
+        assert hq.cli("agents", "mfa", "reset", "dora").returncode == 0  # the way back: reset, enrol again
+        status, body = await login(fresh, hq, "dora")
+        assert status == 200 and body["scope"] == "mfa_enroll"
+
+
 # -- the Admin UI (one password field) --------------------------------------------------------------------
 async def test_admin_ui_wants_the_code_after_the_password(hq: HQServer) -> None:
     assert DORA_SECRET, "run with test_self_enrolment_asks_the_password_again_then_a_code"
