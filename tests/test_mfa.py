@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
 import re
+import select
+import signal
 import stat
 import subprocess
 import sys
@@ -463,6 +466,48 @@ async def test_cli_enroll_prints_uri_and_qr_and_needs_a_code(hq: HQServer, http:
     actions = [(a["actor"], a["interface"], a["action"]) for a in hq.audit_lines()
                if a["event"] == "admin_action" and a.get("target") == "cli1" and a["action"].startswith("mfa")]
     assert actions == [("cli", "cli", "mfa_enroll"), ("cli", "cli", "mfa_enroll"), ("cli", "cli", "mfa_confirm")]
+
+
+def test_cli_enroll_on_a_terminal_asks_again_after_a_wrong_code(hq: HQServer) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HQ_")}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a terminal of its own
+        os.chdir(hq.workdir)
+        os.execve(sys.executable, [sys.executable, "-m", "hq", "agents", "mfa", "enroll", "hank", "--config",
+                                   str(hq.config)], env)
+    output, typed = b"", 0
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([fd], [], [], 0.1)[0]:
+                continue
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+            if output.count(b"Code from the app: ") > typed:
+                secret = re.search(rb"Secret: ([A-Z2-7]+)", output).group(1).decode()  # type: ignore[union-attr]
+                answer = "000000" if typed == 0 and code_at(secret) != "000000" else code_at(secret)
+                os.write(fd, answer.encode() + b"\n")
+                typed += 1
+    finally:
+        os.close(fd)
+        finished, status = os.waitpid(pid, os.WNOHANG)
+        while not finished and time.monotonic() < deadline:
+            time.sleep(0.05)
+            finished, status = os.waitpid(pid, os.WNOHANG)
+        if not finished:  # stuck waiting for input: killed, so the test fails instead of hanging
+            os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+    text = output.decode(errors="replace")
+    HANDED_OUT.extend(re.findall(r"Secret: ([A-Z2-7]+)", text))
+    HANDED_OUT.extend(re.findall(r"^  (\S{4}-\S{4}-\S{4}-\S{4})\s*$", text, re.MULTILINE))
+    assert os.waitstatus_to_exitcode(status) == 0 and typed == 2, text
+    assert "does not match" in text and "hank enrolled" in text
+    assert hq.cli("agents", "mfa", "reset", "hank").returncode == 0  # hank logs in without one elsewhere
 
 
 # -- the directors' routes --------------------------------------------------------------------------------
