@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import io
 import logging
 import os
 import secrets
@@ -172,7 +173,6 @@ class Enrollment:
 
     def terminal_qr(self) -> str:
         """The QR code drawn with text blocks, for a terminal."""
-        import io
         out = io.StringIO()
         segno.make(self.otpauth_uri, error="m").terminal(out=out, compact=True)
         return out.getvalue()
