@@ -181,7 +181,7 @@ async def test_healthz_names_what_is_down_and_what_is_degraded(database: Probe, 
 class _StoreDown:
     """The session service while the database is down: every call raises what the store raises."""
 
-    async def login(self, codename: str, password: str, address: str) -> None:
+    async def login(self, codename: str, password: str, address: str, otp: str | None = None) -> None:
         raise StoreUnavailable("connection refused by db.internal:5432")
 
     async def refresh(self, refresh_token: str, address: str) -> None:
