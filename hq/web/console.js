@@ -48,7 +48,8 @@ const LOGIN_WORDS = {
   agent_disabled: "This agent is disabled. Ask a director to enable it.",
   bad_request: "Enter a codename and a password.",
   payload_too_large: "That is too long for a codename or password.",
-  mfa_required: "This agent must also give an authentication code (second factor).",
+  mfa_required: "HQ asks this agent for an authentication code (second factor), which this console cannot take yet. "
+    + "Use agent_client, or ask an operator.",
   invalid_otp: "That authentication code is not valid.",
   unavailable: "HQ's storage is not reachable right now. Try again shortly.",
 };
@@ -136,9 +137,14 @@ function call(event, payload) {
 // ------------------------------------------------------------------------------------------- HTTP
 
 async function fetchMe() {
+  return (await whoAmI()).me;
+}
+
+// `{me}` for a session, else `{code}`: why HQ did not say who this is.
+async function whoAmI() {
   const response = await request("/api/auth/me");
-  if (!response.ok) return null;
-  return response.json();
+  if (response.ok) return { me: await response.json() };
+  return { me: null, code: (await errorOf(response)).code };
 }
 
 async function fetchChannels() {
@@ -289,7 +295,14 @@ function reconnect() {
 // -------------------------------------------------------------------------------------- sessions
 
 async function enter() {
-  const [me, channels, roles] = await Promise.all([fetchMe(), fetchChannels(), fetchRoles()]);
+  const [{ me, code }, channels, roles] = await Promise.all([whoAmI(), fetchChannels(), fetchRoles()]);
+  if (code === "mfa_enrollment_required") {
+    // A role that must use a second factor, without one yet: this login may only enrol it.
+    discardBody(await request("/api/auth/logout", "POST"));
+    showAlert("This agent must set up a second factor (an authentication app) before it can use HQ, and this "
+      + "console cannot do that yet. Ask an operator to run `python -m hq agents mfa enroll` with you.");
+    return null;
+  }
   if (!me || !channels) return false;
   const entered = ++state.entered;
   unmountDirectors();
@@ -351,7 +364,9 @@ async function logIn(event) {
     if (response.ok) {
       discardBody(response);
       ui.password.value = "";
-      if (!(await enter())) showAlert("Logged in, but HQ did not confirm the session. Try again.");
+      const entered = await enter();
+      if (entered === false) showAlert("Logged in, but HQ did not confirm the session. Try again.");
+      if (!entered) setStatus("Not logged in");
       return;
     }
     setStatus("Not logged in");

@@ -42,13 +42,16 @@ function toDate(value) {
   return Number.isNaN(date.getTime()) ? null : date;
 }
 
-const TIME_FORMAT = new Intl.DateTimeFormat(undefined, { dateStyle: "short", timeStyle: "short" });
+const DATE_TIME = new Intl.DateTimeFormat(undefined, { dateStyle: "short", timeStyle: "short" });
+const TIME_ONLY = new Intl.DateTimeFormat(undefined, { timeStyle: "short" });
 
+// Today's times as the time alone (the tables stay narrow); the full instant is in the title.
 function timeCell(value, empty) {
   const date = toDate(value);
   if (!date) return element("td", { text: empty });
+  const today = date.toDateString() === new Date().toDateString();
   return element("td", {}, element("time", { datetime: date.toISOString(), title: date.toISOString(),
-                                              text: TIME_FORMAT.format(date) }));
+                                              text: (today ? TIME_ONLY : DATE_TIME).format(date) }));
 }
 
 function sentence(text) {

@@ -78,7 +78,7 @@ async def test_history_on_channel_switch_and_the_screenshot(shared_hq: HQServer,
     assert texts.index("Copy. Team Bravo on standby.") < texts.index("Go at 02:15. Good luck.")
 
     await console.message.fill("Bravo moving out")
-    await console.screenshot("console.png")  # the console in use (docs/console.png is a copy of one)
+    await console.screenshot("console.png")  # the console in use (docs/screenshots.py takes the README's)
     await dora.close()
 
 
