@@ -319,7 +319,7 @@ async function enter() {
   if (me.role === (roles ? roles[roles.length - 1] : "director")) {
     const { mountDirectors } = await import("/directors.js");
     if (entered === state.entered && state.me) {
-      state.directors = mountDirectors(ui.main, { api, showAlert, clearAlert, me, roles });
+      state.directors = mountDirectors(ui.main, { api, showAlert, clearAlert, roles });
     }
   }
   return true;

@@ -80,21 +80,21 @@ function refusalWords(error, response, subject) {
 
 /**
  * Mount the directors' sections at the end of `host`. `api(path, method, body)` resolves to a
- * fetch Response; `showAlert`/`clearAlert` drive the page's role=alert element.
+ * fetch Response; `showAlert`/`clearAlert` drive the page's role=alert element; `roles` are the
+ * clearance levels, lowest first (null: HQ's default levels).
  */
-export function mountDirectors(host, { api, showAlert, clearAlert, me, roles }) {
-  const panel = new DirectorsPanel(host, { api, showAlert, clearAlert, me, roles });
+export function mountDirectors(host, { api, showAlert, clearAlert, roles }) {
+  const panel = new DirectorsPanel(host, { api, showAlert, clearAlert, roles });
   panel.start();
   return panel;
 }
 
 class DirectorsPanel {
-  constructor(host, { api, showAlert, clearAlert, me, roles }) {
+  constructor(host, { api, showAlert, clearAlert, roles }) {
     this.host = host;
     this.api = api;
     this.showAlert = showAlert;
     this.clearAlert = clearAlert;
-    this.me = me;
     this.roles = roles || FALLBACK_ROLES;
     this.agents = [];
     this.sessions = [];

@@ -152,6 +152,17 @@ async def test_refusals_are_said_in_words(admin_hq: HQServer, open_console: Open
     await expect(console.agent_row("shrike")).to_have_count(0)
     assert "shrike" not in agents_by_name(admin_hq)
 
+    # The filter box narrows the table (codename, role or state) and says how many rows are shown.
+    total = len(agents_by_name(admin_hq))
+    search = console.agents_section.get_by_role("searchbox", name="Filter agents", exact=True)
+    await search.fill("HAN")
+    await expect(console.agent_row("hank")).to_be_visible()
+    await expect(console.agent_row("fox")).to_be_hidden()
+    await expect(console.agents_section.get_by_text(re.compile(r"^Showing \d+ of \d+ agents\.$"))).to_have_text(
+        re.compile(rf"of {total} agents"))
+    await search.fill("")
+    await expect(console.agent_row("fox")).to_be_visible()
+
 
 async def test_a_director_ends_a_session(admin_hq: HQServer, open_console: OpenConsole) -> None:
     kite = await RecordingClient().connect(admin_hq.url, admin_hq.login("kite")["access_token"],
