@@ -93,8 +93,10 @@ def build(settings: Settings) -> HQ:
     addresses = AddressResolver(settings.server.trusted_proxies)
     presence = Presence(settings.channels, redis, prefix=settings.cluster.channel,
                         heartbeat=settings.cluster.presence_heartbeat, ttl=settings.cluster.presence_ttl)
-    # Every live socket of the cluster (in Redis with [cluster] redis_url), for the directors' API.
-    connections = ConnectionRegistry(redis, prefix=settings.cluster.channel)
+    # Every live socket of the cluster (in Redis with [cluster] redis_url), for the directors' API; a
+    # dead node's sockets are forgotten as fast as its presence is.
+    connections = ConnectionRegistry(redis, prefix=settings.cluster.channel,
+                                     heartbeat=settings.cluster.presence_heartbeat, expiry=settings.cluster.presence_ttl)
     realtime = Realtime(settings, authenticator, policy, store, audit, addresses, presence, connections)
     cluster = settings.cluster
     bus = RevocationBus(cluster.redis_url, revocation_channel(cluster.channel)) if cluster.redis_url else None

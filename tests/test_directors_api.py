@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -455,7 +456,8 @@ async def two_nodes(tmp_path: Path) -> AsyncIterator[tuple[HQServer, HQServer]]:
     ensure_redis()
     url = await create_database()
     shared = {"storage": {"url": url, "revocation_poll": 5.0},  # slow: only the push ends sockets in time
-              "cluster": {"redis_url": REDIS_URL, "channel": f"hq-test-{uuid.uuid4().hex[:8]}"},
+              "cluster": {"redis_url": REDIS_URL, "channel": f"hq-test-{uuid.uuid4().hex[:8]}",
+                          "presence_heartbeat": 0.5, "presence_ttl": 2.0},  # a dead node is forgotten in 2 s
               "auth": {"bcrypt_rounds": 4, "secret": CLUSTER_SECRET}}
     a = make_server(tmp_path / "a", {"dora": "director", "fox": "field-operative"}, **shared).start()
     b = make_server(tmp_path / "b", agents={}, **shared).start()
@@ -505,6 +507,20 @@ async def test_a_change_on_one_node_ends_sockets_on_the_other(two_nodes: tuple[H
                         break
                     await asyncio.sleep(0.05)
                 assert count == 0
+            # A node that dies without goodbye: its sockets leave the other's lists with its TTL.
+            assert (await on_b.call("PATCH", "/api/agents/fox", {"enabled": True}, token=dora_b))[0] == 200
+            survivor = await RecordingClient().connect(b.url, (await on_b.login("fox"))["access_token"])
+            sockets_b.append(survivor)
+            _, agents, _ = await on_a.call("GET", "/api/agents", token=dora)
+            assert next(x for x in agents if x["codename"] == "fox")["sockets"] == 1
+            b.stop(signal.SIGKILL)
+            deadline = time.monotonic() + 2.0 + 3
+            while True:
+                _, sessions, _ = await on_a.call("GET", "/api/sessions", token=dora)
+                if not any(s["sockets"] for s in sessions) or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            assert not any(s["sockets"] for s in sessions), sessions
         finally:
             for client in [*sockets_b, socket_a]:
                 await client.close()

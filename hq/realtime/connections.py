@@ -7,8 +7,9 @@ node can list the sockets of all of them:
 
 * ``<prefix>:connections:node:<node>``, a hash: Socket.IO sid → JSON record (login session id,
   codename, client address, transport, user agent, since, token expiry; never a token). Its TTL
-  (:data:`EXPIRY`) is refreshed every :data:`HEARTBEAT` seconds, so the sockets of a node that dies
-  without goodbye (SIGKILL, power cut) stop being listed within :data:`EXPIRY` seconds;
+  (``expiry``: ``[cluster] presence_ttl``, :data:`EXPIRY` by default) is refreshed every
+  ``heartbeat`` seconds (``presence_heartbeat``), so the sockets of a node that dies without
+  goodbye (SIGKILL, power cut) stop being listed within ``expiry`` seconds;
 * ``<prefix>:connections:nodes``, the set of node ids that have written a hash (pruned by readers
   when a node's hash is gone).
 
@@ -216,6 +217,10 @@ class ConnectionRegistry:
 
     # writing ------------------------------------------------------------------------------------
     @property
+    def _expiry_ms(self) -> int:
+        return max(1, round(self._expiry * 1000))
+
+    @property
     def _nodes_key(self) -> str:
         return f"{self._prefix}:nodes"
 
@@ -248,7 +253,7 @@ class ConnectionRegistry:
         """Refresh the TTL; a hash that expired meanwhile (a long pause) is written back whole."""
         key = self._node_key(self.node)
         async with redis.pipeline(transaction=False) as pipe:
-            pipe.expire(key, int(self._expiry))
+            pipe.pexpire(key, self._expiry_ms)
             pipe.sadd(self._nodes_key, self.node)
             alive, _ = await pipe.execute()
         if not alive and self._local:
@@ -272,7 +277,7 @@ class ConnectionRegistry:
                     pipe.hset(key, mapping={s: _encode(r) for s, r in written.items()})
                 if deleted:
                     pipe.hdel(key, *deleted)
-                pipe.expire(key, int(self._expiry))
+                pipe.pexpire(key, self._expiry_ms)
                 pipe.sadd(self._nodes_key, self.node)
                 await pipe.execute()
         except BaseException:
