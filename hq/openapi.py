@@ -26,6 +26,9 @@ Schema = dict[str, Any]
 
 #: The 401 codes of every route that identifies its caller by an access token.
 AUTH_CODES = ("token_missing", "token_invalid", "token_expired", "token_revoked", "agent_disabled")
+#: The 403 of every route that does not take the enrolment-only token (a login of an agent whose role
+#: must use a second factor and has none: hq/auth/sessions.py).
+ENROLL_ONLY = ("mfa_enrollment_required",)
 #: Readers authenticate with a Bearer token or the ``jwt`` cookie.
 READ_SECURITY = [{"bearer": []}, {"cookie": []}]
 #: Changers with a Bearer token, or with the cookie only together with ``X-HQ-Console: 1``.
@@ -153,6 +156,15 @@ def _components(settings: Settings) -> dict[str, Any]:
         "access_token": {"type": "string"}, "token_type": {"const": "Bearer"},
         "expires_in": {"type": "integer", "description": "Seconds"}, "refresh_token": {"type": "string"},
         "agent": _object({"codename": {"type": "string"}, "role": role})})
+    enrollment_login = _object({
+        "access_token": {"type": "string", "description": "Good for GET /api/auth/mfa, POST /api/auth/mfa/enroll "
+                                                         "and /confirm, and logout only."},
+        "token_type": {"const": "Bearer"}, "expires_in": {"type": "integer", "maximum": 600},
+        "scope": {"const": "mfa_enroll"}, "message": {"type": "string"},
+        "agent": _object({"codename": {"type": "string"}, "role": role})})
+    recovery_codes = {"type": "array", "minItems": 10, "maxItems": 10, "items": {
+        "type": "string", "pattern": "^[0-9a-hjkmnp-tv-z]{4}(-[0-9a-hjkmnp-tv-z]{4}){3}$"},
+        "description": "Each good for one login in place of a code; shown this once, stored only as hashes."}
     health = _object({"status": {"type": "string", "enum": ["ok", "degraded", "unavailable"]},
                       "degraded": {"type": "array", "items": {"type": "string"}},
                       "down": {"type": "array", "items": {"type": "string"}}}, required=["status"])
@@ -177,6 +189,22 @@ def _components(settings: Settings) -> dict[str, Any]:
             "Socket": socket,
             "Session": session,
             "TokenPair": token_pair,
+            "EnrollmentLogin": enrollment_login,
+            "MfaStatus": _object({"enrolled": {"type": "boolean", "description": "A confirmed second factor."},
+                                  "pending": {"type": "boolean", "description": "Enrolment begun, not yet confirmed."},
+                                  "required": {"type": "boolean", "description": "Its role is in `[auth] mfa_required`."},
+                                  "recovery_codes_left": {"type": "integer", "minimum": 0, "maximum": 10}}),
+            "MfaEnrollment": _object({
+                "otpauth_uri": {"type": "string", "pattern": "^otpauth://totp/"},
+                "secret": {"type": "string", "description": "Base32; shown this once, never again."},
+                "qr_svg": {"type": "string", "description": "The URI as an SVG QR code (markup)."},
+                "qr_data_uri": {"type": "string", "description": "The same as a data: URI, for an <img src>."}}),
+            "RecoveryCodes": _object({"recovery_codes": recovery_codes}),
+            "ConfirmedEnrollment": {"oneOf": [
+                _ref("RecoveryCodes"),
+                {**token_pair, "properties": {**token_pair["properties"], "recovery_codes": recovery_codes},
+                 "required": [*token_pair["required"], "recovery_codes"],
+                 "description": "Confirmed with an enrolment-only token: a full session in its place."}]},
             "Me": _object({"codename": {"type": "string"}, "role": role, "exp": {"type": "integer"}}),
             "Health": health,
             "Channel": _object({"name": {"type": "string"}, "read": {"type": "boolean"}, "write": {"type": "boolean"}}),
@@ -188,17 +216,25 @@ def _components(settings: Settings) -> dict[str, Any]:
 # paths ------------------------------------------------------------------------------------------
 def _auth_paths() -> dict[str, Any]:
     body_problems = {"s413": ["payload_too_large"], "s415": ["unsupported_media_type"]}
-    login_body = _object({"username": {"type": "string"}, "password": {"type": "string"}}, closed=False)
+    login_body = _object({"username": {"type": "string"}, "password": {"type": "string"},
+                          "otp": {"type": "string", "description": "For an agent with a second factor: the code "
+                                                                   "its app shows, or a recovery code."}},
+                         required=["username", "password"], closed=False)
     refresh_body = _object({"refresh_token": {"type": "string"}}, required=[], closed=False)
     tokens = ok("A new token pair (also set as cookies).", _ref("TokenPair"), headers=_SET_COOKIE)
     return {
         "/api/auth/login": {"post": operation(
-            "Log in with a codename and password", "auth",
-            {**tokens, **errors(s400=["bad_request"], s401=["invalid_credentials"], s403=["agent_disabled"],
+            "Log in with a codename and password (and a second factor's code)", "auth",
+            {**ok("A new token pair (also set as cookies); for an agent whose role must use a second factor and "
+                  "has none, a token good for enrolling one only (no refresh token).",
+                  {"oneOf": [_ref("TokenPair"), _ref("EnrollmentLogin")]}, headers=_SET_COOKIE),
+             **errors(s400=["bad_request"], s401=["invalid_credentials", "mfa_required", "invalid_otp"],
+                      s403=["agent_disabled"],
                                 s429=["too_many_attempts"], s503=["unavailable"], **body_problems)},
             body=json_body(login_body, description="Bodies are limited to 64 KiB."),
             description="Failed logins are limited per codename and per client address (429 with "
-                        "Retry-After, even for the right password while limited).")},
+                        "Retry-After, even for the right password while limited). `mfa_required` and "
+                        "`invalid_otp` come only after a correct password; a wrong code counts as a failure.")},
         "/api/auth/refresh": {"post": operation(
             "Exchange a refresh token for a new pair", "auth",
             {**tokens, **errors(s400=["bad_request"], s401=["token_missing", "token_invalid", "token_expired",
@@ -214,7 +250,8 @@ def _auth_paths() -> dict[str, Any]:
             security=READ_SECURITY)},
         "/api/auth/me": {"get": operation(
             "Who the presented token belongs to", "auth",
-            {**ok("The agent, with its stored role.", _ref("Me")), **errors(s401=AUTH_CODES, s503=["unavailable"])},
+            {**ok("The agent, with its stored role.", _ref("Me")),
+             **errors(s401=AUTH_CODES, s403=ENROLL_ONLY, s503=["unavailable"])},
             security=READ_SECURITY)},
         "/.well-known/jwks.json": {"get": operation(
             "Public verification keys (asymmetric algorithms)", "auth",
@@ -248,19 +285,19 @@ def _console_paths() -> dict[str, Any]:
     paths["/api/channels"] = {"get": operation(
         "The channels, and whether the caller may read and write each", "console",
         {**ok("Every channel, in configuration order.", {"type": "array", "items": _ref("Channel")}),
-         **errors(s401=AUTH_CODES, s503=["unavailable"])},
+         **errors(s401=AUTH_CODES, s403=ENROLL_ONLY, s503=["unavailable"])},
         security=READ_SECURITY)}
     paths["/api/roles"] = {"get": operation(
         "The clearance levels (roles), lowest first", "console",
         {**ok("The configured levels; a director's console offers them for new agents and role changes.",
               {"type": "array", "items": {"type": "string"}}),
-         **errors(s401=AUTH_CODES, s503=["unavailable"])},
+         **errors(s401=AUTH_CODES, s403=ENROLL_ONLY, s503=["unavailable"])},
         security=READ_SECURITY)}
     return paths
 
 
 def _directors_paths() -> dict[str, Any]:
-    reader = {"s401": AUTH_CODES, "s403": ["forbidden"], "s503": ["unavailable"]}
+    reader = {"s401": AUTH_CODES, "s403": ["forbidden", *ENROLL_ONLY], "s503": ["unavailable"]}
     changer = {**reader, "s429": ["too_many_attempts"]}
     body_problems = {"s400": ["bad_request"], "s413": ["payload_too_large"], "s415": ["unsupported_media_type"]}
     codename = path_parameter("codename", "The agent's codename (any case).")
@@ -298,6 +335,56 @@ def _directors_paths() -> dict[str, Any]:
     }
 
 
+def _mfa_paths() -> dict[str, Any]:
+    """The second factor (hq/mfa_api.py): an agent enrolling itself, and directors for any agent."""
+    body_problems = {"s413": ["payload_too_large"], "s415": ["unsupported_media_type"]}
+    code_body = json_body(_object({"code": {"type": "string", "description": "Six digits from the app."}}))
+    own = "Also takes the enrolment-only token login hands an agent that must enrol."
+    director = {"s401": AUTH_CODES, "s403": ["forbidden", *ENROLL_ONLY], "s404": ["not_found"],
+                "s503": ["unavailable"]}
+    codename = path_parameter("codename", "The agent's codename (any case).")
+    return {
+        "/api/auth/mfa": {"get": operation(
+            "The caller's second factor", "mfa",
+            {**ok("Whether it is enrolled, must be, and how many recovery codes are left.", _ref("MfaStatus")),
+             **errors(s401=AUTH_CODES, s503=["unavailable"])}, security=READ_SECURITY, description=own)},
+        "/api/auth/mfa/enroll": {"post": operation(
+            "Begin enrolling a TOTP app (the password again)", "mfa",
+            {**ok("A new secret, pending until confirmed: shown this once.", _ref("MfaEnrollment")),
+             **errors(s400=["bad_request"], s401=[*AUTH_CODES, "invalid_credentials"], s403=["forbidden"],
+                      s409=["mfa_already_enrolled"], s429=["too_many_attempts"], s503=["unavailable"],
+                      **body_problems)},
+            security=CHANGE_SECURITY, body=json_body(_object({"password": {"type": "string"}})),
+            description=f"{own} A wrong password counts toward the login limits. An enrolled agent must be reset "
+                        "first (409).")},
+        "/api/auth/mfa/confirm": {"post": operation(
+            "Complete the enrolment with a code from the app", "mfa",
+            {**ok("The recovery codes, shown this once; with an enrolment-only token also a full session (its "
+                  "token pair and cookies) in place of the enrolment one.", _ref("ConfirmedEnrollment"),
+                  headers=_SET_COOKIE),
+             **errors(s400=["bad_request", "invalid_otp"], s401=AUTH_CODES, s403=["forbidden"],
+                      s409=["mfa_not_pending"], s503=["unavailable"], **body_problems)},
+            security=CHANGE_SECURITY, body=code_body, description=own)},
+        "/api/agents/{codename}/mfa": {
+            "post": operation("Begin enrolling a TOTP app for an agent", "mfa", {
+                **ok("A new secret for the agent, pending until confirmed: shown this once.", _ref("MfaEnrollment")),
+                **errors(**director, s400=["bad_request"], s409=["mfa_already_enrolled"], **body_problems)},
+                security=CHANGE_SECURITY, parameters=[codename],
+                body=json_body(_object({}), required=False, description="Empty, or no body."),
+                description="Director clearance. For a director beside the agent and its phone."),
+            "delete": operation("Remove an agent's second factor", "mfa", {
+                **ok("Removed (if it had one) with its recovery codes; its sessions and sockets ended.", status=204),
+                **errors(**director)}, security=CHANGE_SECURITY, parameters=[codename],
+                description="Director clearance. An agent whose role must use one enrols again at its next login."),
+        },
+        "/api/agents/{codename}/mfa/confirm": {"post": operation(
+            "Complete an agent's enrolment with a code from its app", "mfa",
+            {**ok("The recovery codes, shown this once.", _ref("RecoveryCodes")),
+             **errors(**director, s400=["bad_request", "invalid_otp"], s409=["mfa_not_pending"], **body_problems)},
+            security=CHANGE_SECURITY, parameters=[codename], body=code_body, description="Director clearance.")},
+    }
+
+
 def _socketio_paths() -> dict[str, Any]:
     description = ("Engine.IO / Socket.IO transport (long-polling and the websocket upgrade), not a JSON API: "
                    "use a Socket.IO client. Events and refusals are in the README's Socket.IO section.")
@@ -312,7 +399,10 @@ def _socketio_paths() -> dict[str, Any]:
 def build_document(settings: Settings) -> dict[str, Any]:
     """The whole document for these settings."""
     paths: dict[str, Any] = {}
-    for section in (_auth_paths(), _directors_paths(), _console_paths(), _ops_paths(), _socketio_paths()):
+    # The second factor's routes after the directors': the error-code tests run in this order, and
+    # theirs depend on a per-director limit that refills with time.
+    for section in (_auth_paths(), _directors_paths(), _mfa_paths(), _console_paths(), _ops_paths(),
+                    _socketio_paths()):
         paths.update(section)
     return {
         "openapi": "3.1.0",
@@ -320,7 +410,8 @@ def build_document(settings: Settings) -> dict[str, Any]:
             "HQ's HTTP API. Errors are `{\"error\": {\"code\", \"message\"}}`; each error response lists the "
             "codes it may carry. Every GET also answers HEAD. Any request that needs a backend that is down "
             "is answered 503 `unavailable`.")},
-        "tags": [{"name": "auth"}, {"name": "directors", "description": "Director clearance by stored role."},
+        "tags": [{"name": "auth"}, {"name": "mfa", "description": "The TOTP second factor."},
+                 {"name": "directors", "description": "Director clearance by stored role."},
                  {"name": "console"}, {"name": "operations"}, {"name": "socket.io"}],
         "paths": paths,
         "components": _components(settings),

@@ -143,9 +143,11 @@ def matching_step(secret: str, code: str, now: float) -> int | None:
     """
     totp = pyotp.TOTP(secret, digits=DIGITS, interval=STEP_SECONDS)
     current = step_at(now)
+    # Bytes: compare_digest refuses str with non-ASCII characters, and ``code`` is whatever was sent.
+    typed = code.encode("utf-8", "surrogatepass")
     found = None
     for step in range(current - WINDOW, current + WINDOW + 1):
-        if hmac.compare_digest(totp.generate_otp(step), code) and found is None:
+        if hmac.compare_digest(totp.generate_otp(step).encode("ascii"), typed) and found is None:
             found = step
     return found
 
