@@ -172,6 +172,8 @@ class DirectorsApi:
             # A director locking themselves out could leave HQ without one; another director or the CLI may.
             raise Refused(403, "forbidden", "directors cannot disable or demote themselves here; "
                                             "ask another director, or use the CLI")
+        if "role" in body:
+            self._admin.check_role(body["role"])  # before any change: a refused request changes nothing
         enabled = body.get("enabled")
         if enabled is False:  # first, so that its sockets are told agent_disabled
             agent = await self._admin.set_enabled(agent.codename, False, actor=actor)

@@ -320,6 +320,34 @@ async def test_patch_refusals(api: Api) -> None:
         assert (status, code(answer)) == (400, "bad_request"), body
 
 
+async def test_a_refused_patch_changes_nothing(api: Api) -> None:
+    name, dora = await director(api)
+    agent = await api.new_agent(dora)
+    status, answer, _ = await api.call("PATCH", f"/api/agents/{agent}", {"enabled": False, "role": "emperor"},
+                                       token=dora)
+    assert (status, code(answer)) == (400, "bad_request")
+    _, agents, _ = await api.call("GET", "/api/agents", token=dora)
+    mine = next(a for a in agents if a["codename"] == agent)
+    assert mine["enabled"] is True and mine["role"] == "field-operative"
+    await api.login(agent)
+
+
+async def test_user_agents_are_clipped_and_token_shaped_text_redacted(api: Api, server: HQServer) -> None:
+    name, dora = await director(api)
+    agent = await api.new_agent(dora)
+    pair = await api.login(agent)
+    hostile = f"Mozilla/5.0 {pair['access_token']} <script>" + '"{}"' + "x" * 600
+    client = await RecordingClient().connect(server.url, pair["access_token"], headers={"User-Agent": hostile})
+    try:
+        _, sessions, _ = await api.call("GET", "/api/sessions", token=dora)
+        (socket,) = next(s for s in sessions if s["codename"] == agent)["sockets"]
+        shown = socket["user_agent"]
+        assert shown.startswith("Mozilla/5.0 [redacted] ?script?") and len(shown) <= 257
+        assert pair["access_token"] not in json.dumps(sessions) and not set('<>"{}') & set(shown)
+    finally:
+        await client.close()
+
+
 async def test_a_director_cannot_disable_or_demote_themselves(api: Api) -> None:
     name, dora = await director(api)
     codename = await api.new_agent(dora, role="director")

@@ -149,6 +149,10 @@ class AgentAdmin:
         assert created.generated is not None
         return FIRST_AGENT, created.generated
 
+    def check_role(self, role: str) -> None:
+        """Raise :class:`AgentAdminError` unless ``role`` is a configured clearance level."""
+        self._check_role(role)
+
     def _check_role(self, role: str) -> None:
         if not self._policy.is_role(role):
             raise AgentAdminError(f"unknown role {role!r}; one of: {', '.join(self._policy.levels)}")
