@@ -389,8 +389,12 @@ def _socketio_paths() -> dict[str, Any]:
     description = ("Engine.IO / Socket.IO transport (long-polling and the websocket upgrade), not a JSON API: "
                    "use a Socket.IO client. Events and refusals are in the README's Socket.IO section.")
     text = {"text/plain": {"schema": {"type": "string"}}}
+    engineio_error = {"application/json": {"schema": _object({"code": {"type": "integer"},
+                                                             "message": {"type": "string"}})}}
     responses = {"200": {"description": "Engine.IO packets", "content": {**text, "application/octet-stream": {
-        "schema": {"type": "string"}}}}, "400": {"description": "Not a valid Engine.IO request", "content": text}}
+        "schema": {"type": "string"}}}},
+        "400": {"description": "Not a valid Engine.IO request (an Engine.IO error, not HQ's error shape)",
+                "content": {**text, **engineio_error}}}
     return {"/socket.io/": {method: operation(f"Socket.IO ({method.upper()})", "socket.io", responses,
                                               description=description)
                             for method in ("get", "post", "options", "put", "delete", "patch")}}

@@ -217,6 +217,21 @@ def test_schemathesis(server: HQServer) -> None:
     assert not failures, "\n\n".join(failures)
 
 
+def test_socketio_answers_as_documented(server: HQServer) -> None:
+    """The Engine.IO endpoint, left out of the fuzzing: each method's answer to a request that is not
+    a handshake (and to a polling handshake) has a documented status and content type."""
+    item = DOCUMENT["paths"]["/socket.io/"]
+    for method, operation in item.items():
+        for query in ("", "?EIO=4&transport=polling", "?EIO=3&transport=carrier-pigeon"):
+            response = requests.request(method.upper(), f"{server.url}/socket.io/{query}", timeout=10)
+            documented = operation["responses"].get(str(response.status_code))
+            assert documented is not None, (method, query, response.status_code)
+            media_type = response.headers["Content-Type"].split(";")[0]
+            assert media_type in documented["content"], (method, query, media_type)
+            if media_type == "application/json":
+                assert set(response.json()) == {"code", "message"}
+
+
 def test_schemathesis_catches_a_document_that_lies(server: HQServer) -> None:
     """The checks above are not vacuous: with a document that says agents carry a field they do not,
     and that GET /api/agents answers 201, schemathesis reports the real HQ as not conforming."""
