@@ -61,7 +61,7 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per live socket: no per-instance __dict__
 class SocketRecord:
     """One live socket as the registry keeps it. ``sid`` is the login session's id, not the socket's."""
 
