@@ -20,10 +20,12 @@ import jwt
 import pytest
 
 from hq.directors import CHANGES_BURST
+from hq.store import Store
 
 from .services import REDIS_URL, create_database, drop_database, ensure_redis
 from .sio import RecordingClient
 from .support import PASSWORD, HQServer, make_server
+from .test_store import store  # noqa: F401  (the fixture: SQLite and PostgreSQL)
 
 AGENT_FIELDS = {"codename", "role", "enabled", "created", "last_login", "sockets"}
 SOCKET_FIELDS = {"node", "address", "transport", "user_agent", "since", "exp"}
@@ -476,6 +478,28 @@ async def test_cli_changes_are_audited_like_the_apis(server: HQServer) -> None:
     assert [(e["actor"], e["interface"], e["action"]) for e in lines] == [
         ("cli", "cli", "add"), ("cli", "cli", "disable"), ("cli", "cli", "role")]
     assert lines[2]["role"] == "handler"
+
+
+# the store's part, on both backends --------------------------------------------------------------------
+async def test_store_live_sessions_and_last_logins(store: Store) -> None:
+    """Live: unrevoked with an unspent, unexpired refresh token; last login: the newest session's creation."""
+    now = time.time()
+    await store.add_agent("Fox", "field-operative", "hash")
+    await store.add_agent("Ana", "analyst", "hash")
+    sids = {name: uuid.uuid4().hex for name in ("live", "rotated", "expired", "revoked", "tokenless")}
+    for sid in sids.values():
+        await store.create_session(sid, "Fox")
+    await store.add_refresh_token("h-live", sids["live"], now + 60)
+    await store.add_refresh_token("h-old", sids["rotated"], now + 60)
+    await store.rotate_refresh_token("h-old", "h-new", now + 60, now)  # its successor is unspent: live
+    await store.add_refresh_token("h-expired", sids["expired"], now - 1)
+    await store.add_refresh_token("h-revoked", sids["revoked"], now + 60)
+    await store.revoke_sessions("fox", "logged_out", sids["revoked"])
+    live = await store.live_sessions(now)
+    assert {s.sid for s in live} == {sids["live"], sids["rotated"]}
+    assert all(s.codename == "fox" and not s.revoked and s.created for s in live)
+    logins = await store.last_logins()
+    assert set(logins) == {"fox"} and logins["fox"] == max(s.created for s in live)
 
 
 # two nodes ------------------------------------------------------------------------------------------
