@@ -143,9 +143,11 @@ async def test_audit_fields_never_carry_client_text(http: aiohttp.ClientSession,
     await asyncio.sleep(0.5)
     audit = (hq.workdir / "audit.log").read_text()
     assert token[:40] not in audit and "forged" not in audit
+    # admin_action: the CLI's `agents add` of the test's agents (tests/support.py), audited since issue 11.
     lines = hq.audit_lines()
     assert all(line["event"] in {"login_succeeded", "login_failed", "connection_accepted", "connection_refused",
-                                 "connection_ended"} for line in lines)
+                                 "connection_ended", "admin_action"} for line in lines)
+    assert all(line["actor"] == "cli" for line in lines if line["event"] == "admin_action")
     ended = [line for line in lines if line["event"] == "connection_ended"]
     assert [line["reason"] for line in ended] == ["client disconnect"]
     for line in lines:
