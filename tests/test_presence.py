@@ -7,16 +7,18 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 import pytest
 
+from hq.auth.limits import redis_client
 from hq.config import ConfigError, load_settings
 from hq.realtime.presence import EXPIRY, HEARTBEAT, Presence
 
 from .cluster import FAST_PRESENCE, Cluster, start_cluster
-from .services import PrivateRedis
+from .services import REDIS_URL, PrivateRedis, ensure_redis
 from .sio import RecordingClient
 from .support import HQServer, free_port, run_cli, write_config
 
@@ -275,3 +277,27 @@ def test_presence_itself_refuses_a_ttl_not_above_the_heartbeat() -> None:
         Presence(["missions"], heartbeat=2.0, ttl=2.0)
     with pytest.raises(ValueError):
         Presence(["missions"], heartbeat=0.0, ttl=2.0)
+
+
+@pytest.mark.parametrize("steps", range(8))
+async def test_stop_ends_the_heartbeat_whenever_it_comes(steps: int) -> None:
+    """A SIGTERM stops HQ, whatever the heartbeat is doing when it comes.
+
+    A cancellation can be lost on the way: asyncio.wait_for (Python 3.11) returns normally when the
+    task is cancelled just as its event is set, and redis-py (8.1) sometimes completes a command the
+    task was cancelled in. A loop that relied on the cancellation alone would never end, and
+    ``stop()`` (so HQ's shutdown) would wait for it forever. ``steps`` moves the moment of the stop
+    over the heartbeat's Redis calls.
+    """
+    ensure_redis()
+    client = redis_client(REDIS_URL)
+    presence = Presence(["missions", "hq"], client, prefix=f"hq-test-{uuid.uuid4().hex[:8]}", heartbeat=0.1, ttl=2.0)
+    try:
+        await presence.start()
+        await asyncio.sleep(0.15)  # the first beat is written; the loop now waits for its next one
+        presence._wake.set()  # what Redis answering again does: the loop starts a round of Redis calls
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        await asyncio.wait_for(presence.stop(), 5)
+    finally:
+        await client.aclose()

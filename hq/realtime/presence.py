@@ -299,6 +299,10 @@ class Presence:
         """Stop the heartbeat and take this node's counts out of Redis (its agents go offline there)."""
         self._stopped = True
         if self._task is not None:
+            # The flag and the wake-up end the loop even if the cancellation is lost: a task cancelled
+            # while redis-py (8.1) finishes a command, or while asyncio.wait_for (Python 3.11) returns,
+            # may carry on as if it had not been cancelled, and this would wait for it forever.
+            self._wake.set()
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
@@ -368,7 +372,7 @@ class Presence:
         return result
 
     async def _beat(self, board: _RedisBoard) -> None:
-        while True:
+        while not self._stopped:
             expired = await self._ask(lambda b: b.heartbeat())
             if expired is not None:
                 if expired or self._write_back:
@@ -376,8 +380,13 @@ class Presence:
                 for node in await self._ask(lambda b: b.claim_dead()) or []:
                     await self._reap(node)
             self._wake.clear()
+            if self._stopped:  # stop() came while Redis was being asked (see stop())
+                return
+            # Not asyncio.wait_for: on Python 3.11 it returns normally when the task is cancelled just
+            # as the event is set.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), RETRY_AFTER if self._failing else self._heartbeat)
+                async with asyncio.timeout(RETRY_AFTER if self._failing else self._heartbeat):
+                    await self._wake.wait()
 
     async def _write_all(self, board: _RedisBoard) -> None:
         """Write this node's whole view back (after an outage or an expiry) and report what changed."""
