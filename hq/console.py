@@ -28,6 +28,7 @@ STATIC_FILES = {
     "/http.js": ("http.js", "text/javascript"),
     "/channels.js": ("channels.js", "text/javascript"),
     "/directors.js": ("directors.js", "text/javascript"),
+    "/mfa.js": ("mfa.js", "text/javascript"),
     "/console.css": ("console.css", "text/css"),
     "/vendor/socket.io.esm.min.js": ("vendor/socket.io.esm.min.js", "text/javascript"),
 }

@@ -1,5 +1,7 @@
-// HQ browser console: log in, follow every readable channel live, send, refresh and reconnect
-// without a reload; directors also get the Agents and Sessions sections (directors.js).
+// HQ browser console: log in (with a second factor's code when HQ asks for one), follow every
+// readable channel live, send, refresh and reconnect without a reload; set up two-factor
+// authentication (mfa.js: at once after login for a role that must have it); directors also get
+// the Agents and Sessions sections (directors.js).
 //
 // The page never sees a token. Login and refresh set HttpOnly cookies (`jwt` for everything,
 // `hq_refresh` only for /api/auth); the page never reads their response bodies, and the Socket.IO
@@ -9,6 +11,7 @@
 
 import { ChannelDesk, eventWords } from "/channels.js";
 import { discardBody, errorOf, request, waitWords } from "/http.js";
+import { mountTwoFactorCard, openSetup } from "/mfa.js";
 
 const ACK_TIMEOUT_MS = 10000;
 
@@ -16,7 +19,7 @@ const $ = (id) => document.getElementById(id);
 const ui = {
   status: $("status"), whoami: $("whoami"), logout: $("logout"), alert: $("alert"), main: $("main"),
   loginView: $("login-view"), loginForm: $("login-form"), codename: $("codename"), password: $("password"),
-  loginButton: $("login"),
+  loginButton: $("login"), otpField: $("otp-field"), otp: $("otp"),
   consoleView: $("console-view"),
   sendForm: $("send-form"), message: $("message"), sendTo: $("send-to"), send: $("send"),
   noWrite: $("no-write"), sendResult: $("send-result"),
@@ -29,6 +32,8 @@ const state = {
   me: null,            // {codename, role, exp} from /api/auth/me
   channels: [],        // [{name, read, write}] from /api/channels
   directors: null,     // the mounted Agents and Sessions sections (directors only)
+  twoFactor: null,     // the mounted `Two-factor authentication` card
+  setup: null,         // the open two-factor set-up screen, if any
   entered: 0,          // bumps on every login and logout, so late answers of an old session are dropped
   endedReason: null,   // the last session_ended reason, read when HQ then disconnects us
   refreshTries: 0,     // refresh-and-reconnect attempts since the last good connect
@@ -48,9 +53,9 @@ const LOGIN_WORDS = {
   agent_disabled: "This agent is disabled. Ask a director to enable it.",
   bad_request: "Enter a codename and a password.",
   payload_too_large: "That is too long for a codename or password.",
-  mfa_required: "HQ asks this agent for an authentication code (second factor), which this console cannot take yet. "
-    + "Use agent_client, or ask an operator.",
-  invalid_otp: "That authentication code is not valid.",
+  mfa_required: "Enter the authentication code from your app (or a recovery code), then log in.",
+  invalid_otp: "That authentication code is not valid: it is wrong, already used, or a spent recovery code. "
+    + "Wait for the next code in your app and try again.",
   unavailable: "HQ's storage is not reachable right now. Try again shortly.",
 };
 
@@ -61,6 +66,7 @@ const REFUSAL_WORDS = {
   token_revoked: "Your session was ended (logged out or revoked). Log in again.",
   agent_disabled: "This agent has been disabled. Your session has ended.",
   origin_not_allowed: "HQ refuses connections from this page's address (origin not allowed).",
+  mfa_enrollment_required: "This login is good only for setting up two-factor authentication. Log in again.",
 };
 
 const SESSION_ENDED_WORDS = {
@@ -93,9 +99,26 @@ function showLogin({ clearPassword = false } = {}) {
   ui.logout.hidden = true;
   ui.whoami.hidden = true;
   ui.loginView.hidden = false;
-  if (clearPassword) ui.password.value = "";
+  if (clearPassword) {
+    ui.password.value = "";
+    hideCodeField();
+  }
   ui.loginButton.disabled = false;
   if (!ui.loginForm.contains(document.activeElement)) (ui.codename.value ? ui.password : ui.codename).focus();
+}
+
+// HQ asked for a second factor: the `Authentication code` field appears (the password stays typed).
+function showCodeField() {
+  const shown = !ui.otpField.hidden;
+  ui.otpField.hidden = false;
+  ui.otp.focus();
+  if (shown) ui.otp.select();
+  return shown;
+}
+
+function hideCodeField() {
+  ui.otp.value = "";
+  ui.otpField.hidden = true;
 }
 
 function showConsole() {
@@ -297,21 +320,22 @@ function reconnect() {
 async function enter() {
   const [{ me, code }, channels, roles] = await Promise.all([whoAmI(), fetchChannels(), fetchRoles()]);
   if (code === "mfa_enrollment_required") {
-    // A role that must use a second factor, without one yet: this login may only enrol it.
-    discardBody(await request("/api/auth/logout", "POST"));
-    showAlert("This agent must set up a second factor (an authentication app) before it can use HQ, and this "
-      + "console cannot do that yet. Ask an operator to run `python -m hq agents mfa enroll` with you.");
-    return null;
+    // A role that must use a second factor, without one yet: this login may only set it up.
+    enterRequiredSetup();
+    return true;
   }
   if (!me || !channels) return false;
   const entered = ++state.entered;
+  closeSetup();
   unmountDirectors();
+  unmountTwoFactor();
   state.me = me;
   state.channels = channels;
   desk.reset(me);
   ui.sendResult.textContent = "";
   showConsole();
   renderChannels();
+  state.twoFactor = mountTwoFactorCard(ui.consoleView, { call: api, onSetUp: openOwnSetup });
   connectSocket();
   const first = desk.readable().length ? desk.button(desk.current) : (ui.sendForm.hidden ? ui.logout : ui.message);
   first.focus();
@@ -325,6 +349,59 @@ async function enter() {
   return true;
 }
 
+// The set-up screen for an agent that must have a second factor and has none: nothing else is
+// shown (HQ refuses this login everywhere else); finishing it leaves a full session in the cookies.
+function enterRequiredSetup() {
+  leave();
+  ui.loginView.hidden = true;
+  ui.consoleView.hidden = true;
+  ui.whoami.hidden = true;
+  ui.logout.hidden = false;
+  ui.password.value = "";
+  hideCodeField();
+  setStatus("Not connected: set up two-factor authentication first");
+  const entered = state.entered;
+  state.setup = openSetup(ui.loginView, {
+    call: request, required: true, showAlert, clearAlert,
+    onFinished: async () => {
+      state.setup = null;
+      if (entered !== state.entered) return;
+      if (!(await enter().catch(() => false))) endSession("Two-factor authentication is on, but HQ did not "
+        + "confirm the new session. Log in again with a code from your app.");
+    },
+    onCancelled: () => { state.setup = null; },
+    onSessionLost: (words) => { state.setup = null; if (entered === state.entered) endSession(words); },
+  });
+}
+
+// An agent with a full session sets up a second factor of its own accord; the console stays connected.
+function openOwnSetup() {
+  if (state.setup) { state.setup.section.querySelector("h2").focus(); return; }
+  const entered = state.entered;
+  const back = () => {
+    state.setup = null;
+    if (entered !== state.entered || !state.twoFactor) return;
+    state.twoFactor.refresh().then(() => state.twoFactor && state.twoFactor.focus());
+  };
+  state.setup = openSetup(ui.loginView, {
+    call: api, required: false, showAlert, clearAlert,
+    onFinished: back, onCancelled: back,
+    onSessionLost: (words) => { state.setup = null; if (entered === state.entered) endSession(words); },
+  });
+}
+
+function closeSetup() {
+  if (!state.setup) return;
+  state.setup.close();
+  state.setup = null;
+}
+
+function unmountTwoFactor() {
+  if (!state.twoFactor) return;
+  state.twoFactor.unmount();
+  state.twoFactor = null;
+}
+
 function unmountDirectors() {
   if (!state.directors) return;
   state.directors.unmount();
@@ -334,7 +411,9 @@ function unmountDirectors() {
 function leave() {
   state.entered += 1;
   closeSocket();
+  closeSetup();
   unmountDirectors();
+  unmountTwoFactor();
   state.me = null;
   desk.reset(null);
 }
@@ -346,9 +425,12 @@ function endSession(words) {
   showLogin({ clearPassword: true });
 }
 
-// The login request's body from the form (one place to add fields, e.g. a second factor).
+// The login request's body from the form; the code once HQ has asked for one.
 function loginBody() {
-  return { username: ui.codename.value.trim(), password: ui.password.value };
+  const body = { username: ui.codename.value.trim(), password: ui.password.value };
+  const otp = ui.otp.value.trim();
+  if (!ui.otpField.hidden && otp) body.otp = otp;
+  return body;
 }
 
 async function logIn(event) {
@@ -364,6 +446,7 @@ async function logIn(event) {
     if (response.ok) {
       discardBody(response);
       ui.password.value = "";
+      hideCodeField();
       const entered = await enter();
       if (entered === false) showAlert("Logged in, but HQ did not confirm the session. Try again.");
       if (!entered) setStatus("Not logged in");
@@ -371,12 +454,18 @@ async function logIn(event) {
     }
     setStatus("Not logged in");
     const error = await errorOf(response);
+    if (error.code === "mfa_required") {
+      // The password was right: the field's own description says what to type; asked again, say it aloud.
+      if (showCodeField()) showAlert(LOGIN_WORDS.mfa_required);
+      return;
+    }
     if (response.status === 429) {
       showAlert(`Too many failed attempts. Try again ${waitWords(Number(response.headers.get("Retry-After")))}.`);
     } else {
       showAlert(LOGIN_WORDS[error.code] || `Login failed: ${error.message}`);
     }
-    ui.password.select();
+    if (error.code === "invalid_otp") showCodeField();
+    else ui.password.select();
   } catch {
     showAlert("HQ is unreachable. Check the connection and try again.");
   } finally {
@@ -449,9 +538,10 @@ async function loadSocketIo() {
 // A session left in the cookies is resumed (refreshed once if only the refresh cookie is left);
 // true when a session was entered or the person has meanwhile submitted the login form.
 async function resumeSession() {
-  const me = await fetchMe();
+  const { me, code } = await whoAmI();
   if (state.loginStarted) return true;
-  if (!me && !(await refreshSession())) return false;
+  // A login good only for the two-factor set-up (the page was reloaded during it): back to the set-up.
+  if (!me && code !== "mfa_enrollment_required" && !(await refreshSession())) return false;
   if (state.loginStarted) return true;
   return enter();
 }

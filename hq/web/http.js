@@ -37,3 +37,16 @@ export function waitWords(seconds) {
   if (!seconds) return "later";
   return seconds < 90 ? `in ${seconds} seconds` : `in about ${Math.ceil(seconds / 60)} minutes`;
 }
+
+/**
+ * Only the named top-level fields of a JSON response. Confirming a second factor from an
+ * enrolment-only login answers with a full login body (its tokens too, for API clients); the
+ * cookies carry the session, so every other field is dropped while parsing and never kept.
+ */
+export async function readFields(response, names) {
+  const wanted = new Set(names);
+  const text = await response.text();
+  return JSON.parse(text, function keepWanted(key, value) {
+    return key === "" || Array.isArray(this) || wanted.has(key) ? value : undefined;
+  });
+}

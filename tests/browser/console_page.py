@@ -118,6 +118,51 @@ class Console:
         await expect(shown).to_be_visible()
         return (await shown.locator("code").text_content() or "").strip()
 
+    # two-factor authentication --------------------------------------------------------------------
+    @property
+    def otp(self) -> Locator:
+        """The login form's `Authentication code` field (shown once HQ answers ``mfa_required``)."""
+        return self.page.get_by_role("textbox", name="Authentication code", exact=True)
+
+    @property
+    def setup_section(self) -> Locator:
+        """The `Set up two-factor authentication` screen."""
+        return self.page.get_by_role("region", name="Set up two-factor authentication", exact=True)
+
+    @property
+    def two_factor_card(self) -> Locator:
+        """The agent's own `Two-factor authentication` card in the console."""
+        return self.page.get_by_role("region", name="Two-factor authentication", exact=True)
+
+    @property
+    def recovery_group(self) -> Locator:
+        return self.setup_section.get_by_role("group", name="Save your recovery codes", exact=True)
+
+    async def shown_secret(self) -> str:
+        """The TOTP key the set-up screen shows as text (spaces between its groups removed)."""
+        secret = self.setup_section.get_by_role("group", name="Scan the QR code", exact=True).locator("code")
+        await expect(secret).to_have_text(re.compile(r"\S"))
+        return "".join((await secret.text_content() or "").split())
+
+    async def shown_recovery_codes(self) -> list[str]:
+        """The recovery codes the set-up screen shows once."""
+        await expect(self.recovery_group).to_be_visible()
+        return [text.strip() for text in await self.recovery_group.get_by_role("listitem").all_text_contents()]
+
+    async def log_in_with_code(self, codename: str, code: str, password: str = PASSWORD, wait: bool = True) -> None:
+        """Log in as an agent with a second factor: the password, HQ asks for the code, the code."""
+        await self.log_in(codename, password, wait=False)
+        await expect(self.otp).to_be_focused()
+        await self.otp.fill(code)
+        await self.otp.press("Enter")
+        if wait:
+            await self.wait_connected()
+
+    async def scrolls_sideways(self) -> bool:
+        """Whether the page is wider than the window (it must never be at 375 px)."""
+        return bool(await self.page.evaluate(
+            "document.documentElement.scrollWidth > document.documentElement.clientWidth"))
+
     # steps ------------------------------------------------------------------------------------
     async def open(self) -> "Console":
         await self.page.goto(self.url)

@@ -8,7 +8,6 @@ A password manager fills the form as soon as it appears, before the page has hea
 from __future__ import annotations
 
 import asyncio
-import re
 
 from playwright.async_api import Page, Route, expect
 
@@ -75,15 +74,3 @@ async def test_a_login_submitted_during_start_up_is_not_undone(shared_hq: HQServ
     await asyncio.sleep(0.5)
     await expect(console.login_button).to_be_hidden()
     assert await console.status.text_content() == "Connected as fox"
-
-
-
-async def test_a_director_without_a_second_factor_is_told_in_words(hq_factory, open_console: OpenConsole) -> None:
-    """HQ's default policy: a director must enrol a second factor; its login may only enrol (not here yet)."""
-    hq = hq_factory(agents={"dora": "director"}, auth={"mfa_required": ["director"]})
-    console = await open_console(hq)
-    await console.log_in("dora", wait=False)
-    await expect(console.alert).to_have_text(re.compile(r"^This agent must set up a second factor"))
-    await expect(console.login_button).to_be_visible()
-    await expect(console.status).to_have_text("Not logged in")
-    assert "jwt" not in await console.cookies()  # the enrolment-only login was logged out again
