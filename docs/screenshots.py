@@ -6,7 +6,10 @@ Run it by hand after changing how the console looks:
 
 It starts a throwaway HQ (tests/support.py) in a temporary folder, gives it a few agents and
 messages, and drives headless Chromium (Debian's package, as the browser tests do) through the
-login form, the channels, and a director's Agents and Sessions sections. CI never runs it, so the
+login form, the channels, and a director's Agents and Sessions sections. A second throwaway HQ,
+with HQ's default second-factor policy, shows a director's first login: the two-factor set-up
+screen (QR code and key), then the login form asking for the authentication code (codes computed
+with pyotp from the key the page shows, as the phone's app would). CI never runs it, so the
 committed images change only when someone decides they should.
 """
 
@@ -15,7 +18,10 @@ from __future__ import annotations
 import asyncio
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+import pyotp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -24,7 +30,7 @@ from playwright.async_api import async_playwright, expect  # noqa: E402
 
 from tests.browser.console_page import Console, launch  # noqa: E402
 from tests.sio import RecordingClient  # noqa: E402
-from tests.support import HQServer, make_server  # noqa: E402
+from tests.support import PASSWORD, HQServer, make_server  # noqa: E402
 
 DOCS = ROOT / "docs"
 WIDE = {"width": 1100, "height": 760}
@@ -110,11 +116,48 @@ async def take(hq: HQServer) -> list[Path]:
     return written
 
 
+async def take_two_factor(hq: HQServer) -> list[Path]:
+    """The two-factor set-up a director is led into at its first login, and the code at its next."""
+    written: list[Path] = []
+    async with async_playwright() as playwright:
+        browser = await launch(playwright)
+        context = await browser.new_context(viewport=WIDE, color_scheme="light")
+        dora = await Console(await context.new_page(), hq.url).open()
+        await dora.log_in("dora", wait=False)
+        setup = dora.setup_section
+        await setup.get_by_label("Current password", exact=True).fill(PASSWORD)
+        await setup.get_by_role("button", name="Start set-up", exact=True).click()
+        totp = pyotp.TOTP(await dora.shown_secret())
+        await setup.get_by_label("Code from the app", exact=True).fill(totp.now())
+        written.append(DOCS / "console-2fa-setup.png")
+        await dora.page.screenshot(path=str(written[-1]), full_page=True)
+
+        await setup.get_by_label("Code from the app", exact=True).press("Enter")
+        await dora.shown_recovery_codes()
+        await dora.recovery_group.get_by_role("button", name="Continue", exact=True).click()
+        await dora.wait_connected()
+        await dora.logout_button.click()
+        await dora.log_in("dora", wait=False)
+        await expect(dora.otp).to_be_focused()
+        await dora.otp.fill(totp.at(time.time() + 30))
+        written.append(DOCS / "console-2fa-login.png")
+        await dora.page.screenshot(path=str(written[-1]))
+        await browser.close()
+    return written
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hq-screenshots-") as folder:
         hq = make_server(Path(folder) / "hq", AGENTS).start()
         try:
             for path in asyncio.run(take(hq)):
+                print(path.relative_to(ROOT))
+        finally:
+            hq.stop()
+        # HQ's default policy: directors must use a second factor (tests/support.py turns it off).
+        hq = make_server(Path(folder) / "hq-2fa", {"dora": "director"}, auth={"mfa_required": ["director"]}).start()
+        try:
+            for path in asyncio.run(take_two_factor(hq)):
                 print(path.relative_to(ROOT))
         finally:
             hq.stop()
