@@ -172,41 +172,44 @@ async def test_a_revocation_is_applied_once(make_cluster: ClusterFactory) -> Non
     await new.close()
 
 
+@pytest.mark.parametrize("nodes", [2, 3], ids=["2-nodes", "3-nodes"])
 async def test_redis_outage_falls_back_to_the_feed_and_push_resumes(private_redis: PrivateRedis,
-                                                                    make_cluster: ClusterFactory) -> None:
-    cluster = await make_cluster(private_redis.url)
-    a, b = cluster[0], cluster[1]
-    before = [await _cross_node_logout(a, b) for _ in range(3)]
+                                                                    make_cluster: ClusterFactory, nodes: int) -> None:
+    cluster = await make_cluster(private_redis.url, nodes=nodes)
+    a, others = cluster[0], cluster.nodes[1:]
+    before = [await _cross_node_logout(a, others[i % len(others)]) for i in range(3)]
     assert max(before) < FAST, _figures(before)
 
     # Every session is opened while Redis is up: login needs Redis for its shared failure counts.
     tokens = [a.login("fox")["access_token"] for _ in range(8)]
     during, after = tokens[:2], tokens[2:]
-    clients = [await RecordingClient().connect(b.url, token) for token in during]
+    clients = [[await RecordingClient().connect(other.url, token) for other in others] for token in during]
     private_redis.kill()
     await asyncio.sleep(0.5)
     outage = []
-    for token, client in zip(during, clients):
+    for token, on_others in zip(during, clients):
         started = time.monotonic()
         assert await _logout(a, token) == 204  # never a 500, and not held up by the missing Redis
         answered = time.monotonic() - started
         assert answered < 1.5, f"logout took {answered:.2f} s with Redis down"
-        assert (await client.wait_for("session_ended", timeout=3 * POLL))[0] == {"reason": "logged_out"}
-        outage.append(_ended_at(client) - started)
-        await client.close()
-    print(f"\nwith Redis down, from the feed (revocation_poll {POLL} s): {_figures(outage)}")
+        for client in on_others:  # every other node reads it from the feed
+            assert (await client.wait_for("session_ended", timeout=3 * POLL))[0] == {"reason": "logged_out"}
+            outage.append(_ended_at(client) - started)
+            await client.close()
+    print(f"\n{nodes} nodes, with Redis down, from the feed (revocation_poll {POLL} s): {_figures(outage)}")
     assert max(outage) < POLL + 1
 
     private_redis.start()  # same port
     await cluster.wait_subscribed()
-    back = [await _cross_node_logout(*((a, b) if i % 2 == 0 else (b, a)), token) for i, token in enumerate(after)]
+    pairs = [(origin, other) for origin in cluster for other in cluster if other is not origin]
+    back = [await _cross_node_logout(*pairs[i % len(pairs)], token) for i, token in enumerate(after)]
     print(f"after Redis returned: {_figures(back)}")
     assert max(back) < FAST, _figures(back)
 
     log_a = a.log_path.read_text()
     assert log_a.count("could not publish a revocation to Redis") == 1, log_a  # one warning per outage
     assert "publishing revocations to Redis again" in log_a
-    for node in (a, b):
+    for node in cluster:
         text = node.log_path.read_text()
         assert "revocation push from Redis unavailable" in text
         assert "ERROR hq." not in text, text
