@@ -99,6 +99,16 @@ async def test_a_node_that_stops_cleanly_is_gone_at_once(nodes: tuple[Connection
     assert (await b.cluster()).records == []
 
 
+async def test_stop_ends_even_when_a_change_wakes_the_writer_as_it_stops(
+        nodes: tuple[ConnectionRegistry, ConnectionRegistry]) -> None:
+    """Sockets close as HQ stops: a change wakes the writer in the very loop turn it is cancelled in
+    (asyncio.wait_for on Python 3.11 would swallow that cancellation and the stop would never end)."""
+    a, _ = nodes
+    await asyncio.sleep(0.3)  # the writer waits for a change
+    add(a, "s1")
+    await asyncio.wait_for(a.stop(), 5)
+
+
 async def test_a_dead_nodes_sockets_expire(nodes: tuple[ConnectionRegistry, ConnectionRegistry]) -> None:
     a, b = nodes
     add(a, "s1")

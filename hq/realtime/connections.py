@@ -110,6 +110,7 @@ class ConnectionRegistry:
         self._paused_until = 0.0
         self._failing = False
         self._wake = asyncio.Event()
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -202,8 +203,10 @@ class ConnectionRegistry:
 
     async def stop(self) -> None:
         """Stop writing and take this node's hash out of Redis (its sockets are closing)."""
+        self._stopping = True  # ends the loop even if a cancellation were lost on the way
         if self._task is not None:
             self._task.cancel()
+            self._wake.set()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         if self._redis is not None and time.monotonic() >= self._paused_until:
@@ -230,7 +233,7 @@ class ConnectionRegistry:
     async def _run(self, redis: aioredis.Redis) -> None:
         loop = asyncio.get_running_loop()
         next_beat = loop.time()
-        while True:
+        while not self._stopping:
             if loop.time() >= next_beat:
                 self._refresh_transports()
                 if await self._ask(self._beat) is not None:
@@ -243,9 +246,13 @@ class ConnectionRegistry:
             wait = max(0.0, next_beat - loop.time())
             if self._failing:
                 wait = min(wait, RETRY_AFTER)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the result, swallowing a
+            # cancellation that arrives as the event is set (sockets closing as HQ stops), and the
+            # loop would never end.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
-            if self._failing:
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+            if self._failing and not self._stopping:
                 # Do not spin on changes while Redis is away: try again after the pause.
                 await asyncio.sleep(max(0.0, self._paused_until - time.monotonic()))
 
