@@ -485,7 +485,8 @@ async def test_a_cluster_through_a_postgres_outage(postgres: PrivatePostgres,
         postgres.start()  # every node recovers by itself
         for sender in senders:
             deadline = time.monotonic() + RECOVER_WITHIN
-            while not (ack := await sender.call("message", {"channel": "missions", "text": f"after {len(acked)}"}))["ok"]:
+            text = f"after {len(acked)}"
+            while not (ack := await sender.call("message", {"channel": "missions", "text": text}))["ok"]:
                 assert ack["error"]["code"] == "unavailable", ack
                 assert time.monotonic() < deadline, ack
                 await asyncio.sleep(0.2)

@@ -20,7 +20,7 @@ import time
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, cast
+from typing import Any, AsyncIterator, Awaitable, Callable, cast
 
 import aiohttp
 import pytest
