@@ -132,6 +132,7 @@ class RevocationWatcher:
         self._push_warned = False  # one warning per Redis outage, not one per attempt
         self._feed_failing = False
         self._poll_now = asyncio.Event()
+        self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -158,6 +159,7 @@ class RevocationWatcher:
 
     async def stop(self) -> None:
         """Stop following and close the bus's connections."""
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -189,9 +191,12 @@ class RevocationWatcher:
 
     # the feed -----------------------------------------------------------------------------------
     async def _follow_feed(self) -> None:
-        while True:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that arrives as
+        # the event is set (a push at shutdown), and stop() would then wait for ever; the flag backs it up.
+        while not self._stopping:
             try:
-                await asyncio.wait_for(self._poll_now.wait(), self.poll_interval)
+                async with asyncio.timeout(self.poll_interval):
+                    await self._poll_now.wait()
             except TimeoutError:
                 pass
             self._poll_now.clear()
