@@ -26,6 +26,7 @@ STATIC_FILES = {
     "/": ("index.html", "text/html"),
     "/console.js": ("console.js", "text/javascript"),
     "/http.js": ("http.js", "text/javascript"),
+    "/dom.js": ("dom.js", "text/javascript"),
     "/channels.js": ("channels.js", "text/javascript"),
     "/directors.js": ("directors.js", "text/javascript"),
     "/mfa.js": ("mfa.js", "text/javascript"),

@@ -7,33 +7,12 @@
 // (HQ refuses a change carried by the cookie alone), refreshed once on an expired token.
 // Generated passwords are shown once, as text, and forgotten when dismissed; the page never sees a token.
 
+import { element, field } from "/dom.js";
 import { errorOf, waitWords } from "/http.js";
 
 const POLL_MS = 10000;       // agents and sessions are re-read this often while the page is visible
 const SOON_MS = 1000;        // ...and this long after a presence event says someone came or went
 const FALLBACK_ROLES = ["analyst", "field-operative", "handler", "director"];
-
-function element(tag, attributes = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [name, value] of Object.entries(attributes)) {
-    if (value === null || value === undefined || value === false) continue;
-    if (name === "className") node.className = value;
-    else if (name === "text") node.textContent = value;
-    else node.setAttribute(name, value === true ? "" : String(value));
-  }
-  node.append(...children);
-  return node;
-}
-
-function field(id, label, control, hint) {
-  control.id = id;
-  const wrapper = element("div", { className: "field" }, element("label", { for: id, text: label }), control);
-  if (hint) {
-    control.setAttribute("aria-describedby", `${id}-hint`);
-    wrapper.append(element("p", { className: "hint", id: `${id}-hint`, text: hint }));
-  }
-  return wrapper;
-}
 
 // HQ's times are ISO 8601 strings or Unix seconds; either becomes a <time>, nothing becomes `empty`.
 function toDate(value) {

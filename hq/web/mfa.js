@@ -8,32 +8,11 @@
 // removed from the page when the set-up closes. Confirming from an enrolment-only login also
 // answers with a full session: its cookies carry it, and only `recovery_codes` is read from the body.
 
+import { element, field } from "/dom.js";
 import { errorOf, readFields, waitWords } from "/http.js";
 
 const CODE_MAX_LENGTH = 64;  // HQ refuses longer codes before any work; no code it issues is that long
 const FEW_RECOVERY_CODES = 3;
-
-function element(tag, attributes = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [name, value] of Object.entries(attributes)) {
-    if (value === null || value === undefined || value === false) continue;
-    if (name === "className") node.className = value;
-    else if (name === "text") node.textContent = value;
-    else node.setAttribute(name, value === true ? "" : String(value));
-  }
-  node.append(...children);
-  return node;
-}
-
-function field(id, label, control, hint) {
-  control.id = id;
-  const wrapper = element("div", { className: "field" }, element("label", { for: id, text: label }), control);
-  if (hint) {
-    control.setAttribute("aria-describedby", `${id}-hint`);
-    wrapper.append(element("p", { className: "hint", id: `${id}-hint`, text: hint }));
-  }
-  return wrapper;
-}
 
 // A base32 key in groups of four, as authenticator apps show and accept it.
 function grouped(secret) {
