@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pty
-import select
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +17,7 @@ import pytest
 from agent_client import AgentClient, InvalidOtp, LoginFailed, MfaEnrollmentRequired, MfaRequired
 
 from .support import PASSWORD, ROOT, HQServer, make_server
+from .terminal import run_on_terminal
 
 # HQ's default policy; 3-second tokens so that the client refreshes within the test.
 CONFIG = {"auth": {"mfa_required": ["director"], "access_ttl": 3, "expiry_warning": 1},
@@ -107,36 +105,16 @@ def test_cli_takes_the_code_from_agent_otp(hq: HQServer, gus: tuple[str, list[st
 
 def test_cli_prompts_for_the_code_on_a_terminal(hq: HQServer, gus: tuple[str, list[str]]) -> None:
     code = gus[1][1]
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: a terminal of its own, the password in the environment, no code
-        os.chdir(ROOT)
-        os.execve(sys.executable, [sys.executable, "-m", "agent_client", "--url", hq.url, "--codename", "gus",
-                                   "login"], agent_env(AGENT_PASSWORD=PASSWORD))
-    output, answered = b"", False
-    deadline = time.monotonic() + 30
-    try:
-        while time.monotonic() < deadline:
-            if not select.select([fd], [], [], 0.1)[0]:
-                continue
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            output += chunk
-            if not answered and output.endswith(b"recovery code): "):
-                os.write(fd, code.encode() + b"\n")
-                answered = True
-    finally:
-        os.close(fd)
-        finished, status = os.waitpid(pid, os.WNOHANG)
-        while not finished and time.monotonic() < deadline:
-            time.sleep(0.05)
-            finished, status = os.waitpid(pid, os.WNOHANG)
-        if not finished:
-            os.kill(pid, signal.SIGKILL)
-            _, status = os.waitpid(pid, 0)
-    text = output.decode(errors="replace")
-    assert answered and os.waitstatus_to_exitcode(status) == 0, text
+    answered: list[bool] = []
+
+    def respond(output: bytes) -> str | None:
+        if not answered and output.endswith(b"recovery code): "):
+            answered.append(True)
+            return code
+        return None
+
+    # A terminal of its own, the password in the environment, no code.
+    status, text = run_on_terminal(["agent_client", "--url", hq.url, "--codename", "gus", "login"], respond,
+                                   cwd=ROOT, env=agent_env(AGENT_PASSWORD=PASSWORD))
+    assert answered and status == 0, text
     assert text.rstrip().endswith("gus handler") and code not in text  # asked once, without echo

@@ -5,10 +5,7 @@ disable | enable``, password prompts on a real terminal, and exit codes 0 / 1 / 
 from __future__ import annotations
 
 import os
-import pty
 import re
-import select
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +18,7 @@ import pytest
 
 from .sio import RecordingClient
 from .support import HQServer, make_server, run_cli, write_config
+from .terminal import run_on_terminal
 
 NEW_PASSWORD = "a brand new password"
 FIRST_AGENT_LINE = re.compile(r"HQ created the first agent: codename '([^']+)', password '([^']+)'")
@@ -193,51 +191,29 @@ async def test_disable_ends_live_sockets_and_enable_restores_login(fresh: HQServ
 
 # Prompts on a terminal --------------------------------------------------------------------------------
 
-def run_on_terminal(config: Path, args: list[str], answers: list[str], timeout: float = 30) -> tuple[int, str]:
+def run_hq_on_terminal(config: Path, args: list[str], answers: list[str], timeout: float = 30) -> tuple[int, str]:
     """Run ``python -m hq`` on a pseudo-terminal, typing one answer per password prompt."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HQ_")}
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: exec at once
-        os.chdir(config.parent)
-        os.execve(sys.executable, [sys.executable, "-m", "hq", *args, "--config", str(config)], env)
-    output = b""
-    answered = 0
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.1)
-            if not ready:
-                continue
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            output += chunk
-            # Answer each prompt once, only after it appeared (echo is off from then on).
-            if answered < len(answers) and output.count(b"assword: ") > answered and output.endswith(b": "):
-                os.write(fd, answers[answered].encode() + b"\n")
-                answered += 1
-    finally:
-        os.close(fd)
-        finished, status = os.waitpid(pid, os.WNOHANG)
-        while not finished and time.monotonic() < deadline:
-            time.sleep(0.05)
-            finished, status = os.waitpid(pid, os.WNOHANG)
-        if not finished:  # stuck (e.g. waiting for input): kill it so the test fails instead of hanging
-            os.kill(pid, signal.SIGKILL)
-            _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+    typed: list[str] = []
+
+    def respond(output: bytes) -> str | None:
+        # Answer each prompt once, only after it appeared (echo is off from then on).
+        if len(typed) < len(answers) and output.count(b"assword: ") > len(typed) and output.endswith(b": "):
+            typed.append(answers[len(typed)])
+            return typed[-1]
+        return None
+
+    return run_on_terminal(["hq", *args, "--config", str(config)], respond, cwd=config.parent, env=env,
+                           timeout=timeout)
 
 
 async def test_prompted_password_is_not_echoed(fresh: HQServer) -> None:
     typed = "typed on a terminal"
-    code, output = run_on_terminal(fresh.config, ["agents", "add", "tank", "--role", "handler"], [typed, typed])
+    code, output = run_hq_on_terminal(fresh.config, ["agents", "add", "tank", "--role", "handler"], [typed, typed])
     assert code == 0, output
     assert output.count("assword:") == 2 and typed not in output
     assert await login_status(fresh, "tank", typed) == 200
-    code, output = run_on_terminal(fresh.config, ["agents", "passwd", "tank"], ["first attempt!", "second attempt"])
+    code, output = run_hq_on_terminal(fresh.config, ["agents", "passwd", "tank"], ["first attempt!", "second attempt"])
     assert code == 2 and "match" in output
     assert await login_status(fresh, "tank", typed) == 200  # unchanged
 

@@ -10,10 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import pty
 import re
-import select
-import signal
 import stat
 import subprocess
 import sys
@@ -35,6 +32,7 @@ from .services import create_database, drop_database
 from .sio import RecordingClient
 from .test_admin_ui import AdminClient
 from .support import PASSWORD, HQServer, make_server
+from .terminal import run_on_terminal
 
 NEW_PASSWORD = "a fresh password for mfa"
 # HQ's default policy, and a per-address limit no test here reaches (each test uses its own codenames).
@@ -473,42 +471,20 @@ async def test_cli_enroll_prints_uri_and_qr_and_needs_a_code(hq: HQServer, http:
 
 def test_cli_enroll_on_a_terminal_asks_again_after_a_wrong_code(hq: HQServer) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HQ_")}
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: a terminal of its own
-        os.chdir(hq.workdir)
-        os.execve(sys.executable, [sys.executable, "-m", "hq", "agents", "mfa", "enroll", "hank", "--config",
-                                   str(hq.config)], env)
-    output, typed = b"", 0
-    deadline = time.monotonic() + 30
-    try:
-        while time.monotonic() < deadline:
-            if not select.select([fd], [], [], 0.1)[0]:
-                continue
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            output += chunk
-            if output.count(b"Code from the app: ") > typed:
-                secret = re.search(rb"Secret: ([A-Z2-7]+)", output).group(1).decode()  # type: ignore[union-attr]
-                answer = "000000" if typed == 0 and code_at(secret) != "000000" else code_at(secret)
-                os.write(fd, answer.encode() + b"\n")
-                typed += 1
-    finally:
-        os.close(fd)
-        finished, status = os.waitpid(pid, os.WNOHANG)
-        while not finished and time.monotonic() < deadline:
-            time.sleep(0.05)
-            finished, status = os.waitpid(pid, os.WNOHANG)
-        if not finished:  # stuck waiting for input: killed, so the test fails instead of hanging
-            os.kill(pid, signal.SIGKILL)
-            _, status = os.waitpid(pid, 0)
-    text = output.decode(errors="replace")
+    typed: list[str] = []
+
+    def respond(output: bytes) -> str | None:
+        if output.count(b"Code from the app: ") <= len(typed):
+            return None
+        secret = re.search(rb"Secret: ([A-Z2-7]+)", output).group(1).decode()  # type: ignore[union-attr]
+        typed.append("000000" if not typed and code_at(secret) != "000000" else code_at(secret))
+        return typed[-1]
+
+    status, text = run_on_terminal(["hq", "agents", "mfa", "enroll", "hank", "--config", str(hq.config)], respond,
+                                   cwd=hq.workdir, env=env)
     HANDED_OUT.extend(re.findall(r"Secret: ([A-Z2-7]+)", text))
     HANDED_OUT.extend(re.findall(r"^  (\S{4}-\S{4}-\S{4}-\S{4})\s*$", text, re.MULTILINE))
-    assert os.waitstatus_to_exitcode(status) == 0 and typed == 2, text
+    assert status == 0 and len(typed) == 2, text
     assert "does not match" in text and "hank enrolled" in text
     assert hq.cli("agents", "mfa", "reset", "hank").returncode == 0  # hank logs in without one elsewhere
 
