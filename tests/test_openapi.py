@@ -14,21 +14,19 @@ reachable, and schemathesis finds the real HQ conforming to it.
   (Its pytest plugin's ``parametrize`` reads a pytest internal that pytest 9 removed, so the cases are
   run with Hypothesis' ``@given`` over each operation's strategy instead.)
 
-The HQ of this module runs on a private PostgreSQL cluster (tests/test_postgres_outage.py's), which
+The HQ of this module runs on a private PostgreSQL cluster (tests/services.py's PrivatePostgres), which
 the last test stops: the machine's shared PostgreSQL is never touched.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
 
-import aiohttp
 import asyncpg
 import jwt
 import pyotp
@@ -47,8 +45,8 @@ from hq.config import Settings, load_settings
 from hq.directors import CHANGES_BURST
 from hq.openapi import build_document
 
+from .services import PrivatePostgres, private_postgres
 from .support import PASSWORD, HQServer, make_server
-from .test_postgres_outage import PrivatePostgres, _as_postgres, _postgres_bin
 
 DOCUMENT = build_document(Settings())
 METHODS = ("get", "post", "put", "patch", "delete", "options", "head")
@@ -121,16 +119,8 @@ def test_the_document_is_served_and_valid(server: HQServer) -> None:
 # the server -----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[PrivatePostgres]:
-    bin_dir, as_postgres = _postgres_bin(), _as_postgres()
-    if bin_dir is None or as_postgres is None:
-        pytest.skip("needs PostgreSQL's initdb and pg_ctl, run as the postgres user")
-    cluster = PrivatePostgres(bin_dir, as_postgres)
-    try:
-        cluster.init()
-        cluster.start()
+    with private_postgres() as cluster:
         yield cluster
-    finally:
-        cluster.remove()
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,8 @@ node, then clusters of two and three nodes on it (and the machine's Redis, which
 from __future__ import annotations
 
 import asyncio
-import glob
 import json
 import os
-import pwd
-import shutil
-import signal
-import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -30,7 +24,7 @@ from hq.store import StoreUnavailable
 from hq.store.postgres import OPERATION_TIMEOUT, PostgresStore
 
 from .cluster import Cluster, start_cluster
-from .services import REDIS_URL, ensure_redis
+from .services import REDIS_URL, PrivatePostgres, ensure_redis, private_postgres
 from .sio import RecordingClient
 from .support import PASSWORD, HQServer, free_port, make_server
 
@@ -40,121 +34,10 @@ ANSWER_WITHIN = OPERATION_TIMEOUT + 2.0
 RECOVER_WITHIN = 15.0
 
 
-def _postgres_bin() -> Path | None:
-    """The newest installed PostgreSQL's bin folder, if it has ``initdb`` and ``pg_ctl``."""
-    for folder in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name),
-                         reverse=True):
-        if os.access(f"{folder}/initdb", os.X_OK) and os.access(f"{folder}/pg_ctl", os.X_OK):
-            return Path(folder)
-    return None
-
-
-def _as_postgres() -> list[str] | None:
-    """How to run a command as the ``postgres`` user (the server refuses to run as root)."""
-    try:
-        pwd.getpwnam("postgres")
-    except KeyError:
-        return None
-    if pwd.getpwuid(os.geteuid()).pw_name == "postgres":
-        return []
-    if os.geteuid() == 0 and shutil.which("runuser"):
-        return ["runuser", "-u", "postgres", "--"]
-    return None
-
-
-class PrivatePostgres:
-    """A throw-away PostgreSQL cluster of this test module: start, stop (crash), freeze, thaw."""
-
-    def __init__(self, bin_dir: Path, as_postgres: list[str]) -> None:
-        self._bin = bin_dir
-        self._as_postgres = as_postgres
-        # Not pytest's tmp_path: its parents are private to root and the server runs as postgres.
-        self.home = Path(tempfile.mkdtemp(prefix="hq-pg-outage-"))
-        user = pwd.getpwnam("postgres")
-        os.chown(self.home, user.pw_uid, user.pw_gid)
-        self.data = self.home / "data"
-        self.port = free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        self._frozen: list[int] = []
-
-    def _run(self, *args: str, timeout: float = 60) -> None:
-        result = subprocess.run([*self._as_postgres, *args], capture_output=True, text=True, timeout=timeout)
-        if result.returncode != 0:
-            log = self.home / "server.log"
-            raise RuntimeError(f"{args[0]} failed: {result.stdout}{result.stderr}"
-                               f"{log.read_text() if log.exists() else ''}")
-
-    def init(self) -> None:
-        """Make the cluster (trust authentication, superuser ``postgres``)."""
-        self._run(str(self._bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
-
-    def start(self) -> None:
-        """Start the server and wait until it accepts connections (crash recovery included)."""
-        options = f"-p {self.port} -k {self.home} -c listen_addresses=127.0.0.1"
-        self._run(str(self._bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.home / "server.log"),
-                  "-o", options, "-w", "-t", "60", "start")
-
-    def stop(self, mode: str = "immediate") -> None:
-        """Stop the server; ``immediate`` is a crash: no checkpoint, connections cut at once."""
-        self.thaw()
-        self._run(str(self._bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
-
-    @property
-    def running(self) -> bool:
-        return (self.data / "postmaster.pid").exists()
-
-    def _server_pids(self) -> list[int]:
-        """The postmaster and every process it started (backends, checkpointer, ...)."""
-        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
-        children = []
-        for stat in glob.glob("/proc/[0-9]*/stat"):
-            try:
-                fields = Path(stat).read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == postmaster:
-                children.append(int(Path(stat).parent.name))
-        return [postmaster, *children]
-
-    def freeze(self) -> None:
-        """SIGSTOP the whole server: connections stay open, nothing answers (a hung host)."""
-        self._frozen = self._server_pids()
-        for pid in self._frozen:
-            os.kill(pid, signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        """Undo :meth:`freeze`."""
-        for pid in self._frozen:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
-        self._frozen = []
-
-    def remove(self) -> None:
-        """Stop if running and delete every file."""
-        if self.running:
-            try:
-                self.stop()
-            except (RuntimeError, subprocess.TimeoutExpired):
-                pass
-        shutil.rmtree(self.home, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[PrivatePostgres]:
-    bin_dir, as_postgres = _postgres_bin(), _as_postgres()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL's initdb and pg_ctl are not installed (/usr/lib/postgresql/*/bin)")
-    if as_postgres is None:
-        pytest.skip("cannot run commands as the postgres user (needs root and runuser, or to be postgres)")
-    cluster = PrivatePostgres(bin_dir, as_postgres)
-    try:
-        cluster.init()
-        cluster.start()
+    with private_postgres() as cluster:
         yield cluster
-    finally:
-        cluster.remove()
 
 
 @pytest.fixture
