@@ -19,11 +19,8 @@ from typing import Any, AsyncIterator, Iterator
 
 import redis.asyncio as aioredis
 
-from hq.auth.passwords import PasswordHasher
-from hq.store.postgres import PostgresStore
-
 from .services import create_database, drop_database
-from .support import AGENTS, PASSWORD, HQServer, make_server
+from .support import AGENTS, HQServer, create_agents, make_server
 
 #: The signing secret every node of a test cluster shares (tokens issued by one verify on all).
 CLUSTER_SECRET = "a shared cluster secret of at least 32 bytes!"
@@ -96,24 +93,6 @@ def cluster_config(database_url: str, redis_url: str, prefix: str,
     return config
 
 
-async def add_agents(database_url: str, agents: dict[str, str]) -> None:
-    """Create ``agents`` (password support.PASSWORD) in the database, creating its schema first.
-
-    Through HQ's own store and hasher, as ``python -m hq agents add`` does (tests/test_cli.py tests
-    that path), but in this process: a CLI process per agent costs a Python start-up each, most of
-    a cluster's set-up time on a loaded machine.
-    """
-    hasher = PasswordHasher(rounds=4, workers=1)
-    store = PostgresStore(database_url)
-    await store.open()
-    try:
-        for codename, role in agents.items():
-            await store.add_agent(codename, role, hasher.hash_sync(PASSWORD))
-    finally:
-        await store.close()
-        hasher.close()
-
-
 @contextlib.asynccontextmanager
 async def start_cluster(workdir: Path, count: int, redis_url: str, *, database_url: str | None = None,
                         agents: dict[str, str] | None = None,
@@ -121,7 +100,7 @@ async def start_cluster(workdir: Path, count: int, redis_url: str, *, database_u
     """Start ``count`` nodes in ``workdir/a``, ``workdir/b``, ...; stopped (and the database dropped,
     if this made it) on exit.
 
-    ``agents`` (default: support.AGENTS) are created once, before the nodes start (:func:`add_agents`);
+    ``agents`` (default: support.AGENTS) are created once, before the nodes start (support.create_agents);
     ``overrides`` are config sections, as for ``make_server``.
     """
     own_database = database_url is None
@@ -132,7 +111,7 @@ async def start_cluster(workdir: Path, count: int, redis_url: str, *, database_u
     try:
         for index in range(count):
             nodes.append(await asyncio.to_thread(make_server, workdir / "abcdefgh"[index], {}, **config))
-        await add_agents(url, AGENTS if agents is None else agents)
+        await create_agents(url, AGENTS if agents is None else agents)
         cluster = Cluster(nodes, url, redis_url, prefix)
         # All at once; every start is waited for before a failure is raised, so none is left half-started.
         failures = [r for r in await asyncio.gather(*(asyncio.to_thread(node.start) for node in nodes),

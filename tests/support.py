@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -12,9 +13,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from hq.auth.passwords import PasswordHasher
+from hq.config import load_settings
+from hq.store import open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery staple"
@@ -181,6 +187,31 @@ def make_server(workdir: Path, agents: dict[str, str] | None = None, **overrides
     write_config(config, base_config(port, **overrides))
     tls_cert = overrides.get("server", {}).get("tls_cert")
     server = HQServer(workdir, port, config, ca_file=Path(tls_cert) if tls_cert else None)
-    for codename, role in (AGENTS if agents is None else agents).items():
-        server.add_agent(codename, role)
+    seed_agents(config, AGENTS if agents is None else agents)
     return server
+
+
+def seed_agents(config: Path, agents: dict[str, str]) -> None:
+    """Create ``agents`` (password :data:`PASSWORD`) in the store ``config`` names, in this process.
+
+    A Python start-up per agent (``python -m hq agents add``, which tests/test_cli.py tests and
+    :meth:`HQServer.add_agent` runs) was a large part of the whole suite's time. Run in a thread of
+    its own, so that callers inside an event loop may use it too.
+    """
+    if agents:
+        settings = load_settings(config, environ={})
+        with ThreadPoolExecutor(1) as thread:
+            thread.submit(asyncio.run, create_agents(settings.storage_url, agents, settings.auth.bcrypt_rounds)).result()
+
+
+async def create_agents(storage_url: str, agents: dict[str, str], bcrypt_rounds: int = 4) -> None:
+    """Create ``agents`` (password :data:`PASSWORD`) through HQ's own store and hasher, as the CLI does."""
+    hasher = PasswordHasher(bcrypt_rounds, 1)
+    store = open_store(storage_url)
+    await store.open()
+    try:
+        for codename, role in agents.items():
+            await store.add_agent(codename, role, hasher.hash_sync(PASSWORD))
+    finally:
+        await store.close()
+        hasher.close()

@@ -198,10 +198,11 @@ async def test_every_line_says_who_from_where_over_what(audited: HQServer) -> No
 
 async def test_the_destination_is_configurable(hq_factory, tmp_path) -> None:
     target = tmp_path / "elsewhere" / "hq-audit.jsonl"
-    hq = hq_factory(agents={"fox": "field-operative"}, audit={"path": str(target)})
+    hq = hq_factory(agents={"dora": "director"}, audit={"path": str(target)})  # no first-start agent
+    hq.add_agent("fox", "field-operative")  # the CLI, beside the serving HQ
     login(hq, "fox", PASSWORD)
     lines = [json.loads(line) for line in target.read_text().splitlines()]
-    # The CLI's `agents add` (tests/support.py) is audited too: who (the CLI) added whom.
+    # The CLI's `agents add` is audited too: who (the CLI) added whom.
     assert [line["event"] for line in lines] == ["admin_action", "login_succeeded"]
     assert lines[0].items() >= {"actor": "cli", "interface": "cli", "action": "add", "target": "fox",
                                 "role": "field-operative"}.items()
