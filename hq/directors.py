@@ -1,7 +1,8 @@
 """The directors' HTTP API: agents and live sessions, read and changed over HTTP.
 
 ``GET/POST /api/agents``, ``PATCH /api/agents/{codename}``, ``POST /api/agents/{codename}/password``,
-``GET /api/sessions`` and ``DELETE /api/sessions/{sid}``. Thin handlers: every
+``GET /api/sessions`` and ``DELETE /api/sessions/{sid}`` (an agent's second factor has its routes in
+:mod:`hq.mfa_api`; the agents list says which agents have one). Thin handlers: every
 change goes through :class:`hq.auth.agents.AgentAdmin`, the path the operator CLI takes, so a change
 is checked, audited and made effective on every node exactly as the CLI's.
 
@@ -123,13 +124,14 @@ class DirectorsApi:
     # reading --------------------------------------------------------------------------------------
     @_answers
     async def list_agents(self, request: web.Request) -> web.Response:
-        """``GET /api/agents``: every agent with its last login and live sockets on every node."""
+        """``GET /api/agents``: every agent with its last login, second factor and live sockets on every node."""
         await self._authorise(request, change=False)
         agents = await self._admin.list()
         logins = await self._admin.last_logins()
+        enrolled = await self._admin.with_second_factor()  # one query for all agents
         listing = await self._connections.cluster()
         sockets = Counter(record.codename.lower() for record in listing.records)
-        body = [_agent(agent, logins, sockets) for agent in agents]
+        body = [_agent(agent, logins, sockets, enrolled) for agent in agents]
         return web.json_response(body, headers=_listing_headers(listing))
 
     @_answers
@@ -154,7 +156,7 @@ class DirectorsApi:
         body = _fields(await self._body(request), {"codename": str, "role": str, "password": str},
                        required=("codename", "role"))
         created = await self._admin.add(body["codename"], body["role"], body.get("password"), actor=actor)
-        answer = _agent(created.agent, {}, Counter())
+        answer = _agent(created.agent, {}, Counter(), set())  # a new agent has no second factor yet
         if created.generated is not None:
             answer["password"] = created.generated
         return web.json_response(answer, status=201,
@@ -230,11 +232,13 @@ class DirectorsApi:
         return body
 
     async def _described(self, agent: Agent) -> dict[str, Any]:
-        """One agent as the list shows it (last login, live sockets on every node)."""
+        """One agent as the list shows it (last login, second factor, live sockets on every node)."""
         logins = await self._admin.last_logins()
+        enrolled = await self._admin.with_second_factor()
         listing = await self._connections.cluster()
         key = agent.codename.lower()
-        return _agent(agent, logins, Counter(r.codename.lower() for r in listing.records if r.codename.lower() == key))
+        sockets = Counter(r.codename.lower() for r in listing.records if r.codename.lower() == key)
+        return _agent(agent, logins, sockets, enrolled)
 
 
 class _Answered(Exception):
@@ -260,11 +264,12 @@ def _fields(body: dict[str, Any], types: dict[str, type], required: tuple[str, .
     return body
 
 
-def _agent(agent: Agent, logins: dict[str, str], sockets: Counter[str]) -> dict[str, Any]:
-    """The contract's agent shape; never a hash."""
+def _agent(agent: Agent, logins: dict[str, str], sockets: Counter[str], enrolled: set[str]) -> dict[str, Any]:
+    """The contract's agent shape, plus ``mfa`` (a confirmed second factor; ``enrolled`` holds lower-case
+    codenames); never a hash or anything of the factor itself."""
     key = agent.codename.lower()
     return {"codename": agent.codename, "role": agent.role, "enabled": agent.enabled, "created": agent.created,
-            "last_login": logins.get(key), "sockets": sockets.get(key, 0)}
+            "last_login": logins.get(key), "sockets": sockets.get(key, 0), "mfa": key in enrolled}
 
 
 def _listing_headers(listing: Listing) -> dict[str, str]:

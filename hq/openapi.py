@@ -142,7 +142,10 @@ def _components(settings: Settings) -> dict[str, Any]:
         "role": role, "enabled": {"type": "boolean"}, "created": timestamp,
         "last_login": {"type": ["string", "null"], "description": "When its newest login session was opened; "
                                                                   "null if it never logged in."},
-        "sockets": {"type": "integer", "minimum": 0, "description": "Live sockets on every node."}})
+        "sockets": {"type": "integer", "minimum": 0, "description": "Live sockets on every node."},
+        "mfa": {"type": "boolean", "description": "Whether it has a confirmed second factor (TOTP); a begun, "
+                                                  "unconfirmed enrolment is not one. Reset with "
+                                                  "DELETE /api/agents/{codename}/mfa."}})
     agent_with_password = {**agent, "properties": {**agent["properties"], "password": {
         "type": "string", "description": "Only when HQ generated it: shown this once, never again."}}}
     socket = _object({
@@ -305,7 +308,8 @@ def _directors_paths() -> dict[str, Any]:
     return {
         "/api/agents": {
             "get": operation("Every agent", tag, {
-                **ok("Agents, oldest first.", {"type": "array", "items": _ref("Agent")}, headers=_PARTIAL),
+                **ok("Agents, oldest first, each with its last login, live sockets and whether it has a second "
+                     "factor (`mfa`).", {"type": "array", "items": _ref("Agent")}, headers=_PARTIAL),
                 **errors(**reader)}, security=READ_SECURITY),
             "post": operation("Create an agent", tag, {
                 **ok("The agent; `password` when HQ generated it (shown once).", _ref("AgentWithPassword"),

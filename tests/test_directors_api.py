@@ -17,6 +17,7 @@ from typing import Any, AsyncIterator, Iterator
 
 import aiohttp
 import jwt
+import pyotp
 import pytest
 
 from hq.directors import CHANGES_BURST
@@ -27,7 +28,7 @@ from .sio import RecordingClient
 from .support import PASSWORD, HQServer, make_server
 from .test_store import store  # noqa: F401  (the fixture: SQLite and PostgreSQL)
 
-AGENT_FIELDS = {"codename", "role", "enabled", "created", "last_login", "sockets"}
+AGENT_FIELDS = {"codename", "role", "enabled", "created", "last_login", "sockets", "mfa"}
 SOCKET_FIELDS = {"node", "address", "transport", "user_agent", "since", "exp"}
 CLUSTER_SECRET = "a shared cluster secret of at least 32 bytes!"
 DIRECTORS = ["dora", "dan", "dee", "dov", "dux", "dyl"]
@@ -469,6 +470,51 @@ async def test_changes_are_rate_limited_per_director(api: Api) -> None:
     assert (await api.call("PATCH", "/api/agents/fox", {"enabled": True}, token=other))[0] == 200
 
 
+async def test_the_mfa_field_follows_enrolment_and_reset(api: Api, server: HQServer) -> None:
+    """``mfa`` is true only for a confirmed second factor; a reset makes it false and ends the agent's sessions."""
+    name, dora = await director(api)
+    agent = await api.new_agent(dora)
+
+    async def listed() -> dict[str, Any]:
+        status, agents, _ = await api.call("GET", "/api/agents", token=dora)
+        assert status == 200 and all(type(a["mfa"]) is bool for a in agents), agents
+        return next(a for a in agents if a["codename"] == agent)
+
+    assert (await listed())["mfa"] is False
+    status, enrollment, _ = await api.call("POST", f"/api/agents/{agent}/mfa", token=dora)
+    assert status == 200, enrollment
+    assert (await listed())["mfa"] is False  # begun, not confirmed: no factor yet
+    totp = pyotp.TOTP(enrollment["secret"])
+    status, confirmed, _ = await api.call("POST", f"/api/agents/{agent}/mfa/confirm", {"code": totp.now()},
+                                          token=dora)
+    assert status == 200 and len(confirmed["recovery_codes"]) == 10, confirmed
+    assert (await listed())["mfa"] is True
+    # Every answer in the agent's shape says so too (PATCH, password reset), and only for that agent.
+    status, changed, _ = await api.call("PATCH", f"/api/agents/{agent}", {"enabled": True}, token=dora)
+    assert status == 200 and set(changed) == AGENT_FIELDS and changed["mfa"] is True
+    status, agents, _ = await api.call("GET", "/api/agents", token=dora)
+    assert [a["codename"] for a in agents if a["mfa"]] == [agent], agents
+
+    # The agent logs in with its code (the next step's: the confirming code is spent) and connects.
+    status, pair, _ = await api.call("POST", "/api/auth/login", {"username": agent, "password": PASSWORD,
+                                                                 "otp": totp.at(time.time() + 30)})
+    assert status == 200, pair
+    client = await RecordingClient().connect(server.url, pair["access_token"])
+    try:
+        status, _, _ = await api.call("DELETE", f"/api/agents/{agent}/mfa", token=dora)
+        assert status == 204
+        assert (await client.wait_for("session_ended"))[0] == {"reason": "revoked"}
+    finally:
+        await client.close()
+    assert (await listed())["mfa"] is False
+    await api.login(agent)  # a field operative logs in with its password alone again
+    assert (await api.call("DELETE", f"/api/agents/{agent}/mfa", token=dora))[0] == 204  # nothing to remove
+    assert (await listed())["mfa"] is False
+    actions = [(e["actor"], e["action"]) for e in server.audit_lines()
+               if e["event"] == "admin_action" and e.get("target") == agent and e["action"].startswith("mfa")]
+    assert actions == [(name, "mfa_enroll"), (name, "mfa_confirm"), (name, "mfa_reset")], actions
+
+
 async def test_cli_changes_are_audited_like_the_apis(server: HQServer) -> None:
     codename = f"cli{uuid.uuid4().hex[:6]}"
     server.add_agent(codename, "analyst")
@@ -500,6 +546,20 @@ async def test_store_live_sessions_and_last_logins(store: Store) -> None:
     assert all(s.codename == "fox" and not s.revoked and s.created for s in live)
     logins = await store.last_logins()
     assert set(logins) == {"fox"} and logins["fox"] == max(s.created for s in live)
+
+
+async def test_store_codenames_with_mfa(store: Store) -> None:
+    """Confirmed factors only (a pending one is not), by lower-case codename, gone once reset."""
+    for codename in ("Fox", "Ana", "Gus"):
+        await store.add_agent(codename, "field-operative", "hash")
+    assert await store.codenames_with_mfa() == set()
+    for codename in ("Fox", "Ana"):
+        assert await store.begin_mfa(codename, f"sealed-{codename}")
+    assert await store.codenames_with_mfa() == set()  # pending
+    assert await store.confirm_mfa("FOX", "sealed-Fox", 1, ["h1", "h2"])
+    assert await store.codenames_with_mfa() == {"fox"}
+    assert await store.reset_mfa("fox")
+    assert await store.codenames_with_mfa() == set()
 
 
 # two nodes ------------------------------------------------------------------------------------------

@@ -92,6 +92,10 @@ class AgentAdmin:
         """Lower-case codename -> when its latest login session was opened (ISO 8601), for agents that logged in."""
         return await self._store.last_logins()
 
+    async def with_second_factor(self) -> set[str]:
+        """Lower-case codenames of the agents with a confirmed second factor (changed by MfaAdmin)."""
+        return await self._store.codenames_with_mfa()
+
     async def live_sessions(self, with_sockets: set[str] = frozenset()) -> list[LoginSession]:
         """Login sessions not revoked that have an unspent, unexpired refresh token or, for the ids in
         ``with_sockets``, a live socket; oldest first."""

@@ -58,6 +58,10 @@ class Store(Protocol):
     async def live_sessions(self, now: float) -> list[LoginSession]:
         """Unrevoked login sessions holding a refresh token that is neither spent nor expired at ``now``."""
         ...
+    async def codenames_with_mfa(self) -> set[str]:
+        """Lower-case codenames of every agent with a *confirmed* second factor (a pending enrolment
+        is not one), in one query for the whole agents list."""
+        ...
 
     async def add_refresh_token(self, token_hash: str, sid: str, expires_at: float) -> None: ...
     async def rotate_refresh_token(self, old_hash: str, new_hash: str, new_expires_at: float,

@@ -433,6 +433,12 @@ class PostgresStore:
         return [LoginSession(r["sid"], r["codename_key"], r["created"], r["revoked_reason"]) for r in rows]
 
     @_bounded
+    async def codenames_with_mfa(self) -> set[str]:
+        """Lower-case codenames of every agent with a confirmed second factor."""
+        rows = await self._fetch("SELECT codename_key FROM mfa_factors WHERE confirmed")
+        return {r["codename_key"] for r in rows}
+
+    @_bounded
     async def add_refresh_token(self, token_hash: str, sid: str, expires_at: float) -> None:
         """Store a new refresh token's hash."""
         await self._execute("INSERT INTO refresh_tokens (token_hash, sid, expires_at) VALUES ($1, $2, $3)",

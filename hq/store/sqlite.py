@@ -273,6 +273,11 @@ class SQLiteStore:
         rows = await self._all(LIVE_SESSIONS.format(p1="?"), now)
         return [LoginSession(r["sid"], r["codename_key"], r["created"], r["revoked_reason"]) for r in rows]
 
+    async def codenames_with_mfa(self) -> set[str]:
+        """Lower-case codenames of every agent with a confirmed second factor."""
+        rows = await self._all("SELECT codename_key FROM mfa_factors WHERE confirmed = 1")
+        return {r["codename_key"] for r in rows}
+
     # refresh tokens ---------------------------------------------------------------------------
     async def add_refresh_token(self, token_hash: str, sid: str, expires_at: float) -> None:
         """Store a new refresh token's hash."""
