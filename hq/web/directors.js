@@ -1,11 +1,14 @@
 // Directors' sections of the console: `Agents` (list, add, disable/enable, change role, reset
-// password) and `Sessions` (live sessions and their connections, end one), over the directors' API.
+// password, reset two-factor) and `Sessions` (live sessions and their connections, end one), over
+// the directors' API.
 //
 // console.js imports this module only for an agent whose stored role is director, so other agents
 // never load it, and nothing of it is in the page until it is mounted. Requests go through the
 // `api` function console.js passes in: same origin, the HttpOnly cookie plus `X-HQ-Console: 1`
 // (HQ refuses a change carried by the cookie alone), refreshed once on an expired token.
 // Generated passwords are shown once, as text, and forgotten when dismissed; the page never sees a token.
+// A director can reset another agent's second factor here but never enrol one: the QR code would be
+// shown to the director, not to the agent, who sets up its own factor after logging in.
 
 import { element, field } from "/dom.js";
 import { errorOf, waitWords } from "/http.js";
@@ -140,8 +143,8 @@ class DirectorsPanel {
     this.agentsCount = element("p", { className: "hint", "aria-live": "polite" });
     this.agentsBody = element("tbody");
     const agentsTable = element("table", { className: "admin-table" },
-      element("thead", {}, element("tr", {}, ...["Codename", "Role", "Enabled", "Created", "Last login",
-                                                  "Live sockets", "Actions"]
+      element("thead", {}, element("tr", {}, ...["Codename", "Role", "Enabled", "Two-factor", "Created",
+                                                  "Last login", "Live sockets", "Actions"]
         .map((name) => element("th", { scope: "col", text: name })))),
       this.agentsBody);
     this.agentsBody.addEventListener("click", (event) => this.onAgentAction(event));
@@ -257,13 +260,16 @@ class DirectorsPanel {
       element("th", { scope: "row", id: nameId, text: agent.codename }),
       element("td", { text: agent.role }),
       element("td", { className: agent.enabled ? "" : "off", text: agent.enabled ? "Enabled" : "Disabled" }),
+      element("td", { text: agent.mfa ? "On" : "Off" }),
       timeCell(agent.created, "—"),
       timeCell(agent.last_login, "Never"),
       element("td", { className: "number", text: String(agent.sockets ?? 0) }),
       element("td", { className: "actions" },
               action("toggle", agent.enabled ? "Disable" : "Enable"),
               action("role", "Change role"),
-              action("password", "Reset password")));
+              action("password", "Reset password"),
+              // Only a factor that exists can be reset; enrolling is the agent's own step.
+              ...(agent.mfa ? [action("mfa", "Reset two-factor")] : [])));
     return row;
   }
 
@@ -272,7 +278,8 @@ class DirectorsPanel {
     let shown = 0;
     for (const row of this.agentsBody.rows) {
       const agent = this.agents.find((a) => a.codename === row.dataset.codename);
-      const match = !words || (agent && `${agent.codename} ${agent.role} ${agent.enabled ? "enabled" : "disabled"}`
+      const match = !words || (agent && [agent.codename, agent.role, agent.enabled ? "enabled" : "disabled",
+                                         `two-factor ${agent.mfa ? "on" : "off"}`].join(" ")
         .toLowerCase().includes(words));
       row.hidden = !match;
       if (match) shown += 1;
@@ -306,6 +313,7 @@ class DirectorsPanel {
     if (button.dataset.action === "toggle") this.setEnabled(agent, !agent.enabled);
     else if (button.dataset.action === "role") this.openRoleDialog(agent);
     else if (button.dataset.action === "password") this.resetPassword(agent);
+    else if (button.dataset.action === "mfa") this.resetSecondFactor(agent);
   }
 
   /** Send one change; on success returns the parsed body (or null for 204), on refusal says why. */
@@ -409,6 +417,18 @@ class DirectorsPanel {
     } else {
       this.focusAgentAction(agent.codename, "password");
     }
+  }
+
+  async resetSecondFactor(agent) {
+    const path = `/api/agents/${encodeURIComponent(agent.codename)}/mfa`;
+    const reset = await this.change(path, "DELETE", undefined, agent.codename);
+    if (reset === undefined) return;
+    this.agentsResult.textContent = `Two-factor authentication of ${agent.codename} is reset and its sessions were ` +
+      "ended. The agent sets up a new one itself after logging in (an agent whose role requires one is led " +
+      "there at login).";
+    await this.refresh();
+    // The row's Reset two-factor button is gone: its nearest action keeps the focus.
+    this.focusAgentAction(agent.codename, "password");
   }
 
   // A generated password: shown as text in its own group, focused so it is read out, gone on Done.

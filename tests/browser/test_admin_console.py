@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 from typing import Any, AsyncIterator, Iterator
 
+import pyotp
 import pytest
 from aiohttp import web
 from playwright.async_api import Page, Response, expect
@@ -71,6 +73,16 @@ def login_status(hq: HQServer, codename: str, password: str) -> tuple[int, str |
             return exc.code, json.loads(exc.read())["error"]["code"]
 
 
+def enrol(hq: HQServer, codename: str) -> pyotp.TOTP:
+    """Give ``codename`` a confirmed second factor over the directors' API; its authenticator."""
+    status, enrollment = api(hq, f"/api/agents/{codename}/mfa", "POST")
+    assert status == 200, enrollment
+    totp = pyotp.TOTP(enrollment["secret"])
+    status, confirmed = api(hq, f"/api/agents/{codename}/mfa/confirm", "POST", {"code": totp.now()})
+    assert status == 200, confirmed
+    return totp
+
+
 async def director(hq: HQServer, open_console: OpenConsole, **size: int) -> Console:
     console = await open_console(hq, **size)
     await console.log_in("dora")
@@ -100,8 +112,8 @@ async def test_a_director_adds_an_agent_who_logs_in_then_disables_enables_and_re
     await expect(wren.page.get_by_role("region", name="Agents")).to_have_count(0)
     # The director sees it arrive: its live socket in the table, and online in the open channel.
     await expect(console.online.get_by_role("listitem").filter(has_text="wren")).to_have_count(1)
-    await expect(row.get_by_role("cell").nth(4)).to_have_text("1")
-    await expect(row.get_by_role("cell").nth(3)).not_to_have_text("Never")  # last login
+    await expect(row.get_by_role("cell").nth(5)).to_have_text("1")
+    await expect(row.get_by_role("cell").nth(4)).not_to_have_text("Never")  # last login
 
     # Disable: the agent's page says its session ended; the button turns into Enable and keeps focus.
     await row.get_by_role("button", name="Disable", exact=True).click()
@@ -184,6 +196,54 @@ async def test_a_director_ends_a_session(admin_hq: HQServer, open_console: OpenC
     assert focused
     assert await console.alert.text_content() == ""
     await kite.close()
+
+
+async def test_a_director_resets_an_agents_second_factor(admin_hq: HQServer, open_console: OpenConsole) -> None:
+    """`Reset two-factor` (only on rows with a factor) removes it through HQ's MFA path: the agent's live
+    console is ended, the row says Off, the agent logs in with its password alone. HQ unreachable: in words."""
+    status, body = api(admin_hq, "/api/agents", "POST", {"codename": "tern", "role": "field-operative",
+                                                        "password": PASSWORD})
+    assert status == 201, body
+    totp = enrol(admin_hq, "tern")
+    tern = await open_console(admin_hq)
+    await tern.log_in_with_code("tern", totp.at(time.time() + 30))  # the confirming code's step is spent
+
+    console = await director(admin_hq, open_console)
+    row, fox = console.agent_row("tern"), console.agent_row("fox")
+    reset = row.get_by_role("button", name="Reset two-factor", exact=True)
+    await expect(row.get_by_role("cell").nth(2)).to_have_text("On")
+    await expect(fox.get_by_role("cell").nth(2)).to_have_text("Off")
+    await expect(fox.get_by_role("button", name="Reset two-factor", exact=True)).to_have_count(0)
+    await expect(console.agents_section.get_by_role("columnheader", name="Two-factor", exact=True)).to_have_count(1)
+
+    await reset.click()
+    await expect(tern.alert).to_have_text("HQ revoked your session (for example after a password change). "
+                                          "Log in again.")
+    await expect(tern.login_button).to_be_visible()
+    await expect(row.get_by_role("cell").nth(2)).to_have_text("Off")
+    await expect(reset).to_have_count(0)
+    await expect(row.get_by_role("button", name="Reset password", exact=True)).to_be_focused()
+    await expect(console.agents_section.get_by_text(re.compile(r"^Two-factor authentication of tern is reset"))
+                 ).to_have_count(1)
+    assert await console.alert.text_content() == ""
+    assert agents_by_name(admin_hq)["tern"]["mfa"] is False
+    assert login_status(admin_hq, "tern", PASSWORD) == (200, None)  # a field operative needs no code now
+    actions = [(line["action"], line["actor"], line["interface"]) for line in admin_hq.audit_lines()
+               if line["event"] == "admin_action" and line.get("target") == "tern"]
+    assert actions == [("add", "dora", "api"), ("mfa_enroll", "dora", "api"), ("mfa_confirm", "dora", "api"),
+                       ("mfa_reset", "dora", "console")], actions
+
+    # With HQ unreachable the button says so in words and nothing changes (HQ restarts, same data).
+    enrol(admin_hq, "tern")
+    await console.sessions_section.get_by_role("button", name="Refresh", exact=True).click()
+    await expect(reset).to_have_count(1)
+    await asyncio.to_thread(admin_hq.stop)
+    try:
+        await reset.click()
+        await expect(console.alert).to_have_text("HQ is unreachable. Check the connection and try again.")
+    finally:
+        await asyncio.to_thread(admin_hq.start)
+    assert agents_by_name(admin_hq)["tern"]["mfa"] is True
 
 
 async def test_other_agents_get_no_directors_sections_and_the_api_refuses_them(
