@@ -246,6 +246,25 @@ async def test_a_director_resets_an_agents_second_factor(admin_hq: HQServer, ope
     assert agents_by_name(admin_hq)["tern"]["mfa"] is True
 
 
+async def test_a_director_resets_its_own_second_factor_and_is_logged_out(
+        admin_hq: HQServer, open_console: OpenConsole) -> None:
+    """The lost-phone case: a director's own row has `Reset two-factor` too; its console ends at once."""
+    status, body = api(admin_hq, "/api/agents", "POST", {"codename": "heron", "role": "director",
+                                                        "password": PASSWORD})
+    assert status == 201, body
+    totp = enrol(admin_hq, "heron")
+    console = await open_console(admin_hq)
+    await console.log_in_with_code("heron", totp.at(time.time() + 30))
+    row = console.agent_row("heron")
+    await expect(row.get_by_role("cell").nth(2)).to_have_text("On")
+    await row.get_by_role("button", name="Reset two-factor", exact=True).click()
+    await expect(console.login_button).to_be_visible()
+    await expect(console.alert).to_have_text("HQ revoked your session (for example after a password change). "
+                                             "Log in again.")
+    await expect(console.agents_section).to_have_count(0)
+    assert agents_by_name(admin_hq)["heron"]["mfa"] is False
+
+
 async def test_other_agents_get_no_directors_sections_and_the_api_refuses_them(
         admin_hq: HQServer, open_console: OpenConsole) -> None:
     console = await open_console(admin_hq)
