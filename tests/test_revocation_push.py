@@ -215,32 +215,37 @@ async def test_redis_outage_falls_back_to_the_feed_and_push_resumes(private_redi
         assert "ERROR hq." not in text, text
 
 
+@pytest.mark.parametrize("nodes", [2, 3], ids=["2-nodes", "3-nodes"])
 async def test_a_hung_redis_is_noticed_and_left_to_the_feed(private_redis: PrivateRedis,
-                                                            make_cluster: ClusterFactory) -> None:
-    cluster = await make_cluster(private_redis.url)
-    a, b = cluster[0], cluster[1]
-    tokens = [a.login("fox")["access_token"] for _ in range(2)]
-    hung = await RecordingClient().connect(b.url, tokens[0])
+                                                            make_cluster: ClusterFactory, nodes: int) -> None:
+    cluster = await make_cluster(private_redis.url, nodes=nodes)
+    a, others = cluster[0], cluster.nodes[1:]
+    tokens = [a.login("fox")["access_token"] for _ in range(1 + len(others))]
+    hung = [await RecordingClient().connect(other.url, tokens[0]) for other in others]
     private_redis.pause(True)
     try:
         started = time.monotonic()
         assert await _logout(a, tokens[0]) == 204
         answered = time.monotonic() - started
         assert answered < 2.5, f"logout took {answered:.2f} s with Redis hung"
-        # B notices the silence by its PING (within 2 x 5 s), then reads the feed every 2 s.
-        assert (await hung.wait_for("session_ended", timeout=15))[0] == {"reason": "logged_out"}
-        print(f"\nwith Redis hung: logout answered in {1000 * answered:.0f} ms, the other node ended the socket "
-              f"{_ended_at(hung) - started:.1f} s after it")
-        await hung.close()
+        # Each other node notices the silence by its PING (within 2 x 5 s), then reads the feed every 2 s.
+        for client in hung:
+            assert (await client.wait_for("session_ended", timeout=15))[0] == {"reason": "logged_out"}
+        print(f"\n{nodes} nodes, with Redis hung: logout answered in {1000 * answered:.0f} ms, the other nodes "
+              f"ended the socket {', '.join(f'{_ended_at(c) - started:.1f}' for c in hung)} s after it")
+        for client in hung:
+            await client.close()
     finally:
         private_redis.pause(False)
     # Not wait_subscribed: the hung connections still count as subscribers until Redis reads their end.
     deadline = time.monotonic() + 15
-    while b.log_path.read_text().count("revocations are pushed through Redis") < 2:
-        assert time.monotonic() < deadline, "node B did not subscribe again"
-        await asyncio.sleep(0.05)
-    assert await _cross_node_logout(a, b, tokens[1]) < FAST
-    assert "no answer to PING" in b.log_path.read_text()
+    for other in others:
+        while other.log_path.read_text().count("revocations are pushed through Redis") < 2:
+            assert time.monotonic() < deadline, f"node {other.url} did not subscribe again"
+            await asyncio.sleep(0.05)
+    for other, token in zip(others, tokens[1:]):
+        assert await _cross_node_logout(a, other, token) < FAST
+        assert "no answer to PING" in other.log_path.read_text()
 
 
 def test_cli_revokes_with_redis_down_and_says_so_once(tmp_path: Path) -> None:
