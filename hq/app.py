@@ -22,6 +22,7 @@ from .auth.clearance import ClearancePolicy
 from .config import Settings
 from .console import Console
 from .directors import DirectorsApi
+from .guards import DirectorGuard
 from .http_api import HealthCheck, HttpApi, json_errors
 from .auth.identity import Authenticator
 from .auth.limits import LoginLimiter, LoginThrottle, RedisLoginThrottle, redis_client
@@ -135,8 +136,10 @@ def create_app(settings: Settings, on_first_agent: FirstAgentReporter = print_fi
     health = hq.health_checks()
     api = HttpApi(settings, hq.sessions, hq.authenticator, addresses, hq.keys, health)
     app.add_routes(api.routes())
-    app.add_routes(MfaApi(settings, hq.mfa, hq.sessions, hq.authenticator, hq.policy, addresses).routes())
-    app.add_routes(DirectorsApi(settings, hq.admin, hq.authenticator, hq.realtime.connections).routes())
+    # One guard, so that one change budget per director covers the directors' routes of both APIs.
+    directors = DirectorGuard(hq.authenticator, hq.policy.levels[-1])
+    app.add_routes(MfaApi(settings, hq.mfa, hq.sessions, hq.authenticator, directors, addresses).routes())
+    app.add_routes(DirectorsApi(settings, hq.admin, directors, hq.realtime.connections).routes())
     app.add_routes(OpenApi(settings).routes())
     hq.realtime.sio.attach(app, socketio_path="socket.io")
     app.on_shutdown.append(hq.realtime.shutdown)

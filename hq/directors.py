@@ -11,66 +11,32 @@ A change (POST, PATCH, DELETE) is authorised by ``Authorization: Bearer``, or by
 only together with the header ``X-HQ-Console: 1``, which a cross-site form or link cannot send: a
 cookie alone never changes anything (403 ``forbidden``). Changes are limited per director (a token
 bucket, :data:`CHANGES_BURST` at once, then :data:`CHANGES_PER_SECOND`): 429 ``too_many_attempts``
-with ``Retry-After``.
+with ``Retry-After``. Those rules are :class:`hq.guards.DirectorGuard`'s.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import re
 from collections import Counter, defaultdict
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from .auth.agents import Actor, AgentAdmin, AgentAdminError, UnknownSessionError
-from .auth.identity import Authenticator, Principal
-from .auth.limits import TokenBucket
+from .auth.agents import AgentAdmin, AgentAdminError, UnknownSessionError
 from .auth.passwords import PasswordPolicyError
 from .config import Settings
 from .errors import AuthError
-from .http_api import NO_STORE, auth_error_response, error_response, identify_request, read_json_body
+from .guards import DirectorGuard, Refused
+from .http_api import NO_STORE, auth_error_response, error_response, read_json_body
 from .realtime.connections import ConnectionRegistry, Listing
 from .store import Agent, AgentExistsError, UnknownAgentError
 
-#: Changes one director may make at once, and how fast the allowance comes back (30 a minute).
-CHANGES_BURST = 30
-CHANGES_PER_SECOND = 0.5
-#: The header that makes the ``jwt`` cookie good for a change (the console sends it).
-CONSOLE_HEADER = "X-HQ-Console"
 #: Set on listings that could show this node's sockets only (Redis did not answer).
 PARTIAL_HEADER = "X-HQ-Sockets"
 _SESSION_ID = re.compile(r"[0-9a-f]{32}")
 
 Handler = Callable[["DirectorsApi", web.Request], Awaitable[web.StreamResponse]]
-
-
-class Refused(Exception):
-    """A request this API answers with an error: the status, the contract's code and a message."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers
-
-
-class ChangeLimiter:
-    """A token bucket per director (by codename, any case) on the changes they make."""
-
-    def __init__(self, rate: float = CHANGES_PER_SECOND, burst: int = CHANGES_BURST) -> None:
-        self._rate = rate
-        self._burst = burst
-        self._buckets: dict[str, TokenBucket] = {}
-
-    def spend(self, codename: str) -> int:
-        """Spend one change; 0 when allowed, else the seconds until the next one is."""
-        bucket = self._buckets.setdefault(codename.lower(), TokenBucket(self._rate, self._burst))
-        if bucket.take():
-            return 0
-        return max(1, math.ceil((1 - bucket.tokens) / self._rate))
 
 
 def _answers(handler: Handler) -> Handler:
@@ -101,14 +67,12 @@ def _answers(handler: Handler) -> Handler:
 class DirectorsApi:
     """The directors' routes, over :class:`AgentAdmin` and the cluster's :class:`ConnectionRegistry`."""
 
-    def __init__(self, settings: Settings, admin: AgentAdmin, authenticator: Authenticator,
-                 connections: ConnectionRegistry, limiter: ChangeLimiter | None = None) -> None:
-        self._director = settings.clearance.levels[-1]
+    def __init__(self, settings: Settings, admin: AgentAdmin, guard: DirectorGuard,
+                 connections: ConnectionRegistry) -> None:
         self._body_limit = settings.limits.login_body_max_bytes
         self._admin = admin
-        self._auth = authenticator
+        self._guard = guard
         self._connections = connections
-        self._limiter = limiter or ChangeLimiter()
 
     def routes(self) -> list[web.RouteDef]:
         """Every route of the directors' API."""
@@ -125,7 +89,7 @@ class DirectorsApi:
     @_answers
     async def list_agents(self, request: web.Request) -> web.Response:
         """``GET /api/agents``: every agent with its last login, second factor and live sockets on every node."""
-        await self._authorise(request, change=False)
+        await self._guard.reader(request)
         agents = await self._admin.list()
         logins = await self._admin.last_logins()
         enrolled = await self._admin.with_second_factor()  # one query for all agents
@@ -137,7 +101,7 @@ class DirectorsApi:
     @_answers
     async def list_sessions(self, request: web.Request) -> web.Response:
         """``GET /api/sessions``: live login sessions with their sockets on every node."""
-        await self._authorise(request, change=False)
+        await self._guard.reader(request)
         listing = await self._connections.cluster()
         sockets: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for record in sorted(listing.records, key=lambda r: (r.since, r.node)):
@@ -152,7 +116,7 @@ class DirectorsApi:
     @_answers
     async def add_agent(self, request: web.Request) -> web.Response:
         """``POST /api/agents {"codename", "role", "password"?}``: 201 the agent (and a generated password)."""
-        _, actor = await self._authorise(request, change=True)
+        _, actor = await self._guard.changer(request)
         body = _fields(await self._body(request), {"codename": str, "role": str, "password": str},
                        required=("codename", "role"))
         created = await self._admin.add(body["codename"], body["role"], body.get("password"), actor=actor)
@@ -165,7 +129,7 @@ class DirectorsApi:
     @_answers
     async def change_agent(self, request: web.Request) -> web.Response:
         """``PATCH /api/agents/{codename} {"enabled"?, "role"?}``: disabling or a new role ends its sessions."""
-        principal, actor = await self._authorise(request, change=True)
+        principal, actor = await self._guard.changer(request)
         body = _fields(await self._body(request), {"enabled": bool, "role": str}, required=())
         if not body:
             raise Refused(400, "bad_request", 'send "enabled" and/or "role"')
@@ -188,7 +152,7 @@ class DirectorsApi:
     @_answers
     async def reset_password(self, request: web.Request) -> web.Response:
         """``POST /api/agents/{codename}/password {"password"?}``: ends its sessions; generated when not given."""
-        _, actor = await self._authorise(request, change=True)
+        _, actor = await self._guard.changer(request)
         raw = await self._body(request) if request.can_read_body else {}
         body = _fields(raw, {"password": str}, required=())
         codename = request.match_info["codename"]
@@ -201,7 +165,7 @@ class DirectorsApi:
     @_answers
     async def end_session(self, request: web.Request) -> web.Response:
         """``DELETE /api/sessions/{sid}``: revoke it; its sockets on every node get ``session_ended {reason: "revoked"}``."""
-        _, actor = await self._authorise(request, change=True)
+        _, actor = await self._guard.changer(request)
         sid = request.match_info["sid"]
         if not _SESSION_ID.fullmatch(sid):
             raise UnknownSessionError(sid)
@@ -209,22 +173,6 @@ class DirectorsApi:
         return web.Response(status=204, headers=NO_STORE)
 
     # helpers --------------------------------------------------------------------------------------
-    async def _authorise(self, request: web.Request, change: bool) -> tuple[Principal, Actor]:
-        """The director behind the request, and as whom a change is audited; raises otherwise."""
-        bearer = "Authorization" in request.headers
-        principal = await identify_request(self._auth, request)
-        if principal.role != self._director:
-            raise Refused(403, "forbidden", f"only a {self._director} may use this")
-        if change:
-            if not bearer and request.headers.get(CONSOLE_HEADER) != "1":
-                raise Refused(403, "forbidden", f"a change authorised by the session cookie needs the header "
-                                                f"{CONSOLE_HEADER}: 1 (or use Authorization: Bearer)")
-            wait = self._limiter.spend(principal.codename)
-            if wait:
-                raise Refused(429, "too_many_attempts", f"too many changes; try again in {wait} s",
-                              headers={"Retry-After": str(wait)})
-        return principal, Actor(principal.codename, "api" if bearer else "console")
-
     async def _body(self, request: web.Request) -> dict[str, Any]:
         body, problem = await read_json_body(request, self._body_limit)
         if problem is not None:

@@ -2,12 +2,13 @@
 
 Self-enrolment (``/api/auth/mfa*``) also takes the enrolment-only token that login hands an agent
 whose role must use a second factor and who has none; nothing else takes that token. Directors'
-routes (``/api/agents/{codename}/mfa*``) need the director clearance by stored role. Every change is
-authorised by ``Authorization: Bearer``, or by the ``jwt`` cookie only together with the header
-``X-HQ-Console: 1`` (a cookie alone never changes anything: a cross-site form cannot set headers).
-Every change goes through :class:`~hq.auth.mfa_admin.MfaAdmin`, the CLI's code path.
+routes (``/api/agents/{codename}/mfa*``) are guarded as the directors' API is
+(:class:`hq.guards.DirectorGuard`: director clearance by stored role, one change budget per
+director). Every change is authorised by ``Authorization: Bearer``, or by the ``jwt`` cookie only
+together with the header ``X-HQ-Console: 1`` (a cookie alone never changes anything: a cross-site
+form cannot set headers). Every change goes through :class:`~hq.auth.mfa_admin.MfaAdmin`, the
+CLI's code path.
 """
-
 from __future__ import annotations
 
 import functools
@@ -16,8 +17,6 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from .addresses import AddressResolver
-from .auth.agents import Actor
-from .auth.clearance import ClearancePolicy
 from .auth.identity import Authenticator, Principal
 from .auth.mfa import OtpRejected
 from .auth.mfa_admin import MfaAdmin, MfaAdminError
@@ -25,10 +24,10 @@ from .auth.sessions import SessionService
 from .auth.tokens import ENROLL_SCOPE
 from .config import Settings
 from .errors import AuthError, LoginError
+from .guards import DirectorGuard, Refused, actor, require_change_allowed
 from .http_api import NO_STORE, auth_error_response, error_response, identify_request, read_json_body, token_response
 from .store import UnknownAgentError
 
-CONSOLE_HEADER = "X-HQ-Console"
 _ENROLL_ONLY = frozenset({ENROLL_SCOPE})
 
 
@@ -37,11 +36,11 @@ class MfaApi:
     ``/api/agents/{codename}/mfa`` (POST begin, POST ``/confirm``, DELETE reset)."""
 
     def __init__(self, settings: Settings, admin: MfaAdmin, sessions: SessionService, authenticator: Authenticator,
-                 policy: ClearancePolicy, addresses: AddressResolver) -> None:
+                 guard: DirectorGuard, addresses: AddressResolver) -> None:
         self._admin = admin
         self._sessions = sessions
         self._auth = authenticator
-        self._director = policy.levels[-1]
+        self._guard = guard
         self._addresses = addresses
         self._body_limit = settings.limits.login_body_max_bytes
 
@@ -59,28 +58,28 @@ class MfaApi:
     # the agent itself ------------------------------------------------------------------------------
     async def own_status(self, request: web.Request) -> web.Response:
         """``GET /api/auth/mfa``: ``{"enrolled", "pending", "required", "recovery_codes_left"}``."""
-        principal = await self._caller(request, change=False)
+        principal = await self._own(request, change=False)
         status = await self._admin.status(principal.codename)
         return web.json_response(status.to_json(), headers=NO_STORE)
 
     async def own_enroll(self, request: web.Request) -> web.Response:
         """``POST /api/auth/mfa/enroll {"password"}``: a new (pending) secret, its URI and QR code, once."""
-        principal = await self._caller(request, change=True)
+        principal = await self._own(request, change=True)
         body = await self._body(request)
         password = body.get("password")
         if not isinstance(password, str) or set(body) - {"password"}:
             raise _BadRequest('send {"password": "..."}: the password again, to enrol')
         agent = await self._admin.agent(principal.codename)
         await self._sessions.check_password(agent, password, self._addresses.client_address(request))
-        enrollment = await self._admin.begin(agent.codename, actor=self._actor(request, principal))
+        enrollment = await self._admin.begin(agent.codename, actor=actor(request, principal))
         return web.json_response(enrollment.to_json(), headers=NO_STORE)
 
     async def own_confirm(self, request: web.Request) -> web.Response:
         """``POST /api/auth/mfa/confirm {"code"}``: ``{"recovery_codes"}``; with an enrolment-only
         token, also a full session (the login body and cookies) in place of the enrolment one."""
-        principal = await self._caller(request, change=True)
+        principal = await self._own(request, change=True)
         code = await self._code(request)
-        codes = await self._admin.confirm(principal.codename, code, actor=self._actor(request, principal))
+        codes = await self._admin.confirm(principal.codename, code, actor=actor(request, principal))
         if principal.scope != ENROLL_SCOPE:
             return web.json_response({"recovery_codes": codes}, headers=NO_STORE)
         agent = await self._admin.agent(principal.codename)
@@ -90,38 +89,31 @@ class MfaApi:
     # directors -----------------------------------------------------------------------------------
     async def agent_enroll(self, request: web.Request) -> web.Response:
         """``POST /api/agents/{codename}/mfa``: begin an enrolment for an agent (a director beside it)."""
-        principal = await self._caller(request, change=True, director=True)
+        _, by = await self._guard.changer(request)
         await self._no_body_or_empty(request)
-        enrollment = await self._admin.begin(request.match_info["codename"], actor=self._actor(request, principal))
+        enrollment = await self._admin.begin(request.match_info["codename"], actor=by)
         return web.json_response(enrollment.to_json(), headers=NO_STORE)
 
     async def agent_confirm(self, request: web.Request) -> web.Response:
         """``POST /api/agents/{codename}/mfa/confirm {"code"}``: ``{"recovery_codes"}``."""
-        principal = await self._caller(request, change=True, director=True)
+        _, by = await self._guard.changer(request)
         code = await self._code(request)
-        codes = await self._admin.confirm(request.match_info["codename"], code, actor=self._actor(request, principal))
+        codes = await self._admin.confirm(request.match_info["codename"], code, actor=by)
         return web.json_response({"recovery_codes": codes}, headers=NO_STORE)
 
     async def agent_reset(self, request: web.Request) -> web.Response:
         """``DELETE /api/agents/{codename}/mfa``: 204; the factor removed and the agent's sessions ended."""
-        principal = await self._caller(request, change=True, director=True)
-        await self._admin.reset(request.match_info["codename"], actor=self._actor(request, principal))
+        _, by = await self._guard.changer(request)
+        await self._admin.reset(request.match_info["codename"], actor=by)
         return web.Response(status=204, headers=NO_STORE)
 
     # helpers -------------------------------------------------------------------------------------
-    async def _caller(self, request: web.Request, change: bool, director: bool = False) -> Principal:
-        # Directors' routes take full tokens only; the agent's own routes take the enrolment one too.
-        principal = await identify_request(self._auth, request, frozenset() if director else _ENROLL_ONLY)
-        if change and "Authorization" not in request.headers and request.headers.get(CONSOLE_HEADER) != "1":
-            raise _Forbidden(f"a change authorised by the cookie needs the header {CONSOLE_HEADER}: 1 "
-                             "(or send Authorization: Bearer)")
-        if director and principal.role != self._director:
-            raise _Forbidden(f"only a {self._director} may do this")
+    async def _own(self, request: web.Request, change: bool) -> Principal:
+        """The agent itself, by a full token or the enrolment-only one; a change needs Bearer or the header."""
+        principal = await identify_request(self._auth, request, _ENROLL_ONLY)
+        if change:
+            require_change_allowed(request)
         return principal
-
-    def _actor(self, request: web.Request, principal: Principal) -> Actor:
-        bearer = "Authorization" in request.headers
-        return Actor(principal.codename, "api" if bearer else "console")
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         body, problem = await read_json_body(request, self._body_limit)
@@ -153,10 +145,6 @@ class _BadRequest(Exception):
     """400 ``bad_request``."""
 
 
-class _Forbidden(Exception):
-    """403 ``forbidden``."""
-
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -171,8 +159,8 @@ def _refusals_answered(handler: Handler) -> Handler:
             return exc.response
         except _BadRequest as exc:
             return error_response(400, "bad_request", str(exc))
-        except _Forbidden as exc:
-            return error_response(403, "forbidden", str(exc))
+        except Refused as exc:
+            return error_response(exc.status, exc.code, exc.message, {**NO_STORE, **(exc.headers or {})})
         except AuthError as exc:
             return auth_error_response(exc)
         except LoginError as exc:  # the password asked again: wrong, or the login limits

@@ -344,8 +344,9 @@ def _mfa_paths() -> dict[str, Any]:
     body_problems = {"s413": ["payload_too_large"], "s415": ["unsupported_media_type"]}
     code_body = json_body(_object({"code": {"type": "string", "description": "Six digits from the app."}}))
     own = "Also takes the enrolment-only token login hands an agent that must enrol."
+    # The directors' change budget (hq/guards.py) covers these routes too.
     director = {"s401": AUTH_CODES, "s403": ["forbidden", *ENROLL_ONLY], "s404": ["not_found"],
-                "s503": ["unavailable"]}
+                "s429": ["too_many_attempts"], "s503": ["unavailable"]}
     codename = path_parameter("codename", "The agent's codename (any case).")
     return {
         "/api/auth/mfa": {"get": operation(

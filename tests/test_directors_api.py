@@ -20,7 +20,7 @@ import jwt
 import pyotp
 import pytest
 
-from hq.directors import CHANGES_BURST
+from hq.guards import CHANGES_BURST
 from hq.store import Store
 
 from .services import REDIS_URL, create_database, drop_database, ensure_redis

@@ -1,0 +1,98 @@
+"""Who may call a protected HTTP route, as rules the directors' API and the second factor's routes share.
+
+- A director is an agent whose *stored* role is the highest clearance level.
+- A change (POST, PATCH, DELETE) is authorised by ``Authorization: Bearer``, or by the ``jwt``
+  cookie only together with the header ``X-HQ-Console: 1``: a cross-site form or link cannot send
+  that header, so a cookie alone never changes anything.
+- A director's changes are limited (a token bucket per director, :data:`CHANGES_BURST` at once,
+  then :data:`CHANGES_PER_SECOND`), on every route that changes agents or sessions.
+"""
+
+from __future__ import annotations
+
+import math
+
+from aiohttp import web
+
+from .auth.agents import Actor
+from .auth.identity import Authenticator, Principal
+from .auth.limits import TokenBucket
+from .http_api import identify_request
+
+#: The header that makes the ``jwt`` cookie good for a change (the console sends it).
+CONSOLE_HEADER = "X-HQ-Console"
+#: Changes one director may make at once, and how fast the allowance comes back (30 a minute).
+CHANGES_BURST = 30
+CHANGES_PER_SECOND = 0.5
+
+
+class Refused(Exception):
+    """A request answered with an error: the status, the contract's code and a message."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+
+def is_bearer(request: web.Request) -> bool:
+    """Whether the request carries its token as ``Authorization: Bearer`` (else the cookie)."""
+    return "Authorization" in request.headers
+
+
+def actor(request: web.Request, principal: Principal) -> Actor:
+    """As whom a change is audited: the agent, through the API (Bearer) or the console (cookie)."""
+    return Actor(principal.codename, "api" if is_bearer(request) else "console")
+
+
+def require_change_allowed(request: web.Request) -> None:
+    """Refuse a change carried by the cookie alone (403 ``forbidden``)."""
+    if not is_bearer(request) and request.headers.get(CONSOLE_HEADER) != "1":
+        raise Refused(403, "forbidden", f"a change authorised by the session cookie needs the header "
+                                        f"{CONSOLE_HEADER}: 1 (or use Authorization: Bearer)")
+
+
+class ChangeLimiter:
+    """A token bucket per director (by codename, any case) on the changes they make."""
+
+    def __init__(self, rate: float = CHANGES_PER_SECOND, burst: int = CHANGES_BURST) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def spend(self, codename: str) -> int:
+        """Spend one change; 0 when allowed, else the seconds until the next one is."""
+        bucket = self._buckets.setdefault(codename.lower(), TokenBucket(self._rate, self._burst))
+        if bucket.take():
+            return 0
+        return max(1, math.ceil((1 - bucket.tokens) / self._rate))
+
+
+class DirectorGuard:
+    """The rule of every directors' route: who the caller is, that it is a director, and for a change
+    that it was allowed (header) and within the director's budget. One per node, shared by every
+    directors' route so that one budget covers them all."""
+
+    def __init__(self, authenticator: Authenticator, director_role: str, limiter: ChangeLimiter | None = None) -> None:
+        self._auth = authenticator
+        self.director_role = director_role
+        self._limiter = limiter or ChangeLimiter()
+
+    async def reader(self, request: web.Request) -> Principal:
+        """The director behind a read; raises :class:`~hq.errors.AuthError` (401) or :class:`Refused` (403)."""
+        principal = await identify_request(self._auth, request)
+        if principal.role != self.director_role:
+            raise Refused(403, "forbidden", f"only a {self.director_role} may use this")
+        return principal
+
+    async def changer(self, request: web.Request) -> tuple[Principal, Actor]:
+        """The director behind a change and as whom it is audited; also 403 without the header, 429 past the budget."""
+        principal = await self.reader(request)
+        require_change_allowed(request)
+        wait = self._limiter.spend(principal.codename)
+        if wait:
+            raise Refused(429, "too_many_attempts", f"too many changes; try again in {wait} s",
+                          headers={"Retry-After": str(wait)})
+        return principal, actor(request, principal)
