@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import socket
-import time
 import uuid
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
@@ -36,16 +35,14 @@ from typing import Any, Awaitable, Callable
 
 import redis.asyncio as aioredis
 
+from .redis_calls import RETRY_AFTER, RedisCalls, describe
+
 log = logging.getLogger("hq.connections")
 
 #: Seconds between two refreshes of this node's hash TTL (and of changed transports).
 HEARTBEAT = 5.0
 #: TTL of a node's hash: a node that stopped refreshing it is no longer listed this long after.
 EXPIRY = 15.0
-#: No Redis call of the registry waits longer than this; past it, this node's view answers.
-REDIS_DEADLINE = 1.0
-#: After a failed Redis call, listings use this node's view for this long before asking again.
-RETRY_AFTER = 1.0
 
 #: ``transport_of(socket_id)``: the socket's transport now (a polling socket may have upgraded).
 TransportSource = Callable[[str], "str | None"]
@@ -107,9 +104,9 @@ class ConnectionRegistry:
         # Socket ids changed since the last write: written (present in _local) or deleted (absent).
         self._dirty: set[str] = set()
         self._write_back = True  # this node's hash in Redis may be missing or stale: write it whole
-        self._paused_until = 0.0
-        self._failing = False
         self._wake = asyncio.Event()
+        self._calls = RedisCalls(redis, log, "connections", "listing this node's sockets only",
+                                 "writing this node's sockets back", on_lost=self._lost, on_back=self._wake.set)
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
@@ -209,7 +206,7 @@ class ConnectionRegistry:
             self._wake.set()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        if self._redis is not None and time.monotonic() >= self._paused_until:
+        if not self._calls.resting:
             await self._ask(self._leave)
 
     async def _leave(self, redis: aioredis.Redis) -> None:
@@ -244,7 +241,7 @@ class ConnectionRegistry:
                 await self._ask(self._write)
             self._wake.clear()
             wait = max(0.0, next_beat - loop.time())
-            if self._failing:
+            if self._calls.failing:
                 wait = min(wait, RETRY_AFTER)
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the result, swallowing a
             # cancellation that arrives as the event is set (sockets closing as HQ stops), and the
@@ -252,9 +249,9 @@ class ConnectionRegistry:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
-            if self._failing and not self._stopping:
+            if self._calls.failing and not self._stopping:
                 # Do not spin on changes while Redis is away: try again after the pause.
-                await asyncio.sleep(max(0.0, self._paused_until - time.monotonic()))
+                await asyncio.sleep(self._calls.seconds_until_retry())
 
     async def _beat(self, redis: aioredis.Redis) -> bool:
         """Refresh the TTL; a hash that expired meanwhile (a long pause) is written back whole."""
@@ -296,25 +293,13 @@ class ConnectionRegistry:
 
     async def _ask(self, call: Callable[[aioredis.Redis], Awaitable[Any]]) -> Any:
         """Run ``call`` against Redis within the deadline; None while Redis is away (never raises)."""
-        redis = self._redis
-        if redis is None or time.monotonic() < self._paused_until:
-            return None
-        try:
-            async with asyncio.timeout(REDIS_DEADLINE):
-                result = await call(redis)
-        except Exception as error:  # refused, reset, timed out: this node's view answers meanwhile
-            self._paused_until = time.monotonic() + RETRY_AFTER
-            self._write_back = True
-            if not self._failing:
-                self._failing = True
-                log.warning("connections: Redis does not answer (%s); listing this node's sockets only until it does",
-                            _describe(error))
-            return None
-        if self._failing:
-            self._failing = False
-            log.info("connections: Redis answers again; writing this node's sockets back")
-            self._wake.set()
-        return result if result is not None else True
+        async def answered(redis: aioredis.Redis) -> Any:
+            result = await call(redis)
+            return True if result is None else result  # None means Redis was away
+        return await self._calls.ask(answered)
+
+    def _lost(self) -> None:
+        self._write_back = True
 
 
 def _encode(record: SocketRecord) -> str:
@@ -332,14 +317,10 @@ def _record(node: str, raw: Any) -> SocketRecord | None:
                               user_agent=str(fields["user_agent"]), since=str(fields["since"]),
                               exp=int(fields["exp"]))
     except (ValueError, KeyError, TypeError) as error:
-        log.warning("connections: skipped a malformed record of node %s (%s)", node, _describe(error))
+        log.warning("connections: skipped a malformed record of node %s (%s)", node, describe(error))
         return None
     return record
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}".splitlines()[0] if str(error) else type(error).__name__

@@ -19,7 +19,7 @@ also writes, per channel and agent, how many sockets it holds (:class:`_RedisBoa
   ``<prefix>:presence:nodes``) removes its counts and reports the agents that went offline.
 
 Redis is never a reason for a join, leave or disconnect to fail or wait long: each call is bounded
-(:data:`REDIS_DEADLINE`), after a failure Redis is left alone for :data:`RETRY_AFTER`, and meanwhile
+and after a failure Redis is left alone for a while (:mod:`hq.realtime.redis_calls`), and meanwhile
 this node's view answers (one warning per outage). When Redis answers again the node writes its
 whole view back (counts changed or expired meanwhile) and reports what that changed.
 
@@ -33,12 +33,13 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 
 import redis.asyncio as aioredis
+
+from .redis_calls import RETRY_AFTER, RedisCalls
 
 log = logging.getLogger("hq.presence")
 
@@ -46,10 +47,6 @@ log = logging.getLogger("hq.presence")
 HEARTBEAT = 5.0
 #: Default TTL of the alive key: a node that stopped refreshing it is gone from presence this long after.
 EXPIRY = 15.0
-#: No presence call waits on Redis longer than this (join, leave and disconnect await them).
-REDIS_DEADLINE = 1.0
-#: After a failed Redis call, presence uses this node's view for this long before asking again.
-RETRY_AFTER = 1.0
 
 #: ``listener(channel, codename, online)``: an agent's first socket in a channel arrived, or its last left.
 PresenceListener = Callable[[str, str, bool], Awaitable[None]]
@@ -259,11 +256,11 @@ class Presence:
         # One Redis write at a time per (channel, agent): each writes the count as it is when it runs,
         # so a late write can never overwrite a newer count with an older one.
         self._locks: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}
-        self._paused_until = 0.0
-        self._failing = False
         self._write_back = True  # this node's counts in Redis may be missing or stale
         self._stopped = False
         self._wake = asyncio.Event()
+        self._calls = RedisCalls(self._board, log, "presence", "showing this node's agents only",
+                                 "writing this node's agents back", on_lost=self._lost, on_back=self._wake.set)
         self._task: asyncio.Task[None] | None = None
 
     def on_change(self, listener: PresenceListener) -> None:
@@ -306,8 +303,7 @@ class Presence:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        board = self._board
-        if board is not None and time.monotonic() >= self._paused_until:
+        if not self._calls.resting:
             for channel in self._channels:
                 await self._report(channel, await self._ask(lambda b, c=channel: b.write(c, b.node, {}, True)))
             await self._ask(lambda b: b.leave())
@@ -351,25 +347,10 @@ class Presence:
     # Redis --------------------------------------------------------------------------------------
     async def _ask(self, call: Callable[[_RedisBoard], Awaitable[Any]]) -> Any:
         """Run ``call`` against Redis within the deadline; None while Redis is away (never raises)."""
-        board = self._board
-        if board is None or time.monotonic() < self._paused_until:
-            return None
-        try:
-            async with asyncio.timeout(REDIS_DEADLINE):
-                result = await call(board)
-        except Exception as error:  # refused, reset, timed out, script error: this node's view answers
-            self._paused_until = time.monotonic() + RETRY_AFTER
-            self._write_back = True
-            if not self._failing:
-                self._failing = True
-                log.warning("presence: Redis does not answer (%s); showing this node's agents only until it does",
-                            _describe(error))
-            return None
-        if self._failing:
-            self._failing = False
-            log.info("presence: Redis answers again; writing this node's agents back")
-            self._wake.set()
-        return result
+        return await self._calls.ask(call)
+
+    def _lost(self) -> None:
+        self._write_back = True
 
     async def _beat(self, board: _RedisBoard) -> None:
         while not self._stopped:
@@ -385,7 +366,7 @@ class Presence:
             # Not asyncio.wait_for: on Python 3.11 it returns normally when the task is cancelled just
             # as the event is set.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(RETRY_AFTER if self._failing else self._heartbeat):
+                async with asyncio.timeout(RETRY_AFTER if self._calls.failing else self._heartbeat):
                     await self._wake.wait()
 
     async def _write_all(self, board: _RedisBoard) -> None:
@@ -408,7 +389,3 @@ class Presence:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}".splitlines()[0] if str(error) else type(error).__name__
