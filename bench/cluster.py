@@ -728,7 +728,7 @@ def table(results: dict[str, Any]) -> str:
                         f"{n['rss_before_kb'] / 1024:.0f} → {n['rss_after_kb'] / 1024:.0f}, {_fmt(n['kb_per_socket'])} |")
         rows.append(f"| idle | RSS per idle socket, both nodes, KB | {_fmt(i['kb_per_socket'])} |")
         rows.append(f"| idle | CPU of both nodes while idle (Engine.IO pings every 25 s), cores | {_fmt(i['idle_cpu_cores'])} |")
-        rows.append(f"| idle | Redis used_memory change, KB (idle sockets keep nothing there) | "
+        rows.append(f"| idle | Redis used_memory change, KB (the socket registry: one record per socket) | "
                     f"{_fmt(i['redis_used_memory_change_kb'])} |")
         rows.append(f"| idle | dropped while held | {i['dropped']} |")
         rv = i["revocation_while_held"]
