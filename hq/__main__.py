@@ -267,9 +267,13 @@ async def _run_agent_action(hq: HQ, args: argparse.Namespace) -> int:
         return await _mfa_action(hq, args.mfa_action, args.codename)
     admin = hq.admin
     if args.action == "list":
-        rows = [("CODENAME", "ROLE", "ENABLED", "CREATED")]
-        rows += [(a.codename, a.role, "yes" if a.enabled else "no", a.created) for a in await admin.list()]
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        # The contract's four columns first; then what the directors' list shows too.
+        logins, second_factor = await admin.last_logins(), await admin.with_second_factor()
+        rows = [("CODENAME", "ROLE", "ENABLED", "CREATED", "LAST_LOGIN", "2FA")]
+        rows += [(a.codename, a.role, "yes" if a.enabled else "no", a.created,
+                  logins.get(a.codename.lower()) or "never", "yes" if a.codename.lower() in second_factor else "no")
+                 for a in await admin.list()]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for row in rows:
             print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
         return 0

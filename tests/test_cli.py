@@ -82,7 +82,7 @@ def neo(fresh: HQServer) -> subprocess.CompletedProcess[str]:
     return fresh.cli("agents", "add", "Neo.One", "--role", "analyst", "--password-stdin", stdin="twelve chars\n")
 
 
-def test_add_and_list(fresh: HQServer, neo: subprocess.CompletedProcess[str]) -> None:
+async def test_add_and_list(fresh: HQServer, neo: subprocess.CompletedProcess[str]) -> None:
     added = neo
     assert added.returncode == 0, added.stderr
     assert "Neo.One" in added.stdout and "analyst" in added.stdout
@@ -90,10 +90,15 @@ def test_add_and_list(fresh: HQServer, neo: subprocess.CompletedProcess[str]) ->
     listed = fresh.cli("agents", "list")
     assert listed.returncode == 0 and listed.stderr == ""
     rows = [line.split() for line in listed.stdout.strip().splitlines()]
-    assert rows[0] == ["CODENAME", "ROLE", "ENABLED", "CREATED"]
+    assert rows[0] == ["CODENAME", "ROLE", "ENABLED", "CREATED", "LAST_LOGIN", "2FA"]
     neo = next(row for row in rows if row[0] == "Neo.One")
     assert neo[1:3] == ["analyst", "yes"] and re.match(r"\d{4}-\d{2}-\d{2}", neo[3])
+    assert neo[4:] == ["never", "no"]
     assert "$2" not in listed.stdout and "bcrypt" not in listed.stdout.lower()
+    assert await login_status(fresh, "neo.one", "twelve chars") == 200
+    rows = [line.split() for line in fresh.cli("agents", "list").stdout.strip().splitlines()]
+    neo = next(row for row in rows if row[0] == "Neo.One")
+    assert re.match(r"\d{4}-\d{2}-\d{2}", neo[4]) and neo[4] >= neo[3] and neo[5] == "no"
 
 
 # name -> (arguments after "agents", stdin, text the error line must contain)

@@ -112,7 +112,7 @@ def test_cli_runs_with_agent_client_variables_exported(tmp_path: Path) -> None:
     write_config(config, {"auth": {"bcrypt_rounds": 4}, "audit": {"path": "audit.log"}})
     result = run_cli(config, "agents", "list", env={"HQ_URL": "http://127.0.0.1:3000"})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["CODENAME", "ROLE", "ENABLED", "CREATED"] and result.stderr == ""
+    assert result.stdout.split() == ["CODENAME", "ROLE", "ENABLED", "CREATED", "LAST_LOGIN", "2FA"] and result.stderr == ""
     typo = run_cli(config, "agents", "list", env={"HQ_URL": "http://127.0.0.1:3000", "HQ_SERVER_PROT": "1"})
     assert typo.returncode == 2 and typo.stderr.strip() == "hq: config: HQ_SERVER_PROT: unknown setting"
 

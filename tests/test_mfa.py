@@ -462,6 +462,8 @@ async def test_cli_enroll_prints_uri_and_qr_and_needs_a_code(hq: HQServer, http:
     assert status == 200
     code, out, err, _ = cli_enroll(hq, "cli1", None)
     assert code == 2 and "already has a second factor" in err and "Secret" not in out
+    listed = [line.split() for line in hq.cli("agents", "list").stdout.splitlines()]
+    assert next(row for row in listed if row[0] == "cli1")[-1] == "yes"  # the 2FA column
     refused = hq.cli("agents", "mfa", "reset", "nobody")
     assert refused.returncode == 2 and refused.stderr.strip() == "hq: no agent named nobody"
     actions = [(a["actor"], a["interface"], a["action"]) for a in hq.audit_lines()
