@@ -23,14 +23,14 @@ import pytest
 from hq.guards import CHANGES_BURST
 from hq.store import Store
 
-from .services import REDIS_URL, create_database, drop_database, ensure_redis
+from .cluster import start_cluster
+from .services import REDIS_URL, ensure_redis
 from .sio import RecordingClient
 from .support import PASSWORD, HQServer, make_server
 from .test_store import store  # noqa: F401  (the fixture: SQLite and PostgreSQL)
 
 AGENT_FIELDS = {"codename", "role", "enabled", "created", "last_login", "sockets", "mfa"}
 SOCKET_FIELDS = {"node", "address", "transport", "user_agent", "since", "exp"}
-CLUSTER_SECRET = "a shared cluster secret of at least 32 bytes!"
 DIRECTORS = ["dora", "dan", "dee", "dov", "dux", "dyl"]
 _turn = iter(range(10**9))
 
@@ -566,17 +566,10 @@ async def test_store_codenames_with_mfa(store: Store) -> None:
 @pytest.fixture
 async def two_nodes(tmp_path: Path) -> AsyncIterator[tuple[HQServer, HQServer]]:
     ensure_redis()
-    url = await create_database()
-    shared = {"storage": {"url": url, "revocation_poll": 5.0},  # slow: only the push ends sockets in time
-              "cluster": {"redis_url": REDIS_URL, "channel": f"hq-test-{uuid.uuid4().hex[:8]}",
-                          "presence_heartbeat": 0.5, "presence_ttl": 2.0},  # a dead node is forgotten in 2 s
-              "auth": {"bcrypt_rounds": 4, "secret": CLUSTER_SECRET}}
-    a = make_server(tmp_path / "a", {"dora": "director", "fox": "field-operative"}, **shared).start()
-    b = make_server(tmp_path / "b", agents={}, **shared).start()
-    yield a, b
-    a.stop()
-    b.stop()
-    await drop_database(url)
+    async with start_cluster(tmp_path, 2, REDIS_URL, agents={"dora": "director", "fox": "field-operative"},
+                             storage={"revocation_poll": 5.0},  # slow: only the push ends sockets in time
+                             cluster={"presence_heartbeat": 0.5, "presence_ttl": 2.0}) as cluster:  # forgotten in 2 s
+        yield cluster[0], cluster[1]
 
 
 async def test_a_change_on_one_node_ends_sockets_on_the_other(two_nodes: tuple[HQServer, HQServer]) -> None:
