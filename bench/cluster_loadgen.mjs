@@ -12,33 +12,16 @@
 //   hold        N idle authenticated sockets until "stop" on stdin (or hold_s), counting drops
 import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
-import { performance } from "node:perf_hooks";
-import { io } from "socket.io-client";
+import { armHardStop, base, now, percentile, round, runScenario, sleep, socketClient } from "./loadgen_common.mjs";
 
 const { values: cli } = parseArgs({
   options: { scenario: { type: "string" }, params: { type: "string", default: "{}" } },
 });
 
-const LOOPBACK = /^https?:\/\/(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\/?$/;
 const P = JSON.parse(cli.params);
 const ACK_TIMEOUT_MS = P.ack_timeout_ms ?? 30000;
-const HARD_LIMIT_MS = (P.hard_limit_s ?? 180) * 1000;
-
-const hardStop = setTimeout(() => {
-  console.log(JSON.stringify({ scenario: cli.scenario, error: "hard time limit reached" }));
-  process.exit(1);
-}, HARD_LIMIT_MS);
-hardStop.unref();
-
-const now = () => performance.now();
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-const round = (x, digits = 3) => (x === null || x === undefined ? null : Number(x.toFixed(digits)));
-
-function percentile(values, q) {
-  if (values.length === 0) return null;
-  const sorted = Float64Array.from(values).sort();
-  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
-}
+armHardStop(cli.scenario, (P.hard_limit_s ?? 180) * 1000);
+const { login, connect, connectMany, ack } = socketClient(ACK_TIMEOUT_MS);
 
 function summary(values) {
   return {
@@ -49,22 +32,6 @@ function summary(values) {
   };
 }
 
-function base(url) {
-  if (!LOOPBACK.test(url)) throw new Error(`not a loopback URL: ${url}`);
-  return url.replace(/\/$/, "");
-}
-
-async function login(url, { codename, password }) {
-  const response = await fetch(`${base(url)}/api/auth/login`, {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ username: codename, password }),
-  });
-  const body = await response.json();
-  if (response.status !== 200) throw new Error(`login ${codename}: ${response.status} ${JSON.stringify(body)}`);
-  return body.access_token;
-}
-
 async function logout(url, token) {
   const response = await fetch(`${base(url)}/api/auth/logout`, {
     method: "POST",
@@ -72,42 +39,6 @@ async function logout(url, token) {
   });
   await response.arrayBuffer();
   if (response.status !== 204) throw new Error(`logout: ${response.status}`);
-}
-
-function connect(url, token) {
-  return new Promise((resolve, reject) => {
-    const socket = io(base(url), {
-      auth: { token },
-      transports: ["websocket"],
-      forceNew: true,
-      reconnection: false,
-      timeout: ACK_TIMEOUT_MS,
-    });
-    socket.once("connect", () => resolve(socket));
-    socket.once("connect_error", (err) => {
-      socket.close();
-      reject(new Error(`connect_error: ${err.message}`));
-    });
-  });
-}
-
-async function connectMany(url, token, count, concurrency = 50) {
-  const sockets = [];
-  let next = 0;
-  async function worker() {
-    while (next < count) {
-      next += 1;
-      sockets.push(await connect(url, token));
-    }
-  }
-  await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker));
-  return sockets;
-}
-
-async function ack(socket, event, payload) {
-  const answer = await socket.timeout(ACK_TIMEOUT_MS).emitWithAck(event, payload);
-  if (!answer || answer.ok !== true) throw new Error(`${event} refused: ${JSON.stringify(answer)}`);
-  return answer;
 }
 
 // A sender on `sender_url` sends `messages` messages, one every `interval_ms`, to `channel`; members
@@ -278,16 +209,4 @@ const SCENARIOS = {
   hold: scenarioHold,
 };
 
-const run = SCENARIOS[cli.scenario];
-if (!run) {
-  console.error(`cluster_loadgen: unknown scenario ${cli.scenario}; one of ${Object.keys(SCENARIOS).join(", ")}`);
-  process.exit(2);
-}
-try {
-  const result = await run();
-  console.log(JSON.stringify({ scenario: cli.scenario, ...result }));
-  process.exit(0);
-} catch (err) {
-  console.log(JSON.stringify({ scenario: cli.scenario, error: String(err.stack ?? err) }));
-  process.exit(1);
-}
+await runScenario("cluster_loadgen", cli.scenario, SCENARIOS);

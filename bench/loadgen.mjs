@@ -11,8 +11,7 @@
 //   login_storm  p99 ack latency of paced clients while concurrent logins run, against without
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { performance } from "node:perf_hooks";
-import { io } from "socket.io-client";
+import { LOOPBACK, armHardStop, now, percentile, round, runScenario, sleep, socketClient } from "./loadgen_common.mjs";
 
 const { values: cli } = parseArgs({
   options: {
@@ -23,7 +22,6 @@ const { values: cli } = parseArgs({
   },
 });
 
-const LOOPBACK = /^https?:\/\/(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\/?$/;
 if (!cli.url || !LOOPBACK.test(cli.url)) {
   console.error("loadgen: --url must be a loopback address");
   process.exit(2);
@@ -33,72 +31,14 @@ const P = JSON.parse(cli.params);
 const ACK_TIMEOUT_MS = P.ack_timeout_ms ?? 30000;
 const HARD_LIMIT_MS = (P.hard_limit_s ?? 120) * 1000;
 
-// A run that hangs (a server that stopped answering) still ends, with an error result.
-const hardStop = setTimeout(() => {
-  console.log(JSON.stringify({ scenario: cli.scenario, error: "hard time limit reached" }));
-  process.exit(1);
-}, HARD_LIMIT_MS);
-hardStop.unref();
+armHardStop(cli.scenario, HARD_LIMIT_MS);
 
-const now = () => performance.now();
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-function percentile(values, q) {
-  if (values.length === 0) return null;
-  const sorted = Float64Array.from(values).sort();
-  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
-}
-
-const round = (x, digits = 3) => (x === null ? null : Number(x.toFixed(digits)));
-
-async function login({ codename, password }) {
-  const response = await fetch(`${URL_BASE}/api/auth/login`, {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ username: codename, password }),
-  });
-  const body = await response.json();
-  if (response.status !== 200) throw new Error(`login ${codename}: ${response.status} ${JSON.stringify(body)}`);
-  return body.access_token;
-}
-
-// One authenticated Socket.IO connection over the websocket transport, no reconnection.
-function connect(token) {
-  return new Promise((resolve, reject) => {
-    const socket = io(URL_BASE, {
-      auth: { token },
-      transports: ["websocket"],
-      forceNew: true,
-      reconnection: false,
-      timeout: ACK_TIMEOUT_MS,
-    });
-    socket.once("connect", () => resolve(socket));
-    socket.once("connect_error", (err) => {
-      socket.close();
-      reject(new Error(`connect_error: ${err.message}`));
-    });
-  });
-}
-
-// Open `count` connections, at most `concurrency` handshakes at a time.
-async function connectMany(token, count, concurrency = 50) {
-  const sockets = [];
-  let next = 0;
-  async function worker() {
-    while (next < count) {
-      next += 1;
-      sockets.push(await connect(token));
-    }
-  }
-  await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker));
-  return sockets;
-}
-
-async function ack(socket, event, payload) {
-  const answer = await socket.timeout(ACK_TIMEOUT_MS).emitWithAck(event, payload);
-  if (!answer || answer.ok !== true) throw new Error(`${event} refused: ${JSON.stringify(answer)}`);
-  return answer;
-}
+// The shared client, bound to the one URL this generator loads.
+const client = socketClient(ACK_TIMEOUT_MS);
+const login = (agent) => client.login(URL_BASE, agent);
+const connect = (token) => client.connect(URL_BASE, token);
+const connectMany = (token, count, concurrency) => client.connectMany(URL_BASE, token, count, concurrency);
+const { ack } = client;
 
 function closeAll(sockets) {
   for (const socket of sockets) socket.close();
@@ -370,16 +310,4 @@ const SCENARIOS = {
   login_storm: scenarioLoginStorm,
 };
 
-const run = SCENARIOS[cli.scenario];
-if (!run) {
-  console.error(`loadgen: unknown scenario ${cli.scenario}; one of ${Object.keys(SCENARIOS).join(", ")}`);
-  process.exit(2);
-}
-try {
-  const result = await run();
-  console.log(JSON.stringify({ scenario: cli.scenario, ...result }));
-  process.exit(0);
-} catch (err) {
-  console.log(JSON.stringify({ scenario: cli.scenario, error: String(err.stack ?? err) }));
-  process.exit(1);
-}
+await runScenario("loadgen", cli.scenario, SCENARIOS);

@@ -1,0 +1,102 @@
+// What bench's two load generators share (loadgen.mjs: one HQ or the Node reference; cluster_loadgen.mjs:
+// an HQ cluster): timing helpers, a hard time limit, and an authenticated JS socket.io-client over the
+// websocket transport with no reconnection, to loopback addresses only.
+import { performance } from "node:perf_hooks";
+import { io } from "socket.io-client";
+
+export const LOOPBACK = /^https?:\/\/(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?\/?$/;
+
+export const now = () => performance.now();
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+export const round = (x, digits = 3) => (x === null || x === undefined ? null : Number(x.toFixed(digits)));
+
+export function percentile(values, q) {
+  if (values.length === 0) return null;
+  const sorted = Float64Array.from(values).sort();
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+}
+
+// A run that hangs (a server that stopped answering) still ends, with an error result.
+export function armHardStop(scenario, limitMs) {
+  const hardStop = setTimeout(() => {
+    console.log(JSON.stringify({ scenario, error: "hard time limit reached" }));
+    process.exit(1);
+  }, limitMs);
+  hardStop.unref();
+}
+
+export function base(url) {
+  if (!LOOPBACK.test(url)) throw new Error(`not a loopback URL: ${url}`);
+  return url.replace(/\/$/, "");
+}
+
+// login / connect / connectMany / ack against any loopback URL, acks and handshakes bounded by ackTimeoutMs.
+export function socketClient(ackTimeoutMs) {
+  async function login(url, { codename, password }) {
+    const response = await fetch(`${base(url)}/api/auth/login`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ username: codename, password }),
+    });
+    const body = await response.json();
+    if (response.status !== 200) throw new Error(`login ${codename}: ${response.status} ${JSON.stringify(body)}`);
+    return body.access_token;
+  }
+
+  // One authenticated Socket.IO connection over the websocket transport, no reconnection.
+  function connect(url, token) {
+    return new Promise((resolve, reject) => {
+      const socket = io(base(url), {
+        auth: { token },
+        transports: ["websocket"],
+        forceNew: true,
+        reconnection: false,
+        timeout: ackTimeoutMs,
+      });
+      socket.once("connect", () => resolve(socket));
+      socket.once("connect_error", (err) => {
+        socket.close();
+        reject(new Error(`connect_error: ${err.message}`));
+      });
+    });
+  }
+
+  // Open `count` connections, at most `concurrency` handshakes at a time.
+  async function connectMany(url, token, count, concurrency = 50) {
+    const sockets = [];
+    let next = 0;
+    async function worker() {
+      while (next < count) {
+        next += 1;
+        sockets.push(await connect(url, token));
+      }
+    }
+    await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker));
+    return sockets;
+  }
+
+  async function ack(socket, event, payload) {
+    const answer = await socket.timeout(ackTimeoutMs).emitWithAck(event, payload);
+    if (!answer || answer.ok !== true) throw new Error(`${event} refused: ${JSON.stringify(answer)}`);
+    return answer;
+  }
+
+  return { login, connect, connectMany, ack };
+}
+
+// Run the scenario named `name` and print its result as one JSON line (exit 0), or the error (exit 1).
+export async function runScenario(program, name, scenarios) {
+  const run = scenarios[name];
+  if (!run) {
+    console.error(`${program}: unknown scenario ${name}; one of ${Object.keys(scenarios).join(", ")}`);
+    process.exit(2);
+  }
+  try {
+    const result = await run();
+    console.log(JSON.stringify({ scenario: name, ...result }));
+    process.exit(0);
+  } catch (err) {
+    console.log(JSON.stringify({ scenario: name, error: String(err.stack ?? err) }));
+    process.exit(1);
+  }
+}
