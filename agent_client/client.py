@@ -40,9 +40,9 @@ from .link import CALL_TIMEOUT, Link
 from .messages import Agent, Message
 from .nodes import Nodes
 from .ordering import ChannelCursor
-from .tokens import TokenSession, make_ssl_context
+from .http_api import TokenSession, make_ssl_context
 
-log = logging.getLogger("agent_client")
+log = logging.getLogger(__name__)
 
 MessageCallback = Callable[[Message], Awaitable[None] | None]
 

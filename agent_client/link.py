@@ -18,7 +18,7 @@ from .errors import (AgentClientError, AgentDisabled, ConnectionLost, Connection
                      error_for)
 from .messages import Message
 
-log = logging.getLogger("agent_client")
+log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 15.0
 CALL_TIMEOUT = 30.0

@@ -497,7 +497,7 @@ class Bench:
             time.sleep(p["idle_cpu_s"])
             cpu_after = cpu_sample(list(pid_of.values()))
             idle_cores = {name: (cpu_after[pid] - cpu_before[pid]) / p["idle_cpu_s"] for name, pid in pid_of.items()}
-            # Ending a session's sockets scans every socket of the node (hq/realtime/handlers.py end_sessions).
+            # Ending a session's sockets scans every socket of the node (hq/realtime/realtime.py end_sessions).
             loaded_revocation = check(run_loadgen("revocation", {"count": p["revocations"],
                                                                  "urls": [self.a.url, self.b.url]}))
         finally:

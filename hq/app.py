@@ -17,7 +17,7 @@ from aiohttp import web
 from .addresses import AddressResolver
 from .ops.admin_ui import AdminUI
 from .auth.agents import AgentAdmin
-from .ops.audit import AuditLog, audit_context
+from .audit import AuditLog, audit_context
 from .auth.clearance import ClearancePolicy
 from .config import Settings
 from .console import Console
@@ -31,7 +31,7 @@ from .openapi import OpenApi
 from .auth.passwords import PasswordHasher
 from .realtime.connections import ConnectionRegistry
 from .realtime.presence import Presence
-from .realtime.handlers import Realtime
+from .realtime.realtime import Realtime
 from .realtime.revocation import RevocationBus, RevocationWatcher, revocation_channel
 from .auth.sessions import SessionService
 from .auth.mfa import SecondFactor, SecretBox

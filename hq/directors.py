@@ -105,7 +105,7 @@ class DirectorsApi:
         listing = await self._connections.cluster()
         sockets: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for record in sorted(listing.records, key=lambda r: (r.since, r.node)):
-            sockets[record.sid].append(record.to_wire())
+            sockets[record.session_id].append(record.to_wire())
         sessions = await self._admin.live_sessions(set(sockets))
         spelling = {agent.codename.lower(): agent.codename for agent in await self._admin.list()}
         body = [{"sid": s.sid, "codename": spelling.get(s.codename, s.codename), "created": s.created,

@@ -22,7 +22,7 @@ from .auth.identity import ENROLLMENT_REQUIRED, Authenticator, Principal
 from .auth.sessions import SessionService, TokenPair
 from .auth.tokens import ENROLL_SCOPE, KeyRing
 
-log = logging.getLogger("hq.http")
+log = logging.getLogger(__name__)
 
 ACCESS_COOKIE = "jwt"
 REFRESH_COOKIE = "hq_refresh"
@@ -158,7 +158,7 @@ class HttpApi:
         try:
             # An enrolment-only session may be logged out of too.
             principal = await identify_request(self._auth, request, frozenset({ENROLL_SCOPE}))
-            await self._sessions.revoke(principal.codename, "logged_out", principal.sid,
+            await self._sessions.revoke(principal.codename, "logged_out", principal.session_id,
                                         address=self._addresses.client_address(request))
         except AuthError as exc:
             return self._auth_error(exc)

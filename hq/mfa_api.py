@@ -83,7 +83,7 @@ class MfaApi:
         if principal.scope != ENROLL_SCOPE:
             return web.json_response({"recovery_codes": codes}, headers=NO_STORE)
         agent = await self._admin.agent(principal.codename)
-        pair = await self._sessions.finish_enrollment(agent, principal.sid, self._addresses.client_address(request))
+        pair = await self._sessions.finish_enrollment(agent, principal.session_id, self._addresses.client_address(request))
         return token_response(pair, {"recovery_codes": codes})
 
     # directors -----------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ FAST = {"heartbeat": 0.2, "expiry": 1.0}
 
 
 def add(registry: ConnectionRegistry, socket_id: str, sid: str = "a" * 32, codename: str = "fox", exp: int = 2_000_000_000) -> None:
-    registry.add(socket_id, sid=sid, codename=codename, address="127.0.0.1", transport="websocket",
+    registry.add(socket_id, session_id=sid, codename=codename, address="127.0.0.1", transport="websocket",
                  user_agent="test", exp=exp)
 
 
@@ -58,7 +58,7 @@ async def test_one_node_in_memory() -> None:
 
 async def test_a_transport_upgrade_is_followed() -> None:
     registry = ConnectionRegistry(node="here")
-    registry.add("s1", sid="a" * 32, codename="fox", address="::1", transport="polling", user_agent="", exp=1)
+    registry.add("s1", session_id="a" * 32, codename="fox", address="::1", transport="polling", user_agent="", exp=1)
     registry.follow_transports(lambda socket_id: "websocket")
     assert [r.transport for r in (await registry.cluster()).records] == ["websocket"]
 
@@ -132,7 +132,7 @@ async def test_while_redis_is_down_a_node_lists_its_own_and_writes_back_after(
     add(b, "s2", codename="hank")
     await eventually(b.cluster, lambda listing: len(listing.records) == 2)
     private_redis.kill()
-    with caplog.at_level(logging.WARNING, logger="hq.connections"):
+    with caplog.at_level(logging.WARNING, logger="hq.realtime.connections"):
         listing = await b.cluster()
         assert not listing.complete and sockets_of(listing) == {("b", "hank")}
         add(a, "s3", codename="ana")  # made during the outage, never written then
@@ -140,7 +140,7 @@ async def test_while_redis_is_down_a_node_lists_its_own_and_writes_back_after(
         await asyncio.sleep(RETRY_AFTER + 0.5)
         listing = await b.cluster()
         assert not listing.complete and listing.records == []
-    warnings = [r for r in caplog.records if r.name == "hq.connections" and r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "hq.realtime.connections" and r.levelno == logging.WARNING]
     assert 1 <= len(warnings) <= 2  # once per node per outage, not once per call
     private_redis.start()  # empty: everything must be written back
     listing = await eventually(b.cluster, lambda listing: listing.complete and len(listing.records) == 2,

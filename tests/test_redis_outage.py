@@ -72,7 +72,7 @@ def throttle(throttles: ThrottleFactory) -> RedisLoginThrottle:
 
 def _outage_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records
-            if r.name == "hq.limits" and r.levelno == logging.WARNING]
+            if r.name == "hq.auth.limits" and r.levelno == logging.WARNING]
 
 
 # RedisLoginThrottle against a private Redis ---------------------------------------------------------
@@ -80,7 +80,7 @@ def _outage_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 async def test_failures_are_counted_on_this_node_while_redis_is_down(
         throttles: ThrottleFactory, redis_server: PrivateRedis, caplog: pytest.LogCaptureFixture,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    caplog.set_level(logging.INFO, logger="hq.limits")
+    caplog.set_level(logging.INFO, logger="hq.auth.limits")
     throttle, other_node = throttles(), throttles()
     monkeypatch.setattr(throttle, "PROBE_INTERVAL", 0.0)  # ask Redis on every call: each must fall back
     await throttle.record_failure("fox", ADDRESS)  # in Redis: lost with it, as any shared count would be
@@ -108,7 +108,7 @@ async def test_failures_are_counted_on_this_node_while_redis_is_down(
 async def test_a_restarted_redis_is_used_at_once(throttle: RedisLoginThrottle, redis_server: PrivateRedis,
                                                  caplog: pytest.LogCaptureFixture) -> None:
     """No call during the outage: the first one after it meets the dead pooled connection."""
-    caplog.set_level(logging.INFO, logger="hq.limits")
+    caplog.set_level(logging.INFO, logger="hq.auth.limits")
     await throttle.record_failure("fox", ADDRESS)
     assert await throttle.retry_after("fox", ADDRESS) == 0
     redis_server.kill()

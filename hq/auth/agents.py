@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .clearance import ClearancePolicy
 from ..config import is_valid_codename
-from ..ops.audit import AuditLog
+from ..audit import AuditLog
 from .passwords import PasswordHasher, check_new_password, generate_password
 from .sessions import SessionService
 from ..store import Agent, LoginSession, Store, UnknownAgentError

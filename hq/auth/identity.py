@@ -26,7 +26,7 @@ class Principal:
 
     codename: str
     role: str
-    sid: str
+    session_id: str
     exp: int
     scope: str | None = None
 
@@ -56,5 +56,5 @@ class Authenticator:
         if claims.scope is not None and claims.scope not in allow_scopes:
             raise AuthError("this token is good only for enrolling a second factor: enrol one "
                             "(POST /api/auth/mfa/enroll), then log in with a code", ENROLLMENT_REQUIRED)
-        return Principal(codename=agent.codename, role=agent.role, sid=claims.sid, exp=claims.exp,
+        return Principal(codename=agent.codename, role=agent.role, session_id=claims.sid, exp=claims.exp,
                          scope=claims.scope)

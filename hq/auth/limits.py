@@ -22,7 +22,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-log = logging.getLogger("hq.limits")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from ..errors import UnavailableError
 from ..store import Agent, MfaRecord, Store
 
-log = logging.getLogger("hq.mfa")
+log = logging.getLogger(__name__)
 
 STEP_SECONDS = 30
 DIGITS = 6

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from ..config import is_valid_codename
-from ..ops.audit import AuditLog
+from ..audit import AuditLog
 from ..store import Agent, Store, UnknownAgentError
 from .agents import CLI_ACTOR, Actor
 from .mfa import (Enrollment, OtpRejected, SecondFactor, enrollment_for, hash_recovery_code, is_totp_code,

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-from ..ops.audit import AuditLog
+from ..audit import AuditLog
 from ..config import AuthSettings, is_valid_codename
 from ..errors import AuthError, LoginError
 from .limits import LoginLimiter

@@ -25,7 +25,7 @@ from typing import Any
 import socketio
 
 from ..addresses import AddressResolver
-from .audit import AuditLog
+from ..audit import AuditLog
 from ..config import Settings, is_valid_codename
 from ..auth.limits import LoginLimiter
 from ..auth.mfa import DIGITS, OtpRejected, SecondFactor

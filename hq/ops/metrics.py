@@ -14,7 +14,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
-from ..realtime.engine import FAULT_KINDS
+from ..vocab import FAULT_KINDS
 
 OTHER = "other"
 EVENTS = frozenset({"join", "leave", "message", "history", "reauth", "presence", "unknown"})

@@ -37,7 +37,7 @@ import redis.asyncio as aioredis
 
 from .redis_calls import RETRY_AFTER, RedisCalls, describe
 
-log = logging.getLogger("hq.connections")
+log = logging.getLogger(__name__)
 
 #: Seconds between two refreshes of this node's hash TTL (and of changed transports).
 HEARTBEAT = 5.0
@@ -60,10 +60,10 @@ def now_iso() -> str:
 
 @dataclass(frozen=True, slots=True)  # one per live socket: no per-instance __dict__
 class SocketRecord:
-    """One live socket as the registry keeps it. ``sid`` is the login session's id, not the socket's."""
+    """One live socket as the registry keeps it, under its socket id; ``session_id`` is its login session's."""
 
     node: str
-    sid: str
+    session_id: str
     codename: str
     address: str
     transport: str
@@ -120,10 +120,10 @@ class ConnectionRegistry:
         self._transport_of = transport_of
 
     # this node's sockets: memory only, never a wait --------------------------------------------
-    def add(self, socket_id: str, *, sid: str, codename: str, address: str, transport: str,
+    def add(self, socket_id: str, *, session_id: str, codename: str, address: str, transport: str,
             user_agent: str, exp: int) -> SocketRecord:
         """Count a socket that was just accepted; ``user_agent`` should already be clipped."""
-        record = SocketRecord(self.node, sid, codename, address, transport, user_agent, now_iso(), exp)
+        record = SocketRecord(self.node, session_id, codename, address, transport, user_agent, now_iso(), exp)
         self._local[socket_id] = record
         self._changed(socket_id)
         return record
@@ -312,7 +312,7 @@ def _record(node: str, raw: Any) -> SocketRecord | None:
     """A record another node wrote; one that is malformed is skipped (and logged), never a failure."""
     try:
         fields = json.loads(raw)
-        record = SocketRecord(node=node, sid=str(fields["sid"]), codename=str(fields["codename"]),
+        record = SocketRecord(node=node, session_id=str(fields["session_id"]), codename=str(fields["codename"]),
                               address=str(fields["address"]), transport=str(fields["transport"]),
                               user_agent=str(fields["user_agent"]), since=str(fields["since"]),
                               exp=int(fields["exp"]))

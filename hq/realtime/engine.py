@@ -41,18 +41,14 @@ from engineio import packet as eio_packet
 from engineio import payload as eio_payload
 from engineio.async_socket import AsyncSocket
 
-log = logging.getLogger("hq.engine")
+from ..vocab import FAULT_KINDS
+
+log = logging.getLogger(__name__)
 
 #: Methods the Engine.IO endpoint answers; anything else is a bad request (400), as the protocol says.
 ENGINEIO_METHODS = ("GET", "POST", "OPTIONS")
 OTHER_METHODS = ("PUT", "DELETE", "PATCH")
 
-#: Fault kinds, a fixed vocabulary (metrics labels and log words never carry client text).
-FAULT_KINDS = frozenset({
-    "bad_engineio_packet", "unexpected_engineio_packet", "bad_polling_payload", "too_large",
-    "bad_socketio_packet", "unexpected_socketio_packet", "bad_event", "repeated_connect",
-    "binary_frame", "slow_consumer", "bad_request",
-})
 
 
 class FaultObserver(Protocol):

@@ -30,7 +30,7 @@ from .engine import LeanSocket, websocket_text_frame
 from .sequencer import ChannelSequencer
 from ..store import Store
 
-log = logging.getLogger("hq.fanout")
+log = logging.getLogger(__name__)
 
 
 class DirectFanout:

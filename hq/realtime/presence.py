@@ -41,7 +41,7 @@ import redis.asyncio as aioredis
 
 from .redis_calls import RETRY_AFTER, RedisCalls
 
-log = logging.getLogger("hq.presence")
+log = logging.getLogger(__name__)
 
 #: Default seconds between two refreshes of a node's alive key (and checks for dead nodes).
 HEARTBEAT = 5.0

@@ -40,7 +40,7 @@ from redis.backoff import NoBackoff
 
 from ..store import Store
 
-log = logging.getLogger("hq.revocation")
+log = logging.getLogger(__name__)
 
 EndSessions = Callable[[str, str | None, str], Awaitable[int]]
 #: What identifies one revocation in both the push and the feed: (codename in lower case, sid, reason).

@@ -26,7 +26,7 @@ from typing import Any, Awaitable, Callable
 
 from ..store import Store
 
-log = logging.getLogger("hq.sequencer")
+log = logging.getLogger(__name__)
 
 Deliver = Callable[[dict[str, Any], Any], Awaitable[None]]
 

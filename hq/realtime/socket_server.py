@@ -42,7 +42,7 @@ RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "disconne
                              "removeListener"})
 #: The name a refused event is dispatched under; its handler answers ``not_found``.
 REFUSED_EVENT = "hq:refused"
-log = logging.getLogger("hq.socket_server")
+log = logging.getLogger(__name__)
 
 #: Python 3.12+ starts a Task eagerly itself.
 EAGER_START = sys.version_info >= (3, 12)

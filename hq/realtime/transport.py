@@ -12,7 +12,7 @@ from typing import Awaitable, Callable
 from aiohttp import hdrs, web
 
 from ..addresses import AddressResolver
-from ..ops.audit import AuditLog
+from ..audit import AuditLog
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

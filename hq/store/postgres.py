@@ -27,7 +27,7 @@ from .models import (AGENT_AND_SESSION, REFRESH_TOKEN_AND_SESSION, SUPERSEDE_CHI
                      RefreshOutcome, RefreshResult, Revocation, in_grace_window)
 from .models import LIVE_SESSIONS
 
-log = logging.getLogger("hq.store")
+log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 

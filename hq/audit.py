@@ -24,8 +24,8 @@ from typing import Any, Awaitable, Callable, Mapping
 
 from aiohttp import web
 
-from ..addresses import AddressResolver
-from ..config import is_valid_codename
+from .addresses import AddressResolver
+from .config import is_valid_codename
 
 AUDIT_EVENTS = (
     "login_succeeded", "login_failed", "connection_accepted", "connection_refused", "connection_ended",

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 import socketio
 
 from ..addresses import AddressResolver
-from ..ops.audit import AuditLog, clip_free_text
+from ..audit import AuditLog, clip_free_text
 from ..auth.clearance import ClearancePolicy
 from ..config import Settings
 from ..errors import AuthError, EventError, UnavailableError
@@ -34,7 +34,7 @@ from .socket_server import REFUSED_EVENT, SocketServer
 from ..store import Store
 from .wire import SocketJSON
 
-log = logging.getLogger("hq.realtime")
+log = logging.getLogger(__name__)
 
 DEFAULT_HISTORY_LIMIT = 100
 Ack = dict[str, Any]
@@ -167,10 +167,10 @@ class Realtime:
         self.sio.on(REFUSED_EVENT, self._event("unknown", self._unknown_event))
 
     # connect / disconnect ---------------------------------------------------------------------
-    async def _on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+    async def _on_connect(self, socket_id: str, environ: dict[str, Any], auth: Any = None) -> None:
         request = environ.get("aiohttp.request")
         address = self._addresses.client_address(request) if request is not None else "unknown"
-        transport = self.sio.transport(sid)
+        transport = self.sio.transport(socket_id)
         user_agent = environ.get("HTTP_USER_AGENT", "")
         try:
             principal = await self._auth.identify(token_from_environ(environ, auth))
@@ -188,10 +188,10 @@ class Realtime:
         limits = self._settings.limits
         connection = Connection(principal, address, transport, user_agent,
                                 TokenBucket(limits.events_per_second, limits.events_burst))
-        self._connections[sid] = connection
-        self.connections.add(sid, sid=principal.sid, codename=principal.codename, address=address,
+        self._connections[socket_id] = connection
+        self.connections.add(socket_id, session_id=principal.session_id, codename=principal.codename, address=address,
                              transport=transport, user_agent=clip_free_text(user_agent), exp=principal.exp)
-        self._schedule_expiry(sid, connection)
+        self._schedule_expiry(socket_id, connection)
         self._audit.record("connection_accepted", codename=principal.codename, address=address,
                            transport=transport, user_agent=user_agent)
 
@@ -200,21 +200,21 @@ class Realtime:
                            user_agent=user_agent)
         raise socketio.exceptions.ConnectionRefusedError(f"Unauthorized: {message}", {"code": code})
 
-    async def _on_disconnect(self, sid: str, reason: Any = None) -> None:
-        connection = self._connections.pop(sid, None)
+    async def _on_disconnect(self, socket_id: str, reason: Any = None) -> None:
+        connection = self._connections.pop(socket_id, None)
         if connection is None:
             return
-        self.connections.remove(sid)
+        self.connections.remove(socket_id)
         if connection.timer is not None:
             connection.timer.cancel()
-        await self._presence.left(sid, connection.principal.codename, connection.channels)
+        await self._presence.left(socket_id, connection.principal.codename, connection.channels)
         self._audit.record("connection_ended", codename=connection.principal.codename,
                            address=connection.address, transport=connection.transport,
                            user_agent=connection.user_agent,
                            reason=connection.end_reason or (reason if reason in DISCONNECT_REASONS else "disconnected"))
 
     # expiry -------------------------------------------------------------------------------------
-    def _schedule_expiry(self, sid: str, connection: Connection) -> None:
+    def _schedule_expiry(self, socket_id: str, connection: Connection) -> None:
         if connection.timer is not None:
             connection.timer.cancel()
         loop = asyncio.get_running_loop()
@@ -222,11 +222,11 @@ class Realtime:
         warn_at = exp - self._settings.auth.expiry_warning
         now = time.time()
         if warn_at > now:
-            connection.timer = loop.call_later(warn_at - now, self._spawn, self._warn_expiry, sid, exp)
+            connection.timer = loop.call_later(warn_at - now, self._spawn, self._warn_expiry, socket_id, exp)
         else:
-            connection.timer = loop.call_later(max(0.0, exp - now), self._spawn, self._expire, sid, exp)
+            connection.timer = loop.call_later(max(0.0, exp - now), self._spawn, self._expire, socket_id, exp)
             if self._settings.auth.expiry_warning and exp > now:
-                asyncio.ensure_future(self.sio.emit("token_expiring", {"exp": exp}, to=sid))
+                asyncio.ensure_future(self.sio.emit("token_expiring", {"exp": exp}, to=socket_id))
 
     @staticmethod
     def _spawn(start: Callable[..., Awaitable[Any]], *args: Any) -> None:
@@ -234,42 +234,42 @@ class Realtime:
         # never-awaited coroutine (and no RuntimeWarning) behind.
         asyncio.ensure_future(start(*args))
 
-    async def _warn_expiry(self, sid: str, exp: int) -> None:
-        connection = self._connections.get(sid)
+    async def _warn_expiry(self, socket_id: str, exp: int) -> None:
+        connection = self._connections.get(socket_id)
         if connection is None or connection.principal.exp != exp:
             return
-        await self.sio.emit("token_expiring", {"exp": exp}, to=sid)
+        await self.sio.emit("token_expiring", {"exp": exp}, to=socket_id)
         loop = asyncio.get_running_loop()
-        connection.timer = loop.call_later(max(0.0, exp - time.time()), self._spawn, self._expire, sid, exp)
+        connection.timer = loop.call_later(max(0.0, exp - time.time()), self._spawn, self._expire, socket_id, exp)
 
-    async def _expire(self, sid: str, exp: int) -> None:
-        connection = self._connections.get(sid)
+    async def _expire(self, socket_id: str, exp: int) -> None:
+        connection = self._connections.get(socket_id)
         if connection is not None and connection.principal.exp == exp:
-            await self.end_socket(sid, "token_expired")
+            await self.end_socket(socket_id, "token_expired")
 
     # ending sockets -----------------------------------------------------------------------------
-    async def end_socket(self, sid: str, reason: str) -> None:
+    async def end_socket(self, socket_id: str, reason: str) -> None:
         """Tell one socket why its session ended, then disconnect it."""
-        connection = self._connections.get(sid)
+        connection = self._connections.get(socket_id)
         if connection is None or connection.end_reason is not None:
             return
         # From here on the socket's events are refused, though it stays until it is disconnected.
         connection.end_reason = reason
         for observer in self._observers:
             observer.session_ended(reason)
-        await self.sio.emit("session_ended", {"reason": reason}, to=sid)
-        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
-        await self.sio.disconnect(sid)
-        if eio_sid is not None:
+        await self.sio.emit("session_ended", {"reason": reason}, to=socket_id)
+        engineio_id = self.sio.manager.eio_sid_from_sid(socket_id, "/")
+        await self.sio.disconnect(socket_id)
+        if engineio_id is not None:
             # python-socketio leaves the Engine.IO connection for the client to close; a client that
             # ignores the DISCONNECT packet must not keep it (HQ serves one namespace).
-            await self.sio.eio.disconnect(eio_sid)
+            await self.sio.eio.disconnect(engineio_id)
 
-    async def end_sessions(self, codename: str, sid: str | None, reason: str) -> int:
+    async def end_sessions(self, codename: str, session_id: str | None, reason: str) -> int:
         """End this node's sockets of one login session, or of every session of ``codename``."""
         key = codename.lower()
         targets = [s for s, c in self._connections.items() if c.end_reason is None
-                   and (c.principal.sid == sid if sid else c.principal.codename.lower() == key)]
+                   and (c.principal.session_id == session_id if session_id else c.principal.codename.lower() == key)]
         await asyncio.gather(*(self.end_socket(s, reason) for s in targets))
         return len(targets)
 
@@ -291,10 +291,10 @@ class Realtime:
             reason = self.sio.eio.reason.SERVER_DISCONNECT
             await asyncio.wait([asyncio.create_task(s.close(wait=False, reason=reason)) for s in sockets], timeout=5)
 
-    def _current_transport(self, sid: str) -> str | None:
+    def _current_transport(self, socket_id: str) -> str | None:
         """The socket's transport now (it may have upgraded from polling since it connected)."""
         try:
-            return self.sio.transport(sid)
+            return self.sio.transport(socket_id)
         except (KeyError, TypeError):  # gone meanwhile
             return None
 
@@ -307,15 +307,15 @@ class Realtime:
     def _event(self, name: str, handler: Callable[[str, Connection, Any], Awaitable[Ack]]
                ) -> Callable[..., Awaitable[Ack]]:
         @functools.wraps(handler)
-        async def run(sid: str, *args: Any) -> Ack:
+        async def run(socket_id: str, *args: Any) -> Ack:
             started = time.perf_counter()
-            connection = self._connections.get(sid)
+            connection = self._connections.get(socket_id)
             try:
                 if connection is None or connection.end_reason is not None:
                     raise EventError("not connected", "forbidden")
                 if not connection.bucket.take():
                     raise EventError("too many events; slow down", "rate_limited")
-                ack = await handler(sid, connection, args[0] if len(args) == 1 else None)
+                ack = await handler(socket_id, connection, args[0] if len(args) == 1 else None)
                 code = None
             except (EventError, AuthError, UnavailableError) as exc:
                 # UnavailableError: a backend (the database) is down; the socket stays, the client retries.
@@ -328,7 +328,7 @@ class Realtime:
             return ack
         return run
 
-    async def _unknown_event(self, sid: str, connection: Connection, payload: Any) -> Ack:
+    async def _unknown_event(self, socket_id: str, connection: Connection, payload: Any) -> Ack:
         raise EventError("no such event", "not_found")
 
     def _channel(self, payload: Any) -> str:
@@ -343,30 +343,30 @@ class Realtime:
         if not self._policy.may_read(connection.principal.role, channel):
             raise EventError(f"your clearance may not read {channel!r}", "forbidden")
 
-    async def _join(self, sid: str, connection: Connection, payload: Any) -> Ack:
+    async def _join(self, socket_id: str, connection: Connection, payload: Any) -> Ack:
         channel = self._channel(payload)
         self._require_read(connection, channel)
         # In the room before last_id is read: a message stored in between is delivered live (its id
         # is at most last_id, which clients take as a duplicate), never lost between the two.
-        await self.sio.enter_room(sid, channel_room(channel))
+        await self.sio.enter_room(socket_id, channel_room(channel))
         connection.channels.add(channel)
-        await self._presence.joined(channel, sid, connection.principal.codename, connection.principal.role)
+        await self._presence.joined(channel, socket_id, connection.principal.codename, connection.principal.role)
         try:
             last_id = await self._store.last_message_id(channel)
         except UnavailableError:
-            await self._leave(sid, connection, payload)  # not joined: the client retries later
+            await self._leave(socket_id, connection, payload)  # not joined: the client retries later
             raise
         self.sio.manager.channel_joined(channel, last_id)
         return {"ok": True, "channel": channel, "last_id": last_id}
 
-    async def _leave(self, sid: str, connection: Connection, payload: Any) -> Ack:
+    async def _leave(self, socket_id: str, connection: Connection, payload: Any) -> Ack:
         channel = self._channel(payload)
-        await self.sio.leave_room(sid, channel_room(channel))
+        await self.sio.leave_room(socket_id, channel_room(channel))
         connection.channels.discard(channel)
-        await self._presence.left(sid, connection.principal.codename, [channel])
+        await self._presence.left(socket_id, connection.principal.codename, [channel])
         return {"ok": True}
 
-    async def _message(self, sid: str, connection: Connection, payload: Any) -> Ack:
+    async def _message(self, socket_id: str, connection: Connection, payload: Any) -> Ack:
         if isinstance(payload, str):
             payload = {"channel": "hq", "text": payload}
         channel = self._channel(payload)
@@ -386,10 +386,10 @@ class Realtime:
         message = await self._store.add_message(channel, connection.principal.codename, text, ts)
         for observer in self._observers:
             observer.message_stored(channel)
-        await self.sio.emit("message", message.to_wire(), room=channel_room(channel), skip_sid=sid)
+        await self.sio.emit("message", message.to_wire(), room=channel_room(channel), skip_sid=socket_id)
         return {"ok": True, "id": message.id}
 
-    async def _history(self, sid: str, connection: Connection, payload: Any) -> Ack:
+    async def _history(self, socket_id: str, connection: Connection, payload: Any) -> Ack:
         channel = self._channel(payload)
         after_id, limit = payload.get("after_id"), payload.get("limit", DEFAULT_HISTORY_LIMIT)
         if after_id is not None and (type(after_id) is not int or after_id < 0):
@@ -401,23 +401,23 @@ class Realtime:
         messages = await self._store.history(channel, after_id, limit)
         return {"ok": True, "messages": [m.to_wire() for m in messages]}
 
-    async def _reauth(self, sid: str, connection: Connection, payload: Any) -> Ack:
+    async def _reauth(self, socket_id: str, connection: Connection, payload: Any) -> Ack:
         if not isinstance(payload, dict) or not isinstance(payload.get("token"), str):
             raise EventError('expected {"token": string}', "bad_request")
         principal = await self._auth.identify(payload["token"])
         if principal.codename != connection.principal.codename:
             raise AuthError("token belongs to another agent", "token_invalid")
         connection.principal = principal
-        self.connections.update_expiry(sid, principal.exp)
+        self.connections.update_expiry(socket_id, principal.exp)
         demoted = [c for c in connection.channels if not self._policy.may_read(principal.role, c)]
         for channel in demoted:
-            await self.sio.leave_room(sid, channel_room(channel))
+            await self.sio.leave_room(socket_id, channel_room(channel))
             connection.channels.discard(channel)
-        await self._presence.left(sid, principal.codename, demoted)
-        self._schedule_expiry(sid, connection)
+        await self._presence.left(socket_id, principal.codename, demoted)
+        self._schedule_expiry(socket_id, connection)
         return {"ok": True, "exp": principal.exp}
 
-    async def _who_is_online(self, sid: str, connection: Connection, payload: Any) -> Ack:
+    async def _who_is_online(self, socket_id: str, connection: Connection, payload: Any) -> Ack:
         channel = self._channel(payload)
         self._require_read(connection, channel)
         agents = await self._presence.members(channel)

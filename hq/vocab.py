@@ -1,0 +1,14 @@
+"""The words every layer shares: fixed vocabularies that metrics labels, log lines and the audit
+trail may carry, because no client text ever becomes one of them.
+
+This module sits at the bottom of the house: it imports nothing of HQ's, so any layer may use it.
+"""
+
+from __future__ import annotations
+
+#: Protocol fault kinds (``hq_protocol_faults_total{kind}``, the rate-limited warning line).
+FAULT_KINDS = frozenset({
+    "bad_engineio_packet", "unexpected_engineio_packet", "bad_polling_payload", "too_large",
+    "bad_socketio_packet", "unexpected_socketio_packet", "bad_event", "repeated_connect",
+    "binary_frame", "slow_consumer", "bad_request",
+})
