@@ -108,8 +108,8 @@ class DirectorsApi:
             sockets[record.session_id].append(record.to_wire())
         sessions = await self._admin.live_sessions(set(sockets))
         spelling = {agent.codename.lower(): agent.codename for agent in await self._admin.list()}
-        body = [{"sid": s.sid, "codename": spelling.get(s.codename, s.codename), "created": s.created,
-                 "sockets": sockets.get(s.sid, [])} for s in sessions]
+        body = [{"sid": s.session_id, "codename": spelling.get(s.codename, s.codename), "created": s.created,
+                 "sockets": sockets.get(s.session_id, [])} for s in sessions]
         return web.json_response(body, headers=_listing_headers(listing))
 
     # changing -------------------------------------------------------------------------------------

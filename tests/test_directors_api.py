@@ -542,7 +542,7 @@ async def test_store_live_sessions_and_last_logins(store: Store) -> None:
     await store.add_refresh_token("h-revoked", sids["revoked"], now + 60)
     await store.revoke_sessions("fox", "logged_out", sids["revoked"])
     live = await store.live_sessions(now)
-    assert {s.sid for s in live} == {sids["live"], sids["rotated"]}
+    assert {s.session_id for s in live} == {sids["live"], sids["rotated"]}
     assert all(s.codename == "fox" and not s.revoked and s.created for s in live)
     logins = await store.last_logins()
     assert set(logins) == {"fox"} and logins["fox"] == max(s.created for s in live)

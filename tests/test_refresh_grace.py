@@ -45,7 +45,7 @@ async def test_retry_inside_the_window_gets_a_new_token_and_the_session_lives(st
     t = await session_with_token(store)
     assert await rotate(store, "t0", "t1", t) is RefreshOutcome.ROTATED
     retry = await store.rotate_refresh_token("t0", "t2", t + LATER, t + GRACE, grace=GRACE)
-    assert (retry.outcome, retry.sid, retry.codename, retry.issued) == (RefreshOutcome.GRACE, "s1", "viper", True)
+    assert (retry.outcome, retry.session_id, retry.codename, retry.issued) == (RefreshOutcome.GRACE, "s1", "viper", True)
     assert not (await store.get_session("s1")).revoked
     # The retry's token is the live one and rotates as usual.
     assert await rotate(store, "t2", "t3", t + GRACE + 0.1) is RefreshOutcome.ROTATED
@@ -56,7 +56,7 @@ async def test_retry_after_the_window_is_reuse_and_revokes_the_session(store: St
     t = await session_with_token(store)
     assert await rotate(store, "t0", "t1", t) is RefreshOutcome.ROTATED
     late = await store.rotate_refresh_token("t0", "t2", t + LATER, t + GRACE + 0.01, grace=GRACE)
-    assert (late.outcome, late.sid, late.codename) == (RefreshOutcome.REUSED, "s1", "viper")
+    assert (late.outcome, late.session_id, late.codename) == (RefreshOutcome.REUSED, "s1", "viper")
     assert (await store.get_session("s1")).revoked_reason == "revoked"
     assert await rotate(store, "t1", "t3", t + GRACE + 0.02) is RefreshOutcome.UNKNOWN
     assert await rotate(store, "t2", "t4", t + GRACE + 0.02) is RefreshOutcome.UNKNOWN

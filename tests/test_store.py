@@ -54,7 +54,7 @@ async def test_revocation_feed(store: Store) -> None:
     assert await store.revoke_sessions("viper", "logged_out", "s1") == ["s1"]
     assert sorted(await store.revoke_sessions("viper", "agent_disabled")) == ["s2"]
     feed = await store.revocations_after(start)
-    assert [(r.codename, r.sid, r.reason) for r in feed] == [("viper", "s1", "logged_out"),
+    assert [(r.codename, r.session_id, r.reason) for r in feed] == [("viper", "s1", "logged_out"),
                                                             ("viper", None, "agent_disabled")]
     assert (await store.get_session("s1")).revoked_reason == "logged_out"
     assert await store.get_session("nope") is None
@@ -66,7 +66,7 @@ async def test_refresh_rotation_reuse_and_expiry(store: Store) -> None:
     await store.add_refresh_token("h1", "s1", now + 60)
     assert (await store.rotate_refresh_token("h1", "h2", now + 60, now)).outcome is RefreshOutcome.ROTATED
     reused = await store.rotate_refresh_token("h1", "h3", now + 60, now)
-    assert (reused.outcome, reused.sid) == (RefreshOutcome.REUSED, "s1")
+    assert (reused.outcome, reused.session_id) == (RefreshOutcome.REUSED, "s1")
     assert (await store.get_session("s1")).revoked
     assert (await store.rotate_refresh_token("h2", "h4", now + 60, now)).outcome is RefreshOutcome.UNKNOWN
     assert (await store.rotate_refresh_token("zz", "h5", now + 60, now)).outcome is RefreshOutcome.UNKNOWN
@@ -110,7 +110,7 @@ async def test_agent_and_session_in_one_query(store: Store) -> None:
     await store.add_agent("Viper", "handler", "hash")
     await store.create_session("s1", "Viper")
     agent, session = await store.get_agent_and_session("VIPER", "s1")
-    assert agent.codename == "Viper" and session.sid == "s1" and session.codename == "viper" and not session.revoked
+    assert agent.codename == "Viper" and session.session_id == "s1" and session.codename == "viper" and not session.revoked
     agent, session = await store.get_agent_and_session("viper", "missing")
     assert agent.codename == "Viper" and session is None
     assert await store.get_agent_and_session("ghost", "s1") == (None, None)

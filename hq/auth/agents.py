@@ -99,12 +99,12 @@ class AgentAdmin:
     async def live_sessions(self, with_sockets: set[str] = frozenset()) -> list[LoginSession]:
         """Login sessions not revoked that have an unspent, unexpired refresh token or, for the ids in
         ``with_sockets``, a live socket; oldest first."""
-        sessions = {s.sid: s for s in await self._store.live_sessions(time.time())}
+        sessions = {s.session_id: s for s in await self._store.live_sessions(time.time())}
         for sid in with_sockets - sessions.keys():
             session = await self._store.get_session(sid)
             if session is not None and not session.revoked:
                 sessions[sid] = session
-        return sorted(sessions.values(), key=lambda s: (s.created, s.sid))
+        return sorted(sessions.values(), key=lambda s: (s.created, s.session_id))
 
     async def set_password(self, codename: str, password: str | None = None, *,
                            actor: Actor = CLI_ACTOR) -> PasswordSet:

@@ -161,19 +161,19 @@ class SessionService:
         if result.outcome is RefreshOutcome.REUSED:
             assert result.codename is not None
             self._audit.record("refresh_refused", codename=result.codename, address=address, code="token_reused")
-            await self._notify(result.codename, result.sid, "revoked")
+            await self._notify(result.codename, result.session_id, "revoked")
             raise AuthError("refresh token was already used; the session is revoked", "token_reused")
         if result.outcome is RefreshOutcome.EXPIRED:
             raise AuthError("refresh token has expired", "token_expired")
         agent = await self._store.get_agent(result.codename) if result.codename else None
-        if not result.issued or agent is None or result.sid is None:
+        if not result.issued or agent is None or result.session_id is None:
             raise AuthError("refresh token is not valid", "token_invalid")
         if not agent.enabled:
             raise AuthError("agent is disabled", "agent_disabled")
         # A grace retry is marked so that an operator can tell lost replies (or a racing thief) apart.
         self._audit.record("token_refreshed", codename=agent.codename, address=address,
                            grace=True if result.outcome is RefreshOutcome.GRACE else None)
-        access = self._tokens.issue(agent.codename, agent.role, result.sid)
+        access = self._tokens.issue(agent.codename, agent.role, result.session_id)
         return TokenPair(agent, access, new_token, self._auth.refresh_ttl)
 
     async def revoke(self, codename: str, reason: str, sid: str | None = None, address: str | None = None) -> None:

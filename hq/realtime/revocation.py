@@ -183,7 +183,7 @@ class RevocationWatcher:
         self._ledger.expire(time.monotonic())
         for entry in await self._store.revocations_after(self._cursor):
             self._cursor = entry.id
-            await self._apply(entry.codename, entry.sid, entry.reason, _FEED)
+            await self._apply(entry.codename, entry.session_id, entry.reason, _FEED)
 
     async def _apply(self, codename: str, sid: str | None, reason: str, path: str) -> None:
         if self._ledger.first((codename.lower(), sid or None, reason), path, time.monotonic()):

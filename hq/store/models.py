@@ -46,9 +46,9 @@ class Agent:
 
 @dataclass(frozen=True)
 class LoginSession:
-    """One login: every access and refresh token issued from it carries its ``sid``."""
+    """One login: every access and refresh token issued from it carries its id (the token claim ``sid``)."""
 
-    sid: str
+    session_id: str
     codename: str
     created: str
     revoked_reason: str | None
@@ -79,7 +79,7 @@ class Revocation:
 
     id: int
     codename: str
-    sid: str | None
+    session_id: str | None
     reason: str
 
 
@@ -105,10 +105,10 @@ def in_grace_window(used_at: float, now: float, grace: float) -> bool:
 
 @dataclass(frozen=True)
 class RefreshResult:
-    """What rotating a refresh token did; ``sid`` and ``codename`` are set unless UNKNOWN."""
+    """What rotating a refresh token did; ``session_id`` and ``codename`` are set unless UNKNOWN."""
 
     outcome: RefreshOutcome
-    sid: str | None = None
+    session_id: str | None = None
     codename: str | None = None
 
     @property
