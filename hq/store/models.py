@@ -6,33 +6,6 @@ from dataclasses import dataclass
 from enum import Enum
 
 
-# Both backends' query for the connect path: an agent and one of its sessions.
-AGENT_AND_SESSION = """
-    SELECT a.codename, a.role, a.enabled, a.created, a.password_hash, s.sid, s.codename_key,
-           s.created AS session_created, s.revoked_reason
-    FROM agents a LEFT JOIN sessions s ON s.sid = {p1} WHERE a.codename_key = {p2}"""
-
-# Both backends' query for rotation: a refresh token with its session.
-REFRESH_TOKEN_AND_SESSION = """
-    SELECT r.sid, r.expires_at, r.used_at, s.codename_key, s.revoked_reason FROM refresh_tokens r
-    JOIN sessions s ON s.sid = r.sid WHERE r.token_hash = {p1}"""
-
-# Both backends' live sessions for the directors' API: unrevoked, with an unspent, unexpired refresh
-# token (driven from the partial index refresh_tokens_unspent; a session has one such token at a time).
-LIVE_SESSIONS = """
-    SELECT DISTINCT s.sid, s.codename_key, s.created, s.revoked_reason FROM refresh_tokens r
-    JOIN sessions s ON s.sid = r.sid
-    WHERE r.used_at IS NULL AND r.expires_at > {p1} AND s.revoked_reason IS NULL"""
-
-# Both backends' grace retry, step one: spend the child that rotating {p2} issued, if it is still
-# unspent (a spent child means the reply did arrive, so the retry is reuse). The condition is in the
-# UPDATE itself so that on PostgreSQL a concurrent rotation of the child is waited for and re-checked.
-SUPERSEDE_CHILD = """
-    UPDATE refresh_tokens SET used_at = {p1} WHERE used_at IS NULL
-    AND token_hash = (SELECT child_hash FROM refresh_successors WHERE parent_hash = {p2})
-    RETURNING token_hash"""
-
-
 @dataclass(frozen=True)
 class Agent:
     """A registered agent. ``password_hash`` never leaves the server."""
@@ -98,11 +71,6 @@ class RefreshOutcome(Enum):
     UNKNOWN = "unknown"
 
 
-def in_grace_window(used_at: float, now: float, grace: float) -> bool:
-    """Whether a refresh token spent at ``used_at`` may be retried at ``now``; ``grace`` 0 means never."""
-    return grace > 0 and now - used_at <= grace
-
-
 @dataclass(frozen=True)
 class RefreshResult:
     """What rotating a refresh token did; ``session_id`` and ``codename`` are set unless UNKNOWN."""
@@ -115,14 +83,6 @@ class RefreshResult:
     def issued(self) -> bool:
         """Whether a new refresh token was stored (a normal rotation or a grace retry)."""
         return self.outcome in (RefreshOutcome.ROTATED, RefreshOutcome.GRACE)
-
-
-# Both backends' query for an agent's second factor and how many recovery codes it has left.
-MFA_RECORD = """
-    SELECT f.codename_key, f.secret_box, f.confirmed, f.last_step,
-           (SELECT COUNT(*) FROM mfa_recovery_codes r WHERE r.codename_key = f.codename_key
-            AND r.used_at IS NULL) AS codes_left
-    FROM mfa_factors f WHERE f.codename_key = {p1}"""
 
 
 @dataclass(frozen=True)

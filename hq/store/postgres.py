@@ -1,6 +1,7 @@
 """The shared store for several HQ nodes: PostgreSQL through asyncpg.
 
-The same tables as the SQLite store. Per-channel message ids come from a ``channels`` row locked
+The same tables, shared statements and refresh-token rule as the SQLite store (hq/store/schema.py,
+queries.py, rules.py). Per-channel message ids come from a ``channels`` row locked
 for the insert, so concurrent writers on different nodes never hand out the same id.
 
 The database may go away (a restart, a failover, a network cut) while HQ runs. Every operation
@@ -15,19 +16,21 @@ import asyncio
 import contextlib
 import functools
 import logging
-from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Callable, Concatenate, Coroutine, ParamSpec, TypeVar
 
 import asyncpg
 import asyncpg.exceptions as pg_errors
 
+from . import rows
 from .base import AgentExistsError, StoreUnavailable, UnknownAgentError
-from .models import MFA_RECORD, MfaRecord
-from .models import (AGENT_AND_SESSION, REFRESH_TOKEN_AND_SESSION, SUPERSEDE_CHILD, Agent, LoginSession, Message,
-                     RefreshOutcome, RefreshResult, Revocation, in_grace_window)
-from .models import LIVE_SESSIONS
+from .dialect import POSTGRESQL
+from .models import Agent, LoginSession, Message, MfaRecord, RefreshResult, Revocation
+from .queries import Queries
+from .rules import RotationRequest, decide_rotation
+from .schema import schema
 
 log = logging.getLogger(__name__)
+_SQL = Queries(POSTGRESQL)
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -65,85 +68,6 @@ def _describe(exc: BaseException) -> str:
     """A driver failure for the operator's log: its type and first line (never a password)."""
     detail = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {detail[0]}" if detail else type(exc).__name__
-
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS agents (
-    codename TEXT NOT NULL,
-    codename_key TEXT PRIMARY KEY,
-    role TEXT NOT NULL,
-    password_hash TEXT NOT NULL,
-    enabled BOOLEAN NOT NULL DEFAULT TRUE,
-    created TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS sessions (
-    sid TEXT PRIMARY KEY,
-    codename_key TEXT NOT NULL,
-    created TEXT NOT NULL,
-    revoked_reason TEXT
-);
-CREATE INDEX IF NOT EXISTS sessions_by_agent ON sessions (codename_key);
-CREATE TABLE IF NOT EXISTS refresh_tokens (
-    token_hash TEXT PRIMARY KEY,
-    sid TEXT NOT NULL,
-    expires_at DOUBLE PRECISION NOT NULL,
-    used_at DOUBLE PRECISION
-);
--- The directors' API lists sessions with a live refresh token (live_sessions).
-CREATE INDEX IF NOT EXISTS refresh_tokens_unspent ON refresh_tokens (expires_at) WHERE used_at IS NULL;
--- The token each rotation issued, so a retry of a just-rotated token can find (and spend) it.
--- A table of its own rather than a column: databases made before it gain it without a migration.
-CREATE TABLE IF NOT EXISTS refresh_successors (
-    parent_hash TEXT PRIMARY KEY,
-    child_hash TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS revocations (
-    id BIGSERIAL PRIMARY KEY,
-    codename TEXT NOT NULL,
-    sid TEXT,
-    reason TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS channels (
-    name TEXT PRIMARY KEY,
-    last_id BIGINT NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS messages (
-    channel TEXT NOT NULL,
-    id BIGINT NOT NULL,
-    sender TEXT NOT NULL,
-    text TEXT NOT NULL,
-    ts TEXT NOT NULL,
-    PRIMARY KEY (channel, id)
-);
--- Second factors (hq/auth/mfa.py): the TOTP secret sealed with HQ's MFA key, never in the clear.
-CREATE TABLE IF NOT EXISTS mfa_factors (
-    codename_key TEXT PRIMARY KEY,
-    secret_box TEXT NOT NULL,
-    confirmed BOOLEAN NOT NULL DEFAULT FALSE,
-    last_step BIGINT,
-    created TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS mfa_recovery_codes (
-    codename_key TEXT NOT NULL,
-    code_hash TEXT NOT NULL,
-    used_at DOUBLE PRECISION,
-    PRIMARY KEY (codename_key, code_hash)
-);
-"""
-
-
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _agent(row: asyncpg.Record | None) -> Agent | None:
-    if row is None:
-        return None
-    return Agent(row["codename"], row["role"], row["enabled"], row["created"], row["password_hash"])
-
-
-def _message(row: asyncpg.Record) -> Message:
-    return Message(int(row["id"]), row["channel"], row["sender"], row["text"], row["ts"])
 
 
 def _bounded(method: Callable[Concatenate[PostgresStore, P], Coroutine[Any, Any, T]]
@@ -188,7 +112,7 @@ class PostgresStore:
         # Not bounded by the store's timeout: nodes starting together wait here for each other.
         async with self._connection() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(4242)")
-            await conn.execute(SCHEMA)
+            await conn.execute(schema(POSTGRESQL))
 
     async def close(self) -> None:
         """Close every connection (cut them if the database does not answer)."""
@@ -319,11 +243,9 @@ class PostgresStore:
     @_bounded
     async def add_agent(self, codename: str, role: str, password_hash: str) -> Agent:
         """Create an agent; raises :class:`AgentExistsError` for a taken codename (any case)."""
-        created = _now_iso()
+        created = rows.now_iso()
         try:
-            await self._execute(
-                "INSERT INTO agents (codename, codename_key, role, password_hash, enabled, created)"
-                " VALUES ($1, $2, $3, $4, TRUE, $5)", codename, codename.lower(), role, password_hash, created)
+            await self._execute(_SQL.insert_agent, codename, codename.lower(), role, password_hash, created)
         except asyncpg.UniqueViolationError:
             raise AgentExistsError(codename) from None
         return Agent(codename, role, True, created, password_hash)
@@ -331,118 +253,97 @@ class PostgresStore:
     @_bounded
     async def get_agent(self, codename: str) -> Agent | None:
         """The agent with that codename, compared regardless of case."""
-        return _agent(await self._fetchrow("SELECT * FROM agents WHERE codename_key = $1", codename.lower()))
+        return rows.agent(await self._fetchrow(_SQL.agent, codename.lower()))
 
     @_bounded
     async def list_agents(self) -> list[Agent]:
         """Every agent, oldest first."""
-        rows = await self._fetch("SELECT * FROM agents ORDER BY created, codename_key")
-        return [a for a in map(_agent, rows) if a is not None]
+        return [a for a in map(rows.agent, await self._fetch(_SQL.agents)) if a is not None]
 
     @_bounded
     async def count_agents(self) -> int:
         """How many agents exist."""
-        return int(await self._fetchval("SELECT COUNT(*) FROM agents"))
+        return int(await self._fetchval(_SQL.count_agents))
 
     @_bounded
     async def set_password(self, codename: str, password_hash: str) -> Agent:
         """Replace an agent's password hash."""
-        return await self._update_agent(codename, "password_hash", password_hash)
+        return await self._update_agent(codename, _SQL.set_password, password_hash)
 
     @_bounded
     async def set_enabled(self, codename: str, enabled: bool) -> Agent:
         """Enable or disable an agent."""
-        return await self._update_agent(codename, "enabled", enabled)
+        return await self._update_agent(codename, _SQL.set_enabled, enabled)
 
     @_bounded
     async def set_role(self, codename: str, role: str) -> Agent:
         """Change an agent's clearance level."""
-        return await self._update_agent(codename, "role", role)
+        return await self._update_agent(codename, _SQL.set_role, role)
 
-    async def _update_agent(self, codename: str, column: str, value: object) -> Agent:
-        row = await self._fetchrow(
-            f"UPDATE agents SET {column} = $1 WHERE codename_key = $2 RETURNING *", value, codename.lower())
-        agent = _agent(row)
+    async def _update_agent(self, codename: str, update: str, value: object) -> Agent:
+        agent = rows.agent(await self._fetchrow(update, value, codename.lower()))
         if agent is None:
             raise UnknownAgentError(codename)
         return agent
 
+    # sessions and revocation -----------------------------------------------------------------------
     @_bounded
-    async def create_session(self, sid: str, codename: str) -> None:
+    async def create_session(self, session_id: str, codename: str) -> None:
         """Record a new login session."""
-        await self._execute("INSERT INTO sessions (sid, codename_key, created) VALUES ($1, $2, $3)",
-                                sid, codename.lower(), _now_iso())
+        await self._execute(_SQL.insert_session, session_id, codename.lower(), rows.now_iso())
 
     @_bounded
-    async def get_session(self, sid: str) -> LoginSession | None:
+    async def get_session(self, session_id: str) -> LoginSession | None:
         """A login session by id."""
-        row = await self._fetchrow("SELECT * FROM sessions WHERE sid = $1", sid)
-        if row is None:
-            return None
-        return LoginSession(row["sid"], row["codename_key"], row["created"], row["revoked_reason"])
+        return rows.session(await self._fetchrow(_SQL.session, session_id))
 
     @_bounded
-    async def get_agent_and_session(self, codename: str, sid: str) -> tuple[Agent | None, LoginSession | None]:
+    async def get_agent_and_session(self, codename: str, session_id: str) -> tuple[Agent | None, LoginSession | None]:
         """An agent and one login session in one query (the connect path asks for both)."""
-        row = await self._fetchrow(AGENT_AND_SESSION.format(p1="$1", p2="$2"), sid, codename.lower())
-        session = None
-        if row is not None and row["sid"] is not None:
-            session = LoginSession(row["sid"], row["codename_key"], row["session_created"], row["revoked_reason"])
-        return _agent(row), session
+        row = await self._fetchrow(_SQL.agent_and_session, session_id, codename.lower())
+        return rows.agent(row), rows.joined_session(row)
 
     @_bounded
-    async def revoke_sessions(self, codename: str, reason: str, sid: str | None = None) -> list[str]:
-        """Revoke one session (``sid``) or all of an agent's, and append to the revocation feed."""
+    async def revoke_sessions(self, codename: str, reason: str, session_id: str | None = None) -> list[str]:
+        """Revoke one session (``session_id``) or all of an agent's, and append to the revocation feed."""
+        revoke, record = _SQL.revocation(codename, reason, session_id)
         async with self._connection() as conn, conn.transaction():
-            return await self._revoke(conn, codename, reason, sid)
-
-    @staticmethod
-    async def _revoke(conn: asyncpg.Connection, codename: str, reason: str, sid: str | None) -> list[str]:
-        if sid:
-            rows = await conn.fetch("UPDATE sessions SET revoked_reason = $1 WHERE sid = $2"
-                                    " AND revoked_reason IS NULL RETURNING sid", reason, sid)
-        else:
-            rows = await conn.fetch("UPDATE sessions SET revoked_reason = $1 WHERE codename_key = $2"
-                                    " AND revoked_reason IS NULL RETURNING sid", reason, codename.lower())
-        await conn.execute("INSERT INTO revocations (codename, sid, reason) VALUES ($1, $2, $3)",
-                           codename.lower(), sid, reason)
-        return [r["sid"] for r in rows]
+            revoked = await conn.fetch(revoke.sql, *revoke.args)
+            await conn.execute(record.sql, *record.args)
+        return [r["sid"] for r in revoked]
 
     @_bounded
     async def revocations_after(self, cursor: int) -> list[Revocation]:
         """Feed entries newer than ``cursor``, oldest first."""
-        rows = await self._fetch("SELECT * FROM revocations WHERE id > $1 ORDER BY id", cursor)
-        return [Revocation(int(r["id"]), r["codename"], r["sid"], r["reason"]) for r in rows]
+        return [rows.revocation(r) for r in await self._fetch(_SQL.revocations_after, cursor)]
 
     @_bounded
     async def last_revocation_id(self) -> int:
         """The newest feed entry's id (0 when empty)."""
-        return int(await self._fetchval("SELECT COALESCE(MAX(id), 0) FROM revocations"))
+        return int(await self._fetchval(_SQL.last_revocation_id))
 
     # the directors' API ---------------------------------------------------------------------------
     @_bounded
     async def last_logins(self) -> dict[str, str]:
         """Lower-case codename -> ``created`` of its newest login session, for every agent that has one."""
-        rows = await self._fetch("SELECT codename_key, MAX(created) AS last FROM sessions GROUP BY codename_key")
-        return {r["codename_key"]: r["last"] for r in rows}
+        return {r["codename_key"]: r["last"] for r in await self._fetch(_SQL.last_logins)}
 
     @_bounded
     async def live_sessions(self, now: float) -> list[LoginSession]:
         """Unrevoked login sessions holding a refresh token that is neither spent nor expired at ``now``."""
-        rows = await self._fetch(LIVE_SESSIONS.format(p1="$1"), now)
-        return [LoginSession(r["sid"], r["codename_key"], r["created"], r["revoked_reason"]) for r in rows]
+        return [LoginSession(r["sid"], r["codename_key"], r["created"], r["revoked_reason"])
+                for r in await self._fetch(_SQL.live_sessions, now)]
 
     @_bounded
     async def codenames_with_mfa(self) -> set[str]:
         """Lower-case codenames of every agent with a confirmed second factor."""
-        rows = await self._fetch("SELECT codename_key FROM mfa_factors WHERE confirmed")
-        return {r["codename_key"] for r in rows}
+        return {r["codename_key"] for r in await self._fetch(_SQL.codenames_with_mfa)}
 
+    # refresh tokens ---------------------------------------------------------------------------------
     @_bounded
-    async def add_refresh_token(self, token_hash: str, sid: str, expires_at: float) -> None:
+    async def add_refresh_token(self, token_hash: str, session_id: str, expires_at: float) -> None:
         """Store a new refresh token's hash."""
-        await self._execute("INSERT INTO refresh_tokens (token_hash, sid, expires_at) VALUES ($1, $2, $3)",
-                                token_hash, sid, expires_at)
+        await self._execute(_SQL.insert_refresh_token, token_hash, session_id, expires_at)
 
     @_bounded
     async def rotate_refresh_token(self, old_hash: str, new_hash: str, new_expires_at: float,
@@ -450,48 +351,24 @@ class PostgresStore:
         """Spend ``old_hash`` and store ``new_hash`` atomically; a second use revokes the session.
 
         A retry within ``grace`` seconds is the exception: see :meth:`hq.store.base.Store.rotate_refresh_token`.
+        Both reads lock their rows (``FOR UPDATE``): the token's lock serialises every use of it,
+        rotation and retries alike; the child's makes a concurrent rotation of the child finish
+        first, so a retry sees whether the child was spent (under READ COMMITTED a locking read
+        waits for the other transaction and returns the row as it committed it).
         """
+        request = RotationRequest(old_hash, new_hash, new_expires_at, now, grace)
         async with self._connection() as conn, conn.transaction():
-            # The row lock serialises every use of this token, rotation and retries alike.
-            row = await conn.fetchrow(REFRESH_TOKEN_AND_SESSION.format(p1="$1") + " FOR UPDATE OF r", old_hash)
-            if row is None:
-                return RefreshResult(RefreshOutcome.UNKNOWN)
-            sid, codename = row["sid"], row["codename_key"]
-            if row["used_at"] is not None:
-                if (row["revoked_reason"] is None and row["expires_at"] > now
-                        and in_grace_window(row["used_at"], now, grace)
-                        and await self._retry(conn, old_hash, new_hash, sid, new_expires_at, now)):
-                    return RefreshResult(RefreshOutcome.GRACE, sid, codename)
-                await self._revoke(conn, codename, "revoked", sid)
-                return RefreshResult(RefreshOutcome.REUSED, sid, codename)
-            if row["revoked_reason"] is not None:
-                return RefreshResult(RefreshOutcome.UNKNOWN, sid, codename)
-            if row["expires_at"] <= now:
-                return RefreshResult(RefreshOutcome.EXPIRED, sid, codename)
-            await conn.execute("UPDATE refresh_tokens SET used_at = $1 WHERE token_hash = $2", now, old_hash)
-            await conn.execute("INSERT INTO refresh_tokens (token_hash, sid, expires_at) VALUES ($1, $2, $3)",
-                               new_hash, sid, new_expires_at)
-            await conn.execute("INSERT INTO refresh_successors (parent_hash, child_hash) VALUES ($1, $2)",
-                               old_hash, new_hash)
-            return RefreshResult(RefreshOutcome.ROTATED, sid, codename)
+            token = rows.presented_token(await conn.fetchrow(_SQL.presented_token, old_hash))
+            successor = None
+            if token is not None and token.used_at is not None:
+                successor = rows.successor(await conn.fetchrow(_SQL.successor, old_hash))
+            rotation = decide_rotation(token, successor, request)
+            for write in rotation.writes:
+                for statement in _SQL.rotation_write(write):
+                    await conn.execute(statement.sql, *statement.args)
+        return rotation.result
 
-    @staticmethod
-    async def _retry(conn: asyncpg.Connection, old_hash: str, new_hash: str, sid: str, new_expires_at: float,
-                     now: float) -> bool:
-        """Re-issue from ``old_hash`` if its child is unspent, spending that child; False if it is not.
-
-        The parent's ``used_at`` stays as it was, so retries cannot stretch the window. The parent's
-        row lock (held by the caller) keeps its successor fixed; this statement runs after that
-        lock was granted, so it sees what an earlier retry committed.
-        """
-        superseded = await conn.fetchval(SUPERSEDE_CHILD.format(p1="$1", p2="$2"), now, old_hash)
-        if superseded is None:
-            return False
-        await conn.execute("INSERT INTO refresh_tokens (token_hash, sid, expires_at) VALUES ($1, $2, $3)",
-                           new_hash, sid, new_expires_at)
-        await conn.execute("UPDATE refresh_successors SET child_hash = $1 WHERE parent_hash = $2", new_hash, old_hash)
-        return True
-
+    # messages ---------------------------------------------------------------------------------------
     @_bounded
     async def add_message(self, channel: str, sender: str, text: str, ts: str) -> Message:
         """Store a message durably; its id is one more than the channel's last."""
@@ -499,87 +376,63 @@ class PostgresStore:
             message_id = await conn.fetchval(
                 "INSERT INTO channels (name, last_id) VALUES ($1, 1) ON CONFLICT (name)"
                 " DO UPDATE SET last_id = channels.last_id + 1 RETURNING last_id", channel)
-            await conn.execute("INSERT INTO messages (channel, id, sender, text, ts) VALUES ($1, $2, $3, $4, $5)",
-                               channel, message_id, sender, text, ts)
+            await conn.execute(_SQL.insert_message, channel, message_id, sender, text, ts)
         return Message(int(message_id), channel, sender, text, ts)
 
     @_bounded
     async def history(self, channel: str, after_id: int | None, limit: int) -> list[Message]:
         """Up to ``limit`` messages after ``after_id`` (or the latest ``limit``), oldest first."""
         if after_id is None:
-            rows = await self._fetch(
-                "SELECT * FROM (SELECT * FROM messages WHERE channel = $1 ORDER BY id DESC LIMIT $2) m ORDER BY id",
-                channel, limit)
+            found = await self._fetch(_SQL.latest_messages, channel, limit)
         else:
-            rows = await self._fetch(
-                "SELECT * FROM messages WHERE channel = $1 AND id > $2 ORDER BY id LIMIT $3", channel, after_id, limit)
-        return [_message(r) for r in rows]
+            found = await self._fetch(_SQL.messages_after, channel, after_id, limit)
+        return [rows.message(r) for r in found]
 
     @_bounded
     async def last_message_id(self, channel: str) -> int:
         """The channel's newest message id (0 when empty)."""
-        return int(await self._fetchval("SELECT COALESCE(MAX(id), 0) FROM messages WHERE channel = $1", channel))
+        return int(await self._fetchval(_SQL.last_message_id, channel))
 
     # second factors ----------------------------------------------------------------------------
-    # Each change is one conditional statement (or one transaction): under READ COMMITTED a second
-    # UPDATE of the same row waits for the first and re-checks its WHERE against what it wrote, so
-    # two nodes accepting the same code at the same moment cannot both succeed.
+    # Under READ COMMITTED a second UPDATE of the same row waits for the first and re-checks its
+    # WHERE against what it wrote, so two nodes accepting the same code at the same moment cannot
+    # both succeed.
     @_bounded
     async def get_mfa(self, codename: str) -> MfaRecord | None:
         """The agent's enrolment, confirmed or pending."""
-        row = await self._fetchrow(MFA_RECORD.format(p1="$1"), codename.lower())
-        if row is None:
-            return None
-        return MfaRecord(row["codename_key"], row["secret_box"], row["confirmed"],
-                         None if row["last_step"] is None else int(row["last_step"]), int(row["codes_left"]))
+        return rows.mfa(await self._fetchrow(_SQL.mfa, codename.lower()))
 
     @_bounded
     async def begin_mfa(self, codename: str, secret_box: str) -> bool:
         """Store a pending secret (replacing a pending one); False if a confirmed one exists."""
-        written = await self._fetchval(
-            "INSERT INTO mfa_factors (codename_key, secret_box, confirmed, last_step, created)"
-            " VALUES ($1, $2, FALSE, NULL, $3) ON CONFLICT (codename_key) DO UPDATE"
-            " SET secret_box = excluded.secret_box, created = excluded.created"
-            " WHERE mfa_factors.confirmed = FALSE RETURNING codename_key", codename.lower(), secret_box, _now_iso())
-        return written is not None
+        return await self._fetchval(_SQL.begin_mfa, codename.lower(), secret_box, rows.now_iso()) is not None
 
     @_bounded
     async def confirm_mfa(self, codename: str, secret_box: str, step: int, recovery_hashes: list[str]) -> bool:
         """Confirm the pending ``secret_box`` and replace the recovery codes, in one transaction."""
         key = codename.lower()
         async with self._connection() as conn, conn.transaction():
-            confirmed = await conn.fetchval(
-                "UPDATE mfa_factors SET confirmed = TRUE, last_step = $1 WHERE codename_key = $2"
-                " AND confirmed = FALSE AND secret_box = $3 RETURNING codename_key", step, key, secret_box)
-            if confirmed is None:
+            if await conn.fetchval(_SQL.confirm_mfa, step, key, secret_box) is None:
                 return False
-            await conn.execute("DELETE FROM mfa_recovery_codes WHERE codename_key = $1", key)
-            await conn.executemany("INSERT INTO mfa_recovery_codes (codename_key, code_hash) VALUES ($1, $2)",
-                                   [(key, h) for h in recovery_hashes])
+            await conn.execute(_SQL.delete_recovery_codes, key)
+            await conn.executemany(_SQL.insert_recovery_code, [(key, h) for h in recovery_hashes])
         return True
 
     @_bounded
     async def use_totp_step(self, codename: str, step: int) -> bool:
         """Record ``step`` as used unless it, or a later one, already was."""
-        written = await self._fetchval(
-            "UPDATE mfa_factors SET last_step = $1 WHERE codename_key = $2 AND confirmed = TRUE"
-            " AND (last_step IS NULL OR last_step < $1) RETURNING codename_key", step, codename.lower())
-        return written is not None
+        return await self._fetchval(_SQL.use_totp_step, step, codename.lower()) is not None
 
     @_bounded
     async def use_recovery_code(self, codename: str, code_hash: str, now: float) -> bool:
         """Spend one unspent recovery code."""
-        spent = await self._fetchval(
-            "UPDATE mfa_recovery_codes SET used_at = $1 WHERE codename_key = $2 AND code_hash = $3 AND used_at IS NULL"
-            " AND EXISTS (SELECT 1 FROM mfa_factors f WHERE f.codename_key = mfa_recovery_codes.codename_key"
-            " AND f.confirmed) RETURNING code_hash", now, codename.lower(), code_hash)
-        return spent is not None
+        return await self._fetchval(_SQL.use_recovery_code, now, codename.lower(), code_hash) is not None
 
     @_bounded
     async def reset_mfa(self, codename: str) -> bool:
         """Remove the agent's second factor and its recovery codes."""
         key = codename.lower()
         async with self._connection() as conn, conn.transaction():
-            await conn.execute("DELETE FROM mfa_recovery_codes WHERE codename_key = $1", key)
-            removed = await conn.fetchval("DELETE FROM mfa_factors WHERE codename_key = $1 RETURNING codename_key", key)
+            await conn.execute(_SQL.delete_recovery_codes, key)
+            removed = await conn.fetchval(_SQL.delete_mfa, key)
         return removed is not None
