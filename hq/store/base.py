@@ -72,8 +72,8 @@ class Store(Protocol):
         session is revoked) unless it is the token most recently rotated, presented within
         ``grace`` seconds of that rotation, while the child it got is still unspent: then the
         child is spent and ``new_hash`` replaces it (GRACE), so one refresh token stays live.
-        The rule is :func:`hq.store.rules.decide_rotation`; a backend only reads its rows and applies
-        its writes in one transaction.
+        The rule is :func:`hq.store.rules.decide_rotation`; a backend only opens a transaction and runs
+        :func:`hq.store.rotation.rotate_in_transaction` in it.
         """
         ...
 

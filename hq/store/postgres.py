@@ -26,7 +26,8 @@ from .base import AgentExistsError, StoreUnavailable, UnknownAgentError
 from .dialect import POSTGRESQL
 from .models import Agent, LoginSession, Message, MfaRecord, RefreshResult, Revocation
 from .queries import Queries
-from .rules import RotationRequest, decide_rotation
+from .rotation import rotate_in_transaction
+from .rules import RotationRequest
 from .schema import schema
 
 log = logging.getLogger(__name__)
@@ -331,8 +332,7 @@ class PostgresStore:
     @_bounded
     async def live_sessions(self, now: float) -> list[LoginSession]:
         """Unrevoked login sessions holding a refresh token that is neither spent nor expired at ``now``."""
-        return [LoginSession(r["sid"], r["codename_key"], r["created"], r["revoked_reason"])
-                for r in await self._fetch(_SQL.live_sessions, now)]
+        return [s for s in map(rows.session, await self._fetch(_SQL.live_sessions, now)) if s is not None]
 
     @_bounded
     async def codenames_with_mfa(self) -> set[str]:
@@ -358,15 +358,7 @@ class PostgresStore:
         """
         request = RotationRequest(old_hash, new_hash, new_expires_at, now, grace)
         async with self._connection() as conn, conn.transaction():
-            token = rows.presented_token(await conn.fetchrow(_SQL.presented_token, old_hash))
-            successor = None
-            if token is not None and token.used_at is not None:
-                successor = rows.successor(await conn.fetchrow(_SQL.successor, old_hash))
-            rotation = decide_rotation(token, successor, request)
-            for write in rotation.writes:
-                for statement in _SQL.rotation_write(write):
-                    await conn.execute(statement.sql, *statement.args)
-        return rotation.result
+            return await rotate_in_transaction(_SQL, lambda sql, args: conn.fetchrow(sql, *args), request)
 
     # messages ---------------------------------------------------------------------------------------
     @_bounded

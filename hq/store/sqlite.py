@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from pathlib import Path
 from typing import AsyncIterator, Iterable
 
@@ -21,8 +22,9 @@ from . import rows
 from .base import AgentExistsError, UnknownAgentError
 from .dialect import SQLITE
 from .models import Agent, LoginSession, Message, MfaRecord, RefreshResult, Revocation
-from .queries import Queries, Statement
-from .rules import RotationRequest, decide_rotation
+from .queries import Queries
+from .rotation import rotate_in_transaction
+from .rules import RotationRequest
 from .schema import schema
 
 _SQL = Queries(SQLITE)
@@ -190,8 +192,7 @@ class SQLiteStore:
 
     async def live_sessions(self, now: float) -> list[LoginSession]:
         """Unrevoked login sessions holding a refresh token that is neither spent nor expired at ``now``."""
-        return [LoginSession(r["sid"], r["codename_key"], r["created"], r["revoked_reason"])
-                for r in await self._all(_SQL.live_sessions, now)]
+        return [s for s in map(rows.session, await self._all(_SQL.live_sessions, now)) if s is not None]
 
     async def codenames_with_mfa(self) -> set[str]:
         """Lower-case codenames of every agent with a confirmed second factor."""
@@ -211,15 +212,7 @@ class SQLiteStore:
         """
         request = RotationRequest(old_hash, new_hash, new_expires_at, now, grace)
         async with self._transaction() as db:
-            token = rows.presented_token(await _fetchone(db, _SQL.presented_token, (old_hash,)))
-            successor = None
-            if token is not None and token.used_at is not None:
-                successor = rows.successor(await _fetchone(db, _SQL.successor, (old_hash,)))
-            rotation = decide_rotation(token, successor, request)
-            for write in rotation.writes:
-                for statement in _SQL.rotation_write(write):
-                    await db.execute(*statement)
-        return rotation.result
+            return await rotate_in_transaction(_SQL, functools.partial(_fetchone, db), request)
 
     # messages --------------------------------------------------------------------------------
     async def add_message(self, channel: str, sender: str, text: str, ts: str) -> Message:
