@@ -14,7 +14,7 @@ from .queries import Queries
 from .rules import RotationRequest, decide_rotation
 
 #: Runs one statement in the open transaction and returns its first row (None if it has none).
-RunStatement = Callable[[str, tuple[object, ...]], Awaitable["rows.Row | None"]]
+RunStatement = Callable[[str, tuple[object, ...]], Awaitable[rows.Row | None]]
 
 
 async def rotate_in_transaction(sql: Queries, run: RunStatement, request: RotationRequest) -> RefreshResult:

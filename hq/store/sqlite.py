@@ -59,6 +59,7 @@ class SQLiteStore:
 
     @property
     def db(self) -> aiosqlite.Connection:
+        """The open connection."""
         assert self._db is not None, "store is not open"
         return self._db
 
