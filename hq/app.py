@@ -19,6 +19,7 @@ from .ops.admin_ui import AdminUI
 from .auth.agents import AgentAdmin
 from .audit import AuditLog, audit_context
 from .auth.clearance import ClearancePolicy
+from .auth.credentials import CredentialCheck
 from .config import Settings
 from .console import Console
 from .directors import DirectorsApi
@@ -53,6 +54,7 @@ class HQ:
     tokens: TokenService
     policy: ClearancePolicy
     audit: AuditLog
+    credentials: CredentialCheck
     sessions: SessionService
     authenticator: Authenticator
     realtime: Realtime
@@ -85,11 +87,13 @@ def build(settings: Settings) -> HQ:
     policy = ClearancePolicy(settings.clearance.levels, settings.channels)
     audit = AuditLog(settings.audit.path, settings.base_dir)
     redis = redis_client(settings.cluster.redis_url) if settings.cluster.redis_url else None
-    throttle = _login_limiter(settings, redis)
     # The key that seals TOTP secrets is made here on first use, like the HMAC secret above.
     second_factor = SecondFactor(store, SecretBox.from_file(settings.mfa_key_path), settings.auth.mfa_issuer,
                                  settings.mfa_roles)
-    sessions = SessionService(store, hasher, tokens, throttle, audit, settings.auth, second_factor)
+    # One check and one login limiter per process, for every door (login, password re-check, Admin UI):
+    # one failure budget per codename and per address, whichever door a guesser knocks on.
+    credentials = CredentialCheck(store, hasher, second_factor, _login_limiter(settings, redis), audit)
+    sessions = SessionService(store, credentials, tokens, audit, settings.auth)
     authenticator = Authenticator(tokens, store)
     addresses = AddressResolver(settings.server.trusted_proxies)
     presence = Presence(settings.channels, redis, prefix=settings.cluster.channel,
@@ -106,11 +110,12 @@ def build(settings: Settings) -> HQ:
     sessions.on_revoke(watcher.revoked_here)
     admin = AgentAdmin(store, hasher, policy, sessions, audit)
     mfa = MfaAdmin(store, second_factor, sessions, audit)
-    return HQ(settings, store, hasher, keys, tokens, policy, audit, sessions, authenticator, realtime,
+    return HQ(settings, store, hasher, keys, tokens, policy, audit, credentials, sessions, authenticator, realtime,
               admin, watcher, presence, mfa, redis)
 
 
 def _login_limiter(settings: Settings, redis: aioredis.Redis | None) -> LoginLimiter:
+    """The failed-login counts: in Redis when the nodes share one, else in this process."""
     limits = settings.limits
     counts = (limits.login_failures_per_codename, limits.login_failures_per_address, limits.login_window)
     if redis is None:
@@ -180,8 +185,7 @@ def add_console_and_monitoring(app: web.Application, hq: HQ) -> AdminUI:
     hq.realtime.faults.observe(metrics)
     app.add_routes(metrics.routes())
     app[METRICS_KEY] = metrics
-    admin_ui = AdminUI(settings, hq.realtime.sio, hq.store, hq.hasher, hq.audit,
-                       AddressResolver(settings.server.trusted_proxies), _login_limiter(settings, hq.redis),
-                       hq.mfa.second_factor)
+    admin_ui = AdminUI(settings, hq.realtime.sio, hq.credentials, hq.audit,
+                       AddressResolver(settings.server.trusted_proxies))
     admin_ui.install()
     return admin_ui

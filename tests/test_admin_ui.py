@@ -7,6 +7,7 @@ import json
 import time
 from typing import Any
 
+import aiohttp
 import pytest
 import socketio
 
@@ -106,6 +107,26 @@ async def test_failed_passwords_are_throttled(hq_factory) -> None:
         await refused(hq, {"username": "dora", "password": "guess guess guess"})
     await refused(hq, {"username": "dora", "password": PASSWORD})
     assert admin_logins(hq)[-1]["code"] == "too_many_attempts"
+
+
+async def http_login(hq: HQServer, codename: str, password: str) -> tuple[int, Any]:
+    """``POST /api/auth/login``: the status and the JSON body."""
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{hq.url}/api/auth/login", json={"username": codename, "password": password}) as answer:
+            return answer.status, await answer.json()
+
+
+async def test_the_admin_ui_and_http_login_share_one_failure_budget(hq_factory) -> None:
+    # One budget per codename, whichever door the guesses come through: not one per door.
+    hq = hq_factory(admin={"enabled": True}, limits={"login_failures_per_codename": 5})
+    for _ in range(3):
+        await refused(hq, {"username": "dora", "password": "guess guess guess"})
+    for _ in range(2):
+        assert (await http_login(hq, "dora", "another guess, wrong"))[0] == 401
+    status, body = await http_login(hq, "dora", PASSWORD)
+    assert status == 429 and body["error"]["code"] == "too_many_attempts", body
+    await refused(hq, {"username": "dora", "password": PASSWORD})
+    assert [line["code"] for line in admin_logins(hq)] == ["invalid_credentials"] * 3 + ["too_many_attempts"]
 
 
 async def test_the_admin_never_receives_tokens(hq_factory) -> None:

@@ -1,7 +1,9 @@
 """Login sessions: log in with a password, refresh with a rotating token, log out, revoke.
 
-This is where credentials become tokens. Revocation is written to the store's feed, which every
-HQ node follows (see :mod:`hq.revocation`), and told at once to local listeners.
+This is where credentials become tokens: :class:`~hq.auth.credentials.CredentialCheck` checks them
+(password, second factor, login limits: the one check every door asks) and a session is opened for
+the agent it returns. Revocation is written to the store's feed, which every HQ node follows (see
+:mod:`hq.realtime.revocation`), and told at once to local listeners.
 
 A second factor (hq/auth/mfa.py) is asked for only after a correct password: an enrolled agent must
 send ``otp`` (``mfa_required`` without it, ``invalid_otp`` for a wrong or replayed code, counted by
@@ -17,12 +19,10 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from ..audit import AuditLog
-from ..config import AuthSettings, is_valid_codename
-from ..errors import AuthError, LoginError
-from .limits import LoginLimiter
-from .mfa import OtpRejected, SecondFactor
-from .passwords import MAX_PASSWORD_LENGTH, PasswordHasher
-from ..store import Agent, MfaRecord, RefreshOutcome, Store
+from ..config import AuthSettings
+from ..errors import AuthError
+from ..store import Agent, RefreshOutcome, Store
+from .credentials import CredentialCheck
 from .tokens import ENROLL_SCOPE, IssuedToken, TokenService, hash_refresh_token, new_refresh_token, new_session_id
 
 RevocationListener = Callable[[str, str | None, str], Awaitable[object]]
@@ -48,13 +48,11 @@ class TokenPair:
 class SessionService:
     """Issues, rotates and revokes login sessions."""
 
-    def __init__(self, store: Store, hasher: PasswordHasher, tokens: TokenService, throttle: LoginLimiter,
-                 audit: AuditLog, auth: AuthSettings, second_factor: SecondFactor) -> None:
-        self._mfa = second_factor
+    def __init__(self, store: Store, credentials: CredentialCheck, tokens: TokenService, audit: AuditLog,
+                 auth: AuthSettings) -> None:
         self._store = store
-        self._hasher = hasher
+        self._credentials = credentials
         self._tokens = tokens
-        self._throttle = throttle
         self._audit = audit
         self._auth = auth
         self._listeners: list[RevocationListener] = []
@@ -65,64 +63,16 @@ class SessionService:
 
     async def login(self, codename: str, password: str, address: str, otp: str | None = None) -> TokenPair:
         """Check a password (and, for an enrolled agent, ``otp``) and open a session; raises :class:`LoginError`."""
-        valid = is_valid_codename(codename)
-        agent = await self._store.get_agent(codename) if valid else None
-        # Read for every well-formed codename, known or not: the work done never tells them apart.
-        factor = await self._mfa.record(codename) if valid else None
-        loggable = _loggable(agent)
-        retry_after = await self._throttle.retry_after(codename, address)
-        if retry_after:
-            self._audit.record("login_failed", codename=loggable, address=address, code="too_many_attempts")
-            raise LoginError("too many failed attempts; try again later", "too_many_attempts", retry_after)
-        ok = await self._hasher.verify(password, agent.password_hash if agent else None)
-        if not ok or agent is None or len(password) > MAX_PASSWORD_LENGTH:
-            if otp is not None:  # as much work as checking the code would have been
-                self._mfa.spend_like_a_check(otp)
-            await self._throttle.record_failure(codename, address)
-            self._audit.record("login_failed", codename=loggable, address=address, code="invalid_credentials")
-            raise LoginError("unknown codename or wrong password", "invalid_credentials")
-        if not agent.enabled:
-            self._audit.record("login_failed", codename=agent.codename, address=address, code="agent_disabled")
-            raise LoginError("this agent is disabled", "agent_disabled")
-        if factor is not None and factor.confirmed:
-            used = await self._second_factor(agent, factor, otp, codename, address)
-            # Only now: clearing the count on a correct password alone would let a code guesser
-            # reset it between guesses.
-            await self._throttle.record_success(codename)
-            left = factor.recovery_codes_left - 1 if used == "recovery_code" else None
-            return await self._open(agent, address, factor=used, recovery_codes_left=left)
-        await self._throttle.record_success(codename)
-        if self._mfa.required_for(agent):
-            return await self._open(agent, address, scope=ENROLL_SCOPE)
-        return await self._open(agent, address)
-
-    async def _second_factor(self, agent: Agent, factor: MfaRecord, otp: str | None, codename: str,
-                             address: str) -> str:
-        """Check ``otp`` after a correct password: the factor used, or :class:`LoginError`."""
-        if otp is None:
-            self._audit.record("login_failed", codename=agent.codename, address=address, code="mfa_required")
-            raise LoginError("this agent logs in with a second factor: send the code its authenticator app "
-                             "shows (or a recovery code) as \"otp\"", "mfa_required")
-        try:
-            return await self._mfa.check(agent, factor, otp)
-        except OtpRejected:
-            await self._throttle.record_failure(codename, address)
-            self._audit.record("login_failed", codename=agent.codename, address=address, code="invalid_otp")
-            raise LoginError("wrong code, or one already used: wait for the next code and try again",
-                             "invalid_otp") from None
+        verified = await self._credentials.check(codename, password, address, otp)
+        if verified.must_enrol:
+            return await self._open(verified.agent, address, scope=ENROLL_SCOPE)
+        return await self._open(verified.agent, address, factor=verified.factor,
+                                recovery_codes_left=verified.recovery_codes_left)
 
     async def check_password(self, agent: Agent, password: str, address: str) -> None:
         """Ask for the password again before a sensitive change (enrolling a second factor):
         throttled and counted like a login; raises :class:`LoginError`."""
-        retry_after = await self._throttle.retry_after(agent.codename, address)
-        if retry_after:
-            self._audit.record("login_failed", codename=agent.codename, address=address, code="too_many_attempts")
-            raise LoginError("too many failed attempts; try again later", "too_many_attempts", retry_after)
-        ok = await self._hasher.verify(password, agent.password_hash)
-        if not ok or len(password) > MAX_PASSWORD_LENGTH:
-            await self._throttle.record_failure(agent.codename, address)
-            self._audit.record("login_failed", codename=agent.codename, address=address, code="invalid_credentials")
-            raise LoginError("wrong password", "invalid_credentials")
+        await self._credentials.check_password(agent, password, address)
 
     async def finish_enrollment(self, agent: Agent, enrollment_sid: str, address: str) -> TokenPair:
         """Swap an enrolment-only session for a full one, once the agent has confirmed a code."""
@@ -193,7 +143,3 @@ class SessionService:
         for listener in self._listeners:
             await listener(codename, sid, reason)
 
-
-def _loggable(agent: Agent | None) -> str:
-    """A codename as the audit log may show it: only a stored one, so a password typed there never leaks."""
-    return agent.codename if agent is not None else "<unknown>"
