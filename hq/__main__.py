@@ -255,6 +255,7 @@ async def _agents(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _release(hq: HQ) -> None:
     """Close what :func:`build` and ``store.open`` made (outside a served app's lifecycle)."""
+    await hq.tasks.close()
     await hq.store.close()
     if hq.redis is not None:
         await hq.redis.aclose()

@@ -1,8 +1,9 @@
 """``create_app(settings)``: the one place that knows every part and wires them together.
 
 Data flows one way: credentials → passwords → tokens → identity → realtime → store → fan-out.
-Resources (the store, the revocation watcher, the bcrypt pool, the audit file) are opened and
-closed with ``cleanup_ctx``.
+Resources (the store, the revocation watcher, the bcrypt pool, the audit file, the Redis client,
+the background tasks) are opened and closed with ``cleanup_ctx``. A process is one node of the
+cluster: one node id, one Redis client and one set of background tasks, handed to every part.
 """
 
 from __future__ import annotations
@@ -26,14 +27,16 @@ from .directors import DirectorsApi
 from .guards import DirectorGuard
 from .http_api import HealthCheck, HttpApi, json_errors
 from .auth.identity import Authenticator
-from .auth.limits import LoginLimiter, LoginThrottle, RedisLoginThrottle, redis_client
+from .auth.limits import LoginLimiter, LoginThrottle, RedisLoginThrottle
 from .ops.metrics import Metrics
 from .openapi import OpenApi
 from .auth.passwords import PasswordHasher
-from .realtime.connections import ConnectionRegistry
-from .realtime.presence import Presence
+from .cluster.node import new_node_id
+from .cluster.presence import Presence
+from .cluster.redis import redis_client
+from .cluster.revocation import RevocationBus, RevocationWatcher, revocation_channel
+from .cluster.socket_registry import ConnectionRegistry
 from .realtime.realtime import Realtime
-from .realtime.revocation import RevocationBus, RevocationWatcher, revocation_channel
 from .auth.sessions import SessionService
 from .auth.mfa import SecondFactor, SecretBox
 from .auth.mfa_admin import MfaAdmin
@@ -41,6 +44,7 @@ from .mfa_api import MfaApi
 from .store import Store, open_store
 from .auth.tokens import KeyRing, TokenService
 from .realtime.transport import refuse_foreign_origins
+from .tasks import BackgroundTasks
 
 
 @dataclass
@@ -62,6 +66,11 @@ class HQ:
     watcher: RevocationWatcher
     presence: Presence
     mfa: MfaAdmin
+    #: This process's id as a node of the cluster (presence, socket registry, revocation bus, fan-out).
+    node: str
+    #: Every fire-and-forget task of the process, cancelled at shutdown.
+    tasks: BackgroundTasks
+    #: The process's one Redis client (``[cluster] redis_url``), shared by every part that uses Redis.
     redis: aioredis.Redis | None = None
 
     def health_checks(self) -> list[HealthCheck]:
@@ -86,7 +95,10 @@ def build(settings: Settings) -> HQ:
     tokens = TokenService(keys, settings.auth)
     policy = ClearancePolicy(settings.clearance.levels, settings.channels)
     audit = AuditLog(settings.audit.path, settings.base_dir)
-    redis = redis_client(settings.cluster.redis_url) if settings.cluster.redis_url else None
+    cluster = settings.cluster
+    node = new_node_id()  # a new one per process: a restarted node never revives its old entries
+    tasks = BackgroundTasks()
+    redis = redis_client(cluster.redis_url) if cluster.redis_url else None
     # The key that seals TOTP secrets is made here on first use, like the HMAC secret above.
     second_factor = SecondFactor(store, SecretBox.from_file(settings.mfa_key_path), settings.auth.mfa_issuer,
                                  settings.mfa_roles)
@@ -96,22 +108,21 @@ def build(settings: Settings) -> HQ:
     sessions = SessionService(store, credentials, tokens, audit, settings.auth)
     authenticator = Authenticator(tokens, store)
     addresses = AddressResolver(settings.server.trusted_proxies)
-    presence = Presence(settings.channels, redis, prefix=settings.cluster.channel,
-                        heartbeat=settings.cluster.presence_heartbeat, ttl=settings.cluster.presence_ttl)
+    presence = Presence(settings.channels, redis, prefix=cluster.channel, heartbeat=cluster.presence_heartbeat,
+                        ttl=cluster.presence_ttl, node=node)
     # Every live socket of the cluster (in Redis with [cluster] redis_url), for the directors' API; a
     # dead node's sockets are forgotten as fast as its presence is.
-    connections = ConnectionRegistry(redis, prefix=settings.cluster.channel,
-                                     heartbeat=settings.cluster.presence_heartbeat, expiry=settings.cluster.presence_ttl)
-    realtime = Realtime(settings, authenticator, policy, store, audit, addresses, presence, connections)
-    cluster = settings.cluster
-    bus = RevocationBus(cluster.redis_url, revocation_channel(cluster.channel)) if cluster.redis_url else None
+    connections = ConnectionRegistry(redis, prefix=cluster.channel, node=node, heartbeat=cluster.presence_heartbeat,
+                                     expiry=cluster.presence_ttl)
+    realtime = Realtime(settings, authenticator, policy, store, audit, addresses, presence, connections, tasks, node)
+    bus = RevocationBus(redis, revocation_channel(cluster.channel), node) if redis is not None else None
     watcher = RevocationWatcher(store, realtime.end_sessions, settings.storage.revocation_poll, bus)
     # Ends this process's sockets and publishes to the other nodes; the CLI builds the same parts.
     sessions.on_revoke(watcher.revoked_here)
     admin = AgentAdmin(store, hasher, policy, sessions, audit)
     mfa = MfaAdmin(store, second_factor, sessions, audit)
     return HQ(settings, store, hasher, keys, tokens, policy, audit, credentials, sessions, authenticator, realtime,
-              admin, watcher, presence, mfa, redis)
+              admin, watcher, presence, mfa, node, tasks, redis)
 
 
 def _login_limiter(settings: Settings, redis: aioredis.Redis | None) -> LoginLimiter:
@@ -165,6 +176,7 @@ def create_app(settings: Settings, on_first_agent: FirstAgentReporter = print_fi
         await hq.presence.stop()
         await hq.realtime.stop()
         await hq.watcher.stop()
+        await hq.tasks.close()  # before the store closes: a task may be using it
         await hq.store.close()
         if hq.redis is not None:
             await hq.redis.aclose()

@@ -105,7 +105,7 @@ class StorageSettings:
 class ClusterSettings:
     redis_url: str | None = None
     channel: str = "hq"
-    # Presence (hq/realtime/presence.py): each node refreshes its alive key in Redis every
+    # Presence (hq/cluster/presence.py): each node refreshes its alive key in Redis every
     # presence_heartbeat seconds with a TTL of presence_ttl, so a crashed node's agents leave
     # presence within presence_ttl seconds.
     presence_heartbeat: float = 5.0

@@ -29,7 +29,7 @@ from .config import Settings
 from .errors import AuthError
 from .guards import DirectorGuard, Refused
 from .http_api import NO_STORE, auth_error_response, error_response, read_json_body
-from .realtime.connections import ConnectionRegistry, Listing
+from .cluster.socket_registry import ConnectionRegistry, Listing
 from .store import Agent, AgentExistsError, UnknownAgentError
 
 #: Set on listings that could show this node's sockets only (Redis did not answer).

@@ -1,4 +1,4 @@
-"""One exception per family of contract error codes, each carrying its code."""
+"""One exception per family of contract error codes, each carrying its code; and how a log names an error."""
 
 from __future__ import annotations
 
@@ -50,3 +50,12 @@ class LoginError(HQError):
     def __init__(self, message: str, code: str | None = None, retry_after: int = 0) -> None:
         super().__init__(message, code)
         self.retry_after = retry_after
+
+
+def describe(error: BaseException) -> str:
+    """An error in one line, for a log: its type and the first line of its message, never a traceback.
+
+    A timeout has no message of its own, so it is named by its type alone.
+    """
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -1,4 +1,4 @@
-"""The cluster's socket registry (hq/realtime/connections.py) in-process, on a private Redis.
+"""The cluster's socket registry (hq/cluster/socket_registry.py) in-process, on a private Redis.
 
 Two registries stand for two nodes. Short heartbeats and TTLs make expiry quick; the Redis is a
 ``redis-server`` of the test's own, so killing it touches nothing shared.
@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import pytest
 
-from hq.auth.limits import redis_client
-from hq.realtime.connections import RETRY_AFTER, ConnectionRegistry, Listing
+from hq.cluster.redis import RETRY_AFTER, redis_client
+from hq.cluster.socket_registry import ConnectionRegistry, Listing
 
 from .services import PrivateRedis
 
@@ -113,11 +113,8 @@ async def test_a_dead_nodes_sockets_expire(nodes: tuple[ConnectionRegistry, Conn
     a, b = nodes
     add(a, "s1")
     await eventually(b.cluster, lambda listing: len(listing.records) == 1)
-    assert a._task is not None
-    a._task.cancel()  # a crash: no goodbye, the hash stays until its TTL runs out
-    await asyncio.gather(a._task, return_exceptions=True)
-    a._task = None
-    a._redis = None  # and its stop() at teardown cannot clean up either
+    await a._loop.stop()  # a crash: the writer ends without a goodbye, the hash stays until its TTL runs out
+    a._calls.target = None  # and its stop() at teardown cannot clean up either
     started = time.monotonic()
     assert len((await b.cluster()).records) == 1
     await eventually(b.cluster, lambda listing: listing.records == [], timeout=FAST["expiry"] + 3)
@@ -132,7 +129,7 @@ async def test_while_redis_is_down_a_node_lists_its_own_and_writes_back_after(
     add(b, "s2", codename="hank")
     await eventually(b.cluster, lambda listing: len(listing.records) == 2)
     private_redis.kill()
-    with caplog.at_level(logging.WARNING, logger="hq.realtime.connections"):
+    with caplog.at_level(logging.WARNING, logger="hq.cluster.socket_registry"):
         listing = await b.cluster()
         assert not listing.complete and sockets_of(listing) == {("b", "hank")}
         add(a, "s3", codename="ana")  # made during the outage, never written then
@@ -140,7 +137,7 @@ async def test_while_redis_is_down_a_node_lists_its_own_and_writes_back_after(
         await asyncio.sleep(RETRY_AFTER + 0.5)
         listing = await b.cluster()
         assert not listing.complete and listing.records == []
-    warnings = [r for r in caplog.records if r.name == "hq.realtime.connections" and r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "hq.cluster.socket_registry" and r.levelno == logging.WARNING]
     assert 1 <= len(warnings) <= 2  # once per node per outage, not once per call
     private_redis.start()  # empty: everything must be written back
     listing = await eventually(b.cluster, lambda listing: listing.complete and len(listing.records) == 2,

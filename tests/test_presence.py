@@ -13,9 +13,9 @@ from typing import Any, AsyncIterator
 
 import pytest
 
-from hq.auth.limits import redis_client
 from hq.config import ConfigError, load_settings
-from hq.realtime.presence import EXPIRY, HEARTBEAT, Presence
+from hq.cluster.presence import EXPIRY, HEARTBEAT, Presence
+from hq.cluster.redis import redis_client
 
 from .cluster import FAST_PRESENCE, Cluster, start_cluster
 from .services import REDIS_URL, PrivateRedis, ensure_redis
@@ -295,7 +295,7 @@ async def test_stop_ends_the_heartbeat_whenever_it_comes(steps: int) -> None:
     try:
         await presence.start()
         await asyncio.sleep(0.15)  # the first beat is written; the loop now waits for its next one
-        presence._wake.set()  # what Redis answering again does: the loop starts a round of Redis calls
+        presence._beat.wake()  # what Redis answering again does: the loop starts a round of Redis calls
         for _ in range(steps):
             await asyncio.sleep(0)
         await asyncio.wait_for(presence.stop(), 5)

@@ -29,7 +29,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from hq.addresses import AddressResolver
 from hq.http_api import HealthCheck, HttpApi
-from hq.auth.limits import RedisLoginThrottle, redis_client
+from hq.auth.limits import RedisLoginThrottle
+from hq.cluster.redis import redis_client
 from hq.store import StoreUnavailable
 
 from .cluster import Cluster, start_cluster
@@ -82,7 +83,7 @@ async def test_failures_are_counted_on_this_node_while_redis_is_down(
         monkeypatch: pytest.MonkeyPatch) -> None:
     caplog.set_level(logging.INFO, logger="hq.auth.limits")
     throttle, other_node = throttles(), throttles()
-    monkeypatch.setattr(throttle, "PROBE_INTERVAL", 0.0)  # ask Redis on every call: each must fall back
+    monkeypatch.setattr(throttle.breaker, "pause", 0.0)  # ask Redis on every call: each must fall back
     await throttle.record_failure("fox", ADDRESS)  # in Redis: lost with it, as any shared count would be
     redis_server.kill()
     for _ in range(5):
@@ -131,7 +132,7 @@ async def test_a_hung_redis_holds_one_login_for_half_a_second(throttle: RedisLog
         await throttle.record_failure("fox", ADDRESS)
     assert await throttle.retry_after("fox", ADDRESS) > 0
     rest = time.monotonic() - started
-    assert first < 1.2 and rest < 0.1, (first, rest)  # then Redis is left alone for PROBE_INTERVAL
+    assert first < 1.2 and rest < 0.1, (first, rest)  # then Redis is left alone for the breaker's pause
     redis_server.pause(False)
 
 

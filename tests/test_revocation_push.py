@@ -21,7 +21,7 @@ from typing import AsyncIterator, Awaitable, Callable
 import aiohttp
 import pytest
 
-from hq.realtime.revocation import RevocationWatcher
+from hq.cluster.revocation import RevocationWatcher
 from hq.store import Revocation
 
 from .cluster import Cluster, start_cluster
@@ -279,8 +279,8 @@ class _Feed:
 async def test_the_feed_copy_of_a_revocation_applied_here_is_skipped_and_the_reverse() -> None:
     feed, applied = _Feed(), []
 
-    async def end_sessions(codename: str, sid: str | None, reason: str) -> int:
-        applied.append((codename, sid, reason))
+    async def end_sessions(codename: str, session_id: str | None, reason: str) -> int:
+        applied.append((codename, session_id, reason))
         return 1
 
     watcher = RevocationWatcher(feed, end_sessions, interval=60)  # type: ignore[arg-type]

@@ -1,1 +1,1 @@
-"""Socket.IO: the Engine.IO and Socket.IO servers, the event handlers, fan-out, ordering, presence, revocation."""
+"""Socket.IO: the Engine.IO and Socket.IO servers, the event handlers, fan-out and ordering."""

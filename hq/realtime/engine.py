@@ -41,6 +41,7 @@ from engineio import packet as eio_packet
 from engineio import payload as eio_payload
 from engineio.async_socket import AsyncSocket
 
+from ..tasks import BackgroundTasks
 from ..vocab import FAULT_KINDS
 
 log = logging.getLogger(__name__)
@@ -147,14 +148,14 @@ class LeanSocket(AsyncSocket):
         if self.ws is not None and self._raw_frames:
             self._write_frame(PING_FRAME)
         elif self.ws is not None:
-            asyncio.ensure_future(self._write_ws(ping.encode()))
+            self.server.background.spawn(self._write_ws(ping.encode()))
         else:
             self._enqueue(ping)
 
     def _pong_overdue(self) -> None:
         if self.closing or self.closed or self.last_ping is None:
             return
-        asyncio.ensure_future(self.close(wait=False, abort=True, reason=self.server.reason.PING_TIMEOUT))
+        self.server.background.spawn(self.close(wait=False, abort=True, reason=self.server.reason.PING_TIMEOUT))
 
     async def check_ping_timeout(self) -> bool:
         """Timers close a silent client; there is nothing to check per packet."""
@@ -174,7 +175,7 @@ class LeanSocket(AsyncSocket):
         if self.queue.qsize() >= self.server.max_queued_packets:
             # A polling client that never collects its packets: the same cap as a slow websocket.
             self.server.faults.report("slow_consumer")
-            asyncio.ensure_future(self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_ERROR))
+            self.server.background.spawn(self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_ERROR))
             return
         self.queue.put_nowait(pkt)
 
@@ -221,7 +222,7 @@ class LeanSocket(AsyncSocket):
             self.ws = None
             self.server.faults.report("slow_consumer")
             transport.abort()
-            asyncio.ensure_future(self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_ERROR))
+            self.server.background.spawn(self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_ERROR))
             return
         # One write of a whole frame: nothing aiohttp writes can interleave with it, and as the
         # transport's high-water mark is the cap, no writer is ever parked on drain().
@@ -277,7 +278,7 @@ class LeanSocket(AsyncSocket):
         self.ws = None
         if ws is not None and not ws.closed:
             # The websocket's own handler task ends its read loop when the close frame is in.
-            asyncio.ensure_future(ws.close())
+            self.server.background.spawn(ws.close())
         self.server.forget(self.sid)
 
     # the websocket transport ----------------------------------------------------------------------
@@ -385,7 +386,8 @@ class LeanEngineServer(engineio.AsyncServer):
     """python-engineio's server with HQ's lean sockets and strict request checks."""
 
     def __init__(self, *, faults: ProtocolFaults, max_buffered_bytes: int, max_queued_packets: int = 1000,
-                 websocket_compression: bool = False, **kwargs: Any) -> None:
+                 websocket_compression: bool = False, background: BackgroundTasks | None = None,
+                 **kwargs: Any) -> None:
         # HQ's sockets time out by their own timers; the service Task that polls every socket
         # (with a wait_for per socket) is not needed.
         kwargs["monitor_clients"] = False
@@ -394,6 +396,8 @@ class LeanEngineServer(engineio.AsyncServer):
         self.max_buffered_bytes = max_buffered_bytes
         self.max_queued_packets = max_queued_packets
         self.websocket_compression = websocket_compression
+        #: Where a socket's fire-and-forget work (a close, a ping write) runs: kept, and ended at shutdown.
+        self.background = background if background is not None else BackgroundTasks()
 
     def attach(self, app: web.Application, engineio_path: str = "engine.io") -> None:
         """Route the endpoint as python-engineio does, plus the methods the protocol answers with 400."""

@@ -29,6 +29,7 @@ from socketio import packet
 from .engine import LeanSocket, websocket_text_frame
 from .sequencer import ChannelSequencer
 from ..store import Store
+from ..tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +103,22 @@ class RedisManager(DirectFanout, socketio.AsyncRedisManager):
     so that every node delivers them once and in id order, and reads from the store what Redis
     did not bring. While Redis does not answer, publishing is skipped for a second at a time
     (an ack never waits for it; one warning per outage): the other nodes catch up from the store.
+
+    This manager still makes its own Redis connections from ``url`` (python-socketio's
+    ``AsyncRedisManager`` builds its client itself): the one exception to HQ's one Redis client per
+    process (:func:`hq.cluster.redis.redis_client`), until issue 18 replaces this manager. Its
+    ``host_id`` is the process's node id (:mod:`hq.cluster.node`), as everywhere else.
     """
 
     PUBLISH_PAUSE = 1.0
 
-    def __init__(self, url: str, *, channel: str, store: Store, room_of: Callable[[str], str]) -> None:
+    def __init__(self, url: str, *, channel: str, store: Store, room_of: Callable[[str], str],
+                 node: str | None = None, tasks: BackgroundTasks | None = None) -> None:
         # Short timeouts: a hung Redis must not hold an ack (publish) for long.
         super().__init__(url, channel=channel, redis_options={"socket_timeout": 1.0, "socket_connect_timeout": 1.0})
-        self.sequencer = ChannelSequencer(store, self._deliver_message)
+        if node is not None:
+            self.host_id = node  # marks this node's own publications, which it has delivered already
+        self.sequencer = ChannelSequencer(store, self._deliver_message, tasks=tasks)
         self._room_of = room_of
         self._publish_paused_until = 0.0
         self._publish_failing = False

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.cookies import CookieError, SimpleCookie
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Coroutine, Protocol
 from urllib.parse import parse_qs
 
 import socketio
@@ -28,10 +28,11 @@ from .engine import ProtocolFaults
 from .fanout import LocalManager, RedisManager
 from ..auth.identity import Authenticator, Principal
 from ..auth.limits import TokenBucket
-from .connections import ConnectionRegistry
-from .presence import Presence
+from ..cluster.presence import Presence
+from ..cluster.socket_registry import ConnectionRegistry
 from .socket_server import REFUSED_EVENT, SocketServer
 from ..store import Store
+from ..tasks import BackgroundTasks
 from .wire import SocketJSON
 
 log = logging.getLogger(__name__)
@@ -102,12 +103,18 @@ def token_from_environ(environ: dict[str, Any], auth: Any) -> str | None:
 
 
 class Realtime:
-    """Owns the python-socketio ``AsyncServer`` and the live connections of this HQ node."""
+    """Owns the python-socketio ``AsyncServer`` and the live connections of this HQ node.
+
+    ``tasks`` runs its fire-and-forget work (expiry timers' work, handlers that wait, socket closes);
+    ``node`` is the process's node id (the same as presence's and the socket registry's).
+    """
 
     def __init__(self, settings: Settings, authenticator: Authenticator, policy: ClearancePolicy,
                  store: Store, audit: AuditLog, addresses: AddressResolver, presence: Presence | None = None,
-                 connections: ConnectionRegistry | None = None) -> None:
+                 connections: ConnectionRegistry | None = None, tasks: BackgroundTasks | None = None,
+                 node: str | None = None) -> None:
         self._settings = settings
+        self._tasks = tasks if tasks is not None else BackgroundTasks()
         self._auth = authenticator
         self._policy = policy
         self._store = store
@@ -121,7 +128,7 @@ class Realtime:
         self.connections.follow_transports(self._current_transport)
         self._observers: list[RealtimeObserver] = []
         self.faults = ProtocolFaults()
-        self.sio = self._create_server(settings, self.faults, store)
+        self.sio = self._create_server(settings, self.faults, store, self._tasks, node)
         self._register()
 
     def observe(self, observer: RealtimeObserver) -> None:
@@ -132,14 +139,16 @@ class Realtime:
     CLIENT_EVENTS = frozenset({"join", "leave", "message", "history", "reauth", "presence"})
 
     @classmethod
-    def _create_server(cls, settings: Settings, faults: ProtocolFaults, store: Store) -> SocketServer:
+    def _create_server(cls, settings: Settings, faults: ProtocolFaults, store: Store, tasks: BackgroundTasks,
+                       node: str | None) -> SocketServer:
         manager: LocalManager | RedisManager = LocalManager()
         if settings.cluster.redis_url:
             manager = RedisManager(settings.cluster.redis_url, channel=f"{settings.cluster.channel}:socketio",
-                                   store=store, room_of=channel_room)
+                                   store=store, room_of=channel_room, node=node, tasks=tasks)
         return SocketServer(
             client_events=cls.CLIENT_EVENTS,
             faults=faults,
+            background=tasks,
             keep_environ=settings.admin.enabled,  # the Admin UI shows each socket's handshake
             max_buffered_bytes=settings.server.max_buffered_bytes,
             websocket_compression=settings.server.websocket_compression,
@@ -226,13 +235,12 @@ class Realtime:
         else:
             connection.timer = loop.call_later(max(0.0, exp - now), self._spawn, self._expire, socket_id, exp)
             if self._settings.auth.expiry_warning and exp > now:
-                asyncio.ensure_future(self.sio.emit("token_expiring", {"exp": exp}, to=socket_id))
+                self._tasks.spawn(self.sio.emit("token_expiring", {"exp": exp}, to=socket_id), name="token-expiring")
 
-    @staticmethod
-    def _spawn(start: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    def _spawn(self, start: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         # The coroutine is made only when the timer fires: a cancelled timer leaves no
         # never-awaited coroutine (and no RuntimeWarning) behind.
-        asyncio.ensure_future(start(*args))
+        self._tasks.spawn(start(*args), name=start.__name__)
 
     async def _warn_expiry(self, socket_id: str, exp: int) -> None:
         connection = self._connections.get(socket_id)
@@ -289,7 +297,8 @@ class Realtime:
             # HQ's lean sockets write the CLOSE packet, end a pending long-poll and close a websocket
             # at once (hq/realtime/engine.py); tests/test_shutdown.py fails if a client can hold the stop up.
             reason = self.sio.eio.reason.SERVER_DISCONNECT
-            await asyncio.wait([asyncio.create_task(s.close(wait=False, reason=reason)) for s in sockets], timeout=5)
+            # A close still running after the wait is cancelled with the other background tasks.
+            await asyncio.wait([self._tasks.spawn(s.close(wait=False, reason=reason)) for s in sockets], timeout=5)
 
     def _current_transport(self, socket_id: str) -> str | None:
         """The socket's transport now (it may have upgraded from polling since it connected)."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from ..store import Store
+from ..tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,14 @@ class _Channel:
 
 
 class ChannelSequencer:
-    """Per channel, delivers message ids in order, once, filling gaps from the store."""
+    """Per channel, delivers message ids in order, once, filling gaps from the store.
 
-    def __init__(self, store: Store, deliver: Deliver, gap_wait: float = 0.05, catch_up: float = 1.0) -> None:
+    A gap's fill runs in ``tasks`` (the process's :class:`~hq.tasks.BackgroundTasks`, ended at shutdown).
+    """
+
+    def __init__(self, store: Store, deliver: Deliver, gap_wait: float = 0.05, catch_up: float = 1.0,
+                 tasks: BackgroundTasks | None = None) -> None:
+        self._tasks = tasks if tasks is not None else BackgroundTasks()
         self._store = store
         self._deliver = deliver
         self._gap_wait = gap_wait
@@ -89,7 +95,7 @@ class ChannelSequencer:
         state = self._channels.get(channel)
         if state is not None:
             state.filling = None
-            asyncio.ensure_future(self.fill(channel))
+            self._tasks.spawn(self.fill(channel), name=f"fill-{channel}")
 
     async def fill(self, channel: str, up_to: int | None = None) -> None:
         """Deliver, from the store, the messages of ``channel`` this node still owes its members."""

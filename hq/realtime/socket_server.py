@@ -35,6 +35,7 @@ from typing import Any, Coroutine, Generator
 import socketio
 from socketio import packet as sio_packet
 
+from ..tasks import BackgroundTasks
 from .engine import LeanEngineServer, LeanSocket, ProtocolFaults
 
 #: Socket.IO's reserved event names: a client may never emit them (socket.io-parser refuses them).
@@ -56,17 +57,18 @@ class SocketServer(socketio.AsyncServer):
 
     def __init__(self, *, client_events: frozenset[str], faults: ProtocolFaults, keep_environ: bool = False,
                  max_buffered_bytes: int = 1 << 20, websocket_compression: bool = False,
-                 **kwargs: Any) -> None:
+                 background: BackgroundTasks | None = None, **kwargs: Any) -> None:
         if client_events & RESERVED_EVENTS:
             raise ValueError(f"reserved event names cannot be client events: {sorted(client_events & RESERVED_EVENTS)}")
         self.client_events = client_events
         self.faults = faults
         self._keep_environ = keep_environ
+        #: Where handlers that wait, and the Engine.IO sockets' closes, run (ended at shutdown).
+        self.background = background if background is not None else BackgroundTasks()
         self._engine_options = {"faults": faults, "max_buffered_bytes": max_buffered_bytes,
-                                "websocket_compression": websocket_compression}
+                                "websocket_compression": websocket_compression, "background": self.background}
         kwargs["async_handlers"] = False
         super().__init__(**kwargs)
-        self._running: set[asyncio.Future[Any]] = set()
 
     def _engineio_server_class(self) -> type:
         options = self._engine_options
@@ -179,8 +181,7 @@ class SocketServer(socketio.AsyncServer):
                 log.exception("event handler failed")
                 return
             task = asyncio.ensure_future(_resume(waiting_on, coro))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        self.background.keep(task)
 
     def _may_emit(self, namespace: str, event: str) -> bool:
         """HQ's namespace takes exactly its client events; the Admin UI's own namespace keeps its

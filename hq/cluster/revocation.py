@@ -29,21 +29,23 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from collections import deque
 from typing import Any, Awaitable, Callable
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
+from ..errors import describe
 from ..store import Store
+from .heartbeat import Heartbeat
+from .redis import Outage, RedisBreaker
 
 log = logging.getLogger(__name__)
 
+#: ``end_sessions(codename, session_id, reason)``: end this node's sockets of one login session, or of
+#: every session of ``codename`` when ``session_id`` is None; returns how many were ended.
 EndSessions = Callable[[str, str | None, str], Awaitable[int]]
-#: What identifies one revocation in both the push and the feed: (codename in lower case, sid, reason).
+#: What identifies one revocation in both the push and the feed: (codename in lower case, session id, reason).
 Key = tuple[str, str | None, str]
 
 #: While the push is subscribed the feed is only the safety net, so it is read this many times less often.
@@ -67,56 +69,40 @@ def revocation_channel(prefix: str) -> str:
 
 
 class RevocationBus:
-    """Redis pub/sub for revocations: publish one, or subscribe to everyone's.
+    """Redis pub/sub for revocations, over the process's Redis client: publish one, or subscribe to everyone's.
 
-    It has a client of its own that fails fast (one immediate retry, short timeouts): a revocation
-    must not wait on a Redis that is away, and the subscriber must notice an outage at once so that
-    the feed takes over. The one retry is on a new connection, for the pooled one that a restarted
-    Redis has closed: without it the first revocation after a restart would reach the other nodes
-    only through their (then slow) feed.
+    The client fails fast (:func:`hq.cluster.redis.redis_client`): a revocation must not wait on a
+    Redis that is away, and the subscriber must notice an outage at once so that the feed takes
+    over. Every publish is tried (the breaker does not pause: a revocation that reaches Redis spares
+    the other nodes a feed period), each bounded by :data:`PUBLISH_TIMEOUT`. ``node`` is this
+    process's node id; it marks its own messages, which its subscriber has already applied.
     """
 
-    def __init__(self, redis_url: str, channel: str) -> None:
+    def __init__(self, client: aioredis.Redis, channel: str, node: str) -> None:
         self.channel = channel
-        #: Marks this process's own messages, which its subscriber has already applied locally.
-        self.node = uuid.uuid4().hex
-        self._redis = aioredis.Redis.from_url(redis_url, retry=Retry(NoBackoff(), 1),
-                                              socket_connect_timeout=PUBLISH_TIMEOUT,
-                                              socket_timeout=PUBLISH_TIMEOUT)
-        self._failing = False
+        self.node = node
+        self._redis = client
+        outage = Outage(log, "could not publish a revocation to Redis (%s); other nodes apply it from the "
+                        "store's revocation feed instead", "publishing revocations to Redis again")
+        self._publisher = RedisBreaker(client, outage, deadline=PUBLISH_TIMEOUT, pause=0.0)
 
-    async def publish(self, codename: str, sid: str | None, reason: str) -> bool:
+    async def publish(self, codename: str, session_id: str | None, reason: str) -> bool:
         """Tell every subscribed node; never raises. Returns whether Redis took the message."""
-        payload = json.dumps({"node": self.node, "codename": codename, "sid": sid, "reason": reason})
-        try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT):
-                await self._redis.publish(self.channel, payload)
-        except Exception as error:  # Redis down, unreachable or slow: the store's feed delivers instead
-            if not self._failing:
-                self._failing = True
-                log.warning("could not publish a revocation to Redis (%s); other nodes apply it from "
-                            "the store's revocation feed instead", _describe(error))
-            return False
-        if self._failing:
-            self._failing = False
-            log.info("publishing revocations to Redis again")
-        return True
+        # The wire keeps the contract's name for a login session id: "sid".
+        payload = json.dumps({"node": self.node, "codename": codename, "sid": session_id, "reason": reason})
+        return await self._publisher.ask(lambda redis: redis.publish(self.channel, payload)) is not None
 
     def pubsub(self) -> PubSub:
-        """A new, not yet subscribed, pub/sub connection."""
+        """A new, not yet subscribed, pub/sub connection (from the client's pool)."""
         return self._redis.pubsub()
-
-    async def close(self) -> None:
-        """Close every connection (the bus can still be used afterwards; it connects again)."""
-        await self._redis.aclose()
 
 
 class RevocationWatcher:
     """Ends this node's sockets for every revocation, wherever it was made, once.
 
-    ``end_sessions(codename, sid, reason)`` ends the local sockets of one session (``sid``) or of
+    ``end_sessions(codename, session_id, reason)`` ends the local sockets of one session or of
     every session of ``codename``. Register :meth:`revoked_here` with
-    :meth:`hq.sessions.SessionService.on_revoke`; :meth:`start` follows the others' revocations.
+    :meth:`hq.auth.sessions.SessionService.on_revoke`; :meth:`start` follows the others' revocations.
     """
 
     def __init__(self, store: Store, end_sessions: EndSessions, interval: float,
@@ -129,11 +115,13 @@ class RevocationWatcher:
                                push_waits=max(PUSH_WAITS_FOR_FEED, 4 * interval * PUSHED_POLL_FACTOR))
         self._cursor = 0
         self._subscribed = False
-        self._push_warned = False  # one warning per Redis outage, not one per attempt
-        self._feed_failing = False
-        self._poll_now = asyncio.Event()
-        self._stopping = False
-        self._tasks: list[asyncio.Task[None]] = []
+        self._feed = Heartbeat("revocation-feed", self._read_feed)
+        # The store being down is logged once per outage, not once per poll.
+        self._feed_outage = Outage(log, "cannot read the revocation feed (%s); retrying",
+                                   "reading the revocation feed again")
+        self._push_outage = Outage(log, "revocation push from Redis unavailable (%s); following the store's "
+                                   f"feed every {interval:g} s until Redis returns", None)  # subscribing says it
+        self._push_task: asyncio.Task[None] | None = None
 
     @property
     def subscribed(self) -> bool:
@@ -146,37 +134,31 @@ class RevocationWatcher:
         return self._interval * PUSHED_POLL_FACTOR if self._subscribed else self._interval
 
     @property
-    def _following(self) -> bool:
-        return bool(self._tasks)
+    def node(self) -> str | None:
+        """The node id this watcher's messages carry (None without a bus)."""
+        return self._bus.node if self._bus is not None else None
 
     async def start(self) -> None:
         """Skip the feed's past, then follow the feed and (with a bus) the pushed revocations."""
         self._cursor = await self._store.last_revocation_id()
-        self._tasks.append(asyncio.create_task(self._follow_feed(), name="revocation-feed"))
-        if self._bus is not None:
+        self._feed.start()
+        if self._bus is not None and self._push_task is None:
             # Not awaited: a Redis that is down at start-up must not stop HQ; the feed covers for it.
-            self._tasks.append(asyncio.create_task(self._follow_pushes(self._bus), name="revocation-push"))
+            self._push_task = asyncio.create_task(self._follow_pushes(self._bus), name="revocation-push")
 
     async def stop(self) -> None:
-        """Stop following and close the bus's connections."""
-        self._stopping = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
-        if self._bus is not None:
-            await self._bus.close()
+        """Stop following (the Redis client is the process's: its owner closes it)."""
+        await self._feed.stop()
+        if self._push_task is not None:
+            self._push_task.cancel()
+            await asyncio.gather(self._push_task, return_exceptions=True)
+            self._push_task = None
 
-    async def revoked_here(self, codename: str, sid: str | None, reason: str) -> None:
+    async def revoked_here(self, codename: str, session_id: str | None, reason: str) -> None:
         """A revocation this process made (already in the store): end local sockets, tell the others."""
-        await self._apply(codename, sid, reason, _PUSH)
-        if self._bus is None:
-            return
-        await self._bus.publish(codename, sid, reason)
-        if not self._following:
-            # A process that does not follow revocations (the operator CLI) has no cleanup context to
-            # close the connection later; it publishes once and leaves, so let it go now.
-            await self._bus.close()
+        await self._apply(codename, session_id, reason, _PUSH)
+        if self._bus is not None:
+            await self._bus.publish(codename, session_id, reason)
 
     async def poll(self) -> None:
         """Apply every feed entry written since the last poll (those already pushed are skipped)."""
@@ -185,32 +167,20 @@ class RevocationWatcher:
             self._cursor = entry.id
             await self._apply(entry.codename, entry.session_id, entry.reason, _FEED)
 
-    async def _apply(self, codename: str, sid: str | None, reason: str, path: str) -> None:
-        if self._ledger.first((codename.lower(), sid or None, reason), path, time.monotonic()):
-            await self._end_sessions(codename, sid, reason)
+    async def _apply(self, codename: str, session_id: str | None, reason: str, path: str) -> None:
+        if self._ledger.first((codename.lower(), session_id or None, reason), path, time.monotonic()):
+            await self._end_sessions(codename, session_id, reason)
 
     # the feed -----------------------------------------------------------------------------------
-    async def _follow_feed(self) -> None:
-        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that arrives as
-        # the event is set (a push at shutdown), and stop() would then wait for ever; the flag backs it up.
-        while not self._stopping:
-            try:
-                async with asyncio.timeout(self.poll_interval):
-                    await self._poll_now.wait()
-            except TimeoutError:
-                pass
-            self._poll_now.clear()
-            try:
-                await self.poll()
-            except Exception as error:
-                # The store being down is logged once per outage, not once per poll.
-                if not self._feed_failing:
-                    self._feed_failing = True
-                    log.warning("cannot read the revocation feed (%s); retrying", _describe(error))
-                continue
-            if self._feed_failing:
-                self._feed_failing = False
-                log.info("reading the revocation feed again")
+    async def _read_feed(self) -> float:
+        """One read of the feed (a failure is logged once per outage); the seconds until the next."""
+        try:
+            await self.poll()
+        except Exception as error:
+            self._feed_outage.failed(error)
+        else:
+            self._feed_outage.answered()
+        return self.poll_interval
 
     # the push -----------------------------------------------------------------------------------
     async def _follow_pushes(self, bus: RevocationBus) -> None:
@@ -220,10 +190,7 @@ class RevocationWatcher:
             try:
                 await self._receive(bus, pubsub)  # returns only by raising
             except Exception as error:  # connection refused, reset or silent: the feed takes over
-                if not self._push_warned:
-                    self._push_warned = True
-                    log.warning("revocation push from Redis unavailable (%s); following the store's "
-                                "feed every %g s until Redis returns", _describe(error), self._interval)
+                self._push_outage.failed(error)
                 if self._subscribed:
                     self._set_subscribed(False)
                     wait = RESUBSCRIBE_FIRST
@@ -254,28 +221,29 @@ class RevocationWatcher:
     async def _pushed(self, bus: RevocationBus, data: Any) -> None:
         try:
             fields = json.loads(data)
-            node, codename, sid, reason = fields["node"], fields["codename"], fields["sid"], fields["reason"]
-            if not (isinstance(codename, str) and isinstance(reason, str) and (sid is None or isinstance(sid, str))):
+            node, codename, session_id, reason = fields["node"], fields["codename"], fields["sid"], fields["reason"]
+            if not (isinstance(codename, str) and isinstance(reason, str)
+                    and (session_id is None or isinstance(session_id, str))):
                 raise TypeError("codename, sid or reason of the wrong type")
         except (ValueError, KeyError, TypeError) as error:
-            log.warning("ignored a malformed revocation message on %s (%s)", bus.channel, _describe(error))
+            log.warning("ignored a malformed revocation message on %s (%s)", bus.channel, describe(error))
             return
         if node == bus.node:
             return  # revoked_here has applied it already
         try:
-            await self._apply(codename, sid, reason, _PUSH)
+            await self._apply(codename, session_id, reason, _PUSH)
         except Exception:
             log.exception("ending sockets for a pushed revocation failed")
 
     def _set_subscribed(self, subscribed: bool) -> None:
         self._subscribed = subscribed
         if subscribed:
-            self._push_warned = False
+            self._push_outage.answered()
             log.info("revocations are pushed through Redis; the store's feed is read every %g s",
                      self.poll_interval)
         # Read the feed now: what was pushed while this node was not subscribed is only there, and the
         # wait in progress may be the long one of a subscribed node.
-        self._poll_now.set()
+        self._feed.wake()
 
 
 _PUSH, _FEED = "push", "feed"
@@ -320,7 +288,3 @@ async def _close_quietly(pubsub: PubSub) -> None:
         await pubsub.aclose()
     except Exception:  # already broken; nothing left to release
         pass
-
-
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}".splitlines()[0] if str(error) else type(error).__name__

@@ -19,7 +19,7 @@ also writes, per channel and agent, how many sockets it holds (:class:`_RedisBoa
   ``<prefix>:presence:nodes``) removes its counts and reports the agents that went offline.
 
 Redis is never a reason for a join, leave or disconnect to fail or wait long: each call is bounded
-and after a failure Redis is left alone for a while (:mod:`hq.realtime.redis_calls`), and meanwhile
+and after a failure Redis is left alone for a while (:class:`hq.cluster.redis.RedisBreaker`), and meanwhile
 this node's view answers (one warning per outage). When Redis answers again the node writes its
 whole view back (counts changed or expired meanwhile) and reports what that changed.
 
@@ -33,13 +33,14 @@ import asyncio
 import contextlib
 import json
 import logging
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 
 import redis.asyncio as aioredis
 
-from .redis_calls import RETRY_AFTER, RedisCalls
+from .heartbeat import Heartbeat
+from .node import new_node_id
+from .redis import RETRY_AFTER, Outage, RedisBreaker
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class Member:
 class _Sockets:
     codename: str
     role: str
-    sids: set[str] = field(default_factory=set)
+    socket_ids: set[str] = field(default_factory=set)
 
 
 class _LocalView:
@@ -78,23 +79,23 @@ class _LocalView:
     def __init__(self) -> None:
         self._channels: dict[str, dict[str, _Sockets]] = {}
 
-    def add(self, channel: str, sid: str, codename: str, role: str) -> bool:
-        """Count ``sid`` in; True if it is the agent's first socket in the channel on this node."""
+    def add(self, channel: str, socket_id: str, codename: str, role: str) -> bool:
+        """Count ``socket_id`` in; True if it is the agent's first socket in the channel on this node."""
         agents = self._channels.setdefault(channel, {})
         entry = agents.setdefault(codename.lower(), _Sockets(codename, role))
         entry.codename, entry.role = codename, role  # the latest stored role at connect
-        first = not entry.sids
-        entry.sids.add(sid)  # a set: a socket that joins twice is still one socket
+        first = not entry.socket_ids
+        entry.socket_ids.add(socket_id)  # a set: a socket that joins twice is still one socket
         return first
 
-    def remove(self, channel: str, sid: str, codename: str) -> bool:
-        """Count ``sid`` out; True if it was the agent's last socket in the channel on this node."""
+    def remove(self, channel: str, socket_id: str, codename: str) -> bool:
+        """Count ``socket_id`` out; True if it was the agent's last socket in the channel on this node."""
         agents = self._channels.get(channel, {})
         entry = agents.get(codename.lower())
-        if entry is None or sid not in entry.sids:
+        if entry is None or socket_id not in entry.socket_ids:
             return False
-        entry.sids.discard(sid)
-        if entry.sids:
+        entry.socket_ids.discard(socket_id)
+        if entry.socket_ids:
             return False
         del agents[codename.lower()]
         if not agents:
@@ -184,8 +185,8 @@ return out
 class _RedisBoard:
     """The cluster's presence in Redis: this node's counts, alive keys, and the scripts over them."""
 
-    def __init__(self, redis: aioredis.Redis, prefix: str, ttl: float) -> None:
-        self.node = uuid.uuid4().hex  # a new one per process: a restarted node never revives old counts
+    def __init__(self, redis: aioredis.Redis, prefix: str, ttl: float, node: str) -> None:
+        self.node = node  # a new one per process: a restarted node never revives old counts
         self._redis = redis
         self._ttl_ms = max(1, round(ttl * 1000))
         self._prefix = f"{prefix}:presence"
@@ -205,7 +206,7 @@ class _RedisBoard:
 
     async def write(self, channel: str, node: str, view: dict[str, _Sockets], whole: bool) -> list[tuple[str, bool]]:
         """Set ``node``'s counts in ``channel`` to ``view``; the agents whose online state changed."""
-        counts = {key: [len(s.sids), s.codename, s.role] for key, s in view.items()}
+        counts = {key: [len(s.socket_ids), s.codename, s.role] for key, s in view.items()}
         reply = await self._sync(keys=[self._channel_key(channel)],
                                  args=[self._alive_prefix, node, json.dumps(counts), "1" if whole else "0"])
         return [(_text(reply[i]), bool(reply[i + 1])) for i in range(0, len(reply), 2)]
@@ -241,45 +242,46 @@ class Presence:
 
     Without a Redis client it is one node's memory. With one, see the module's docstring; call
     :meth:`start` and :meth:`stop` around the node's life. No method raises because of Redis.
-    ``heartbeat`` and ``ttl`` (seconds, ``0 < heartbeat < ttl``) pace the alive key.
+    ``heartbeat`` and ``ttl`` (seconds, ``0 < heartbeat < ttl``) pace the alive key; ``node`` is this
+    process's id (:func:`hq.cluster.node.new_node_id`, the same for every part of the node).
     """
 
     def __init__(self, channels: Iterable[str], redis: aioredis.Redis | None = None, prefix: str = "hq",
-                 heartbeat: float = HEARTBEAT, ttl: float = EXPIRY) -> None:
+                 heartbeat: float = HEARTBEAT, ttl: float = EXPIRY, node: str | None = None) -> None:
         if not 0 < heartbeat < ttl:
             raise ValueError(f"presence needs 0 < heartbeat < ttl, got {heartbeat} and {ttl}")
         self._channels = tuple(channels)
         self._local = _LocalView()
         self._heartbeat = heartbeat
-        self._board = _RedisBoard(redis, prefix, ttl) if redis is not None else None
+        self.node = node or new_node_id()
+        self._board = _RedisBoard(redis, prefix, ttl, self.node) if redis is not None else None
         self._listeners: list[PresenceListener] = []
         # One Redis write at a time per (channel, agent): each writes the count as it is when it runs,
         # so a late write can never overwrite a newer count with an older one.
         self._locks: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}
         self._write_back = True  # this node's counts in Redis may be missing or stale
         self._stopped = False
-        self._wake = asyncio.Event()
-        self._calls = RedisCalls(self._board, log, "presence", "showing this node's agents only",
-                                 "writing this node's agents back", on_lost=self._lost, on_back=self._wake.set)
-        self._task: asyncio.Task[None] | None = None
+        self._beat = Heartbeat("presence-heartbeat", self._heartbeat_step)
+        outage = Outage.of_redis(log, "presence", "showing this node's agents only", "writing this node's agents back")
+        self._calls = RedisBreaker(self._board, outage, on_lost=self._lost, on_back=self._beat.wake)
 
     def on_change(self, listener: PresenceListener) -> None:
         """Call ``listener(channel, codename, online)`` when an agent comes online in a channel or leaves it."""
         self._listeners.append(listener)
 
-    async def joined(self, channel: str, sid: str, codename: str, role: str) -> None:
-        """Socket ``sid`` of ``codename`` (stored role ``role``) joined ``channel``."""
-        first = self._local.add(channel, sid, codename, role)
+    async def joined(self, channel: str, socket_id: str, codename: str, role: str) -> None:
+        """Socket ``socket_id`` of ``codename`` (stored role ``role``) joined ``channel``."""
+        first = self._local.add(channel, socket_id, codename, role)
         await self._changed(channel, codename, True if first else None)
 
-    async def left(self, sid: str, codename: str, channels: Iterable[str]) -> None:
-        """Socket ``sid`` of ``codename`` is no longer in ``channels`` (left, demoted or disconnected)."""
-        changes = [(channel, self._local.remove(channel, sid, codename)) for channel in channels]
+    async def left(self, socket_id: str, codename: str, channels: Iterable[str]) -> None:
+        """Socket ``socket_id`` of ``codename`` is no longer in ``channels`` (left, demoted or disconnected)."""
+        changes = [(channel, self._local.remove(channel, socket_id, codename)) for channel in channels]
         await asyncio.gather(*(self._changed(channel, codename, False if last else None) for channel, last in changes))
 
     async def members(self, channel: str) -> list[Member]:
         """Every agent online in ``channel`` on any live node (this node's alone while Redis is away)."""
-        merged = {key: Member(s.codename, s.role, len(s.sids)) for key, s in self._local.agents(channel).items()}
+        merged = {key: Member(s.codename, s.role, len(s.socket_ids)) for key, s in self._local.agents(channel).items()}
         others = await self._ask(lambda board: board.others(channel))
         for member in others or []:
             mine = merged.get(member.codename.lower())
@@ -289,21 +291,14 @@ class Presence:
 
     async def start(self) -> None:
         """Start the heartbeat (with Redis); a Redis that is down at start-up is retried, not fatal."""
-        if self._board is not None and self._task is None:
-            self._task = asyncio.create_task(self._beat(self._board), name="presence-heartbeat")
+        if self._board is not None:
+            self._beat.start()
 
     async def stop(self) -> None:
         """Stop the heartbeat and take this node's counts out of Redis (its agents go offline there)."""
         self._stopped = True
-        if self._task is not None:
-            # The flag and the wake-up end the loop even if the cancellation is lost: a task cancelled
-            # while redis-py (8.1) finishes a command, or while asyncio.wait_for (Python 3.11) returns,
-            # may carry on as if it had not been cancelled, and this would wait for it forever.
-            self._wake.set()
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        if not self._calls.resting:
+        await self._beat.stop()
+        if self._board is not None and not self._calls.resting:
             for channel in self._channels:
                 await self._report(channel, await self._ask(lambda b, c=channel: b.write(c, b.node, {}, True)))
             await self._ask(lambda b: b.leave())
@@ -352,24 +347,17 @@ class Presence:
     def _lost(self) -> None:
         self._write_back = True
 
-    async def _beat(self, board: _RedisBoard) -> None:
-        while not self._stopped:
-            expired = await self._ask(lambda b: b.heartbeat())
-            if expired is not None:
-                if expired or self._write_back:
-                    await self._write_all(board)
-                for node in await self._ask(lambda b: b.claim_dead()) or []:
-                    await self._reap(node)
-            self._wake.clear()
-            if self._stopped:  # stop() came while Redis was being asked (see stop())
-                return
-            # Not asyncio.wait_for: on Python 3.11 it returns normally when the task is cancelled just
-            # as the event is set.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(RETRY_AFTER if self._calls.failing else self._heartbeat):
-                    await self._wake.wait()
+    async def _heartbeat_step(self) -> float:
+        """Refresh this node's alive key, write its view back if needed, reap dead nodes; the next wait."""
+        expired = await self._ask(lambda b: b.heartbeat())
+        if expired is not None:
+            if expired or self._write_back:
+                await self._write_all()
+            for node in await self._ask(lambda b: b.claim_dead()) or []:
+                await self._reap(node)
+        return RETRY_AFTER if self._calls.failing else self._heartbeat
 
-    async def _write_all(self, board: _RedisBoard) -> None:
+    async def _write_all(self) -> None:
         """Write this node's whole view back (after an outage or an expiry) and report what changed."""
         self._write_back = False
         for channel in self._channels:

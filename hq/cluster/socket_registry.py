@@ -1,11 +1,12 @@
 """Every live socket of the cluster: which node holds it, for whom, from where, since when.
 
-Each process is a node with an id of its own (:attr:`ConnectionRegistry.node`, ``host:pid:random``).
+Each process is a node with an id of its own (:attr:`ConnectionRegistry.node`, ``host:pid:random``,
+made by :func:`hq.cluster.node.new_node_id` and shared with presence and the revocation bus).
 The registry keeps this node's sockets in memory; that is the whole truth on a single node. With
 ``[cluster] redis_url`` each node also writes its sockets to Redis, so the directors' API on any
 node can list the sockets of all of them:
 
-* ``<prefix>:connections:node:<node>``, a hash: Socket.IO sid → JSON record (login session id,
+* ``<prefix>:connections:node:<node>``, a hash: Socket.IO socket id → JSON record (login session id,
   codename, client address, transport, user agent, since, token expiry; never a token). Its TTL
   (``expiry``: ``[cluster] presence_ttl``, :data:`EXPIRY` by default) is refreshed every
   ``heartbeat`` seconds (``presence_heartbeat``), so the sockets of a node that dies without
@@ -23,19 +24,18 @@ lists this node's sockets only, saying so (``complete=False``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import os
-import socket
-import uuid
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
 import redis.asyncio as aioredis
 
-from .redis_calls import RETRY_AFTER, RedisCalls, describe
+from ..errors import describe
+from .heartbeat import Heartbeat
+from .node import new_node_id
+from .redis import RETRY_AFTER, Outage, RedisBreaker
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,6 @@ EXPIRY = 15.0
 
 #: ``transport_of(socket_id)``: the socket's transport now (a polling socket may have upgraded).
 TransportSource = Callable[[str], "str | None"]
-
-
-def new_node_id() -> str:
-    """An id for this process as a node: host and pid for people, a random part so that it is never reused."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 def now_iso() -> str:
@@ -104,11 +99,11 @@ class ConnectionRegistry:
         # Socket ids changed since the last write: written (present in _local) or deleted (absent).
         self._dirty: set[str] = set()
         self._write_back = True  # this node's hash in Redis may be missing or stale: write it whole
-        self._wake = asyncio.Event()
-        self._calls = RedisCalls(redis, log, "connections", "listing this node's sockets only",
-                                 "writing this node's sockets back", on_lost=self._lost, on_back=self._wake.set)
-        self._stopping = False
-        self._task: asyncio.Task[None] | None = None
+        self._next_beat = 0.0  # loop time of the next TTL refresh
+        self._loop = Heartbeat("connection-registry", self._step)
+        outage = Outage.of_redis(log, "connections", "listing this node's sockets only",
+                                 "writing this node's sockets back")
+        self._calls = RedisBreaker(redis, outage, on_lost=self._lost, on_back=self._loop.wake)
 
     @property
     def clustered(self) -> bool:
@@ -148,7 +143,7 @@ class ConnectionRegistry:
     def _changed(self, socket_id: str) -> None:
         if self._redis is not None:
             self._dirty.add(socket_id)
-            self._wake.set()
+            self._loop.wake()
 
     def _refresh_transports(self) -> None:
         if self._transport_of is None:
@@ -195,17 +190,12 @@ class ConnectionRegistry:
 
     async def start(self) -> None:
         """Start writing to Redis (with a client); a Redis that is down at start-up is retried, not fatal."""
-        if self._redis is not None and self._task is None:
-            self._task = asyncio.create_task(self._run(self._redis), name="connection-registry")
+        if self._redis is not None:
+            self._loop.start()
 
     async def stop(self) -> None:
         """Stop writing and take this node's hash out of Redis (its sockets are closing)."""
-        self._stopping = True  # ends the loop even if a cancellation were lost on the way
-        if self._task is not None:
-            self._task.cancel()
-            self._wake.set()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._loop.stop()
         if not self._calls.resting:
             await self._ask(self._leave)
 
@@ -227,31 +217,23 @@ class ConnectionRegistry:
     def _node_key(self, node: str) -> str:
         return f"{self._prefix}:node:{node}"
 
-    async def _run(self, redis: aioredis.Redis) -> None:
-        loop = asyncio.get_running_loop()
-        next_beat = loop.time()
-        while not self._stopping:
-            if loop.time() >= next_beat:
-                self._refresh_transports()
-                if await self._ask(self._beat) is not None:
-                    next_beat = loop.time() + self._heartbeat
-                else:
-                    next_beat = loop.time() + RETRY_AFTER
-            if self._dirty or self._write_back:
-                await self._ask(self._write)
-            self._wake.clear()
-            wait = max(0.0, next_beat - loop.time())
-            if self._calls.failing:
-                wait = min(wait, RETRY_AFTER)
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the result, swallowing a
-            # cancellation that arrives as the event is set (sockets closing as HQ stops), and the
-            # loop would never end.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self._wake.wait()
-            if self._calls.failing and not self._stopping:
-                # Do not spin on changes while Redis is away: try again after the pause.
-                await asyncio.sleep(self._calls.seconds_until_retry())
+    async def _step(self) -> float:
+        """Refresh the TTL when due and write what changed; the seconds until the next round."""
+        now = self._clock()
+        if now >= self._next_beat:
+            self._refresh_transports()
+            answered = await self._ask(self._beat) is not None
+            self._next_beat = self._clock() + (self._heartbeat if answered else RETRY_AFTER)
+        if (self._dirty or self._write_back) and not self._calls.resting:
+            await self._ask(self._write)
+        wait = self._next_beat - self._clock()
+        if self._calls.failing:
+            # Changes meanwhile wake the loop, but nothing is written before the pause is over.
+            wait = min(wait, max(RETRY_AFTER, self._calls.seconds_until_retry()))
+        return wait
+
+    def _clock(self) -> float:
+        return asyncio.get_running_loop().time()
 
     async def _beat(self, redis: aioredis.Redis) -> bool:
         """Refresh the TTL; a hash that expired meanwhile (a long pause) is written back whole."""
