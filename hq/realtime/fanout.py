@@ -26,6 +26,7 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet
 
+from ..cluster.redis import Outage
 from .engine import LeanSocket, websocket_text_frame
 from .sequencer import ChannelSequencer
 from ..store import Store
@@ -121,7 +122,8 @@ class RedisManager(DirectFanout, socketio.AsyncRedisManager):
         self.sequencer = ChannelSequencer(store, self._deliver_message, tasks=tasks)
         self._room_of = room_of
         self._publish_paused_until = 0.0
-        self._publish_failing = False
+        self._publishing = Outage(log, "cannot publish to Redis (%s); other nodes catch up from the store",
+                                  "publishing to Redis again")
 
     def channel_joined(self, channel: str, last_id: int) -> None:
         """Start owing this node's members ``channel``'s messages after ``last_id``."""
@@ -172,14 +174,9 @@ class RedisManager(DirectFanout, socketio.AsyncRedisManager):
         except Exception as exc:  # redis-py's connection and timeout errors, whatever their class
             self.connected = False
             self._publish_paused_until = now + self.PUBLISH_PAUSE
-            if not self._publish_failing:
-                self._publish_failing = True
-                log.warning("cannot publish to Redis (%s); other nodes catch up from the store",
-                            type(exc).__name__)
+            self._publishing.failed(exc)
             return
-        if self._publish_failing:
-            self._publish_failing = False
-            log.warning("publishing to Redis again")
+        self._publishing.answered()
 
 
 def _is_channel_message(data: Any) -> bool:

@@ -24,6 +24,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+from ..cluster.redis import Outage
 from ..store import Store
 from ..tasks import BackgroundTasks
 
@@ -55,7 +56,8 @@ class ChannelSequencer:
         self._channels: dict[str, _Channel] = {}
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        self._store_down = False
+        self._store_outage = Outage(log, f"catch-up from the store failed (%s); retrying every {catch_up:.1f} s",
+                                    "catch-up from the store works again")
 
     def joined(self, channel: str, last_id: int) -> None:
         """A member of this node joined ``channel`` when its last stored id was ``last_id``."""
@@ -108,9 +110,9 @@ class ChannelSequencer:
                 try:
                     missing = await self._store.history(channel, state.next_id - 1, 500)
                 except Exception as exc:  # the store is down: the next catch-up round tries again
-                    self._note_store(False, exc)
+                    self._store_outage.failed(exc)
                     return
-                self._note_store(True)
+                self._store_outage.answered()
                 if not missing:
                     break
                 for stored in missing:
@@ -125,12 +127,6 @@ class ChannelSequencer:
                 if len(missing) < 500:
                     break
 
-    def _note_store(self, up: bool, exc: BaseException | None = None) -> None:
-        if not up and not self._store_down:
-            log.warning("catch-up from the store failed (%s); retrying every %.1f s", type(exc).__name__,
-                        self._catch_up)
-        self._store_down = not up
-
     async def _catch_up_forever(self) -> None:
         while True:
             await asyncio.sleep(self._catch_up)
@@ -140,9 +136,9 @@ class ChannelSequencer:
                 try:
                     last = await self._store.last_message_id(channel)
                 except Exception as exc:
-                    self._note_store(False, exc)
+                    self._store_outage.failed(exc)
                     break
-                self._note_store(True)
+                self._store_outage.answered()
                 if last >= state.next_id:
                     await self.fill(channel, up_to=last)
 
