@@ -21,6 +21,7 @@ from .auth.agents import AgentAdmin
 from .audit import AuditLog, audit_context
 from .auth.clearance import ClearancePolicy
 from .auth.credentials import CredentialCheck
+from .clock import Clock, SystemClock
 from .config import Settings
 from .console import Console
 from .directors import DirectorsApi
@@ -87,12 +88,17 @@ METRICS_KEY = web.AppKey("metrics", Metrics)
 FirstAgentReporter = Callable[[str, str], None]
 
 
-def build(settings: Settings) -> HQ:
-    """Construct every part (nothing is opened yet)."""
+def build(settings: Settings, clock: Clock | None = None) -> HQ:
+    """Construct every part (nothing is opened yet).
+
+    ``clock`` judges token lifetimes, the refresh grace window, the login-throttle windows and live
+    sockets' expiry: the system clock unless a test moves a :class:`~hq.clock.ManualClock` itself.
+    """
+    clock = SystemClock() if clock is None else clock
     store = open_store(settings.storage_url)
     hasher = PasswordHasher(settings.auth.bcrypt_rounds, settings.auth.bcrypt_workers)
     keys = KeyRing.from_settings(settings)
-    tokens = TokenService(keys, settings.auth)
+    tokens = TokenService(keys, settings.auth, clock)
     policy = ClearancePolicy(settings.clearance.levels, settings.channels)
     audit = AuditLog(settings.audit.path, settings.base_dir)
     cluster = settings.cluster
@@ -104,8 +110,8 @@ def build(settings: Settings) -> HQ:
                                  settings.mfa_roles)
     # One check and one login limiter per process, for every door (login, password re-check, Admin UI):
     # one failure budget per codename and per address, whichever door a guesser knocks on.
-    credentials = CredentialCheck(store, hasher, second_factor, _login_limiter(settings, redis), audit)
-    sessions = SessionService(store, credentials, tokens, audit, settings.auth)
+    credentials = CredentialCheck(store, hasher, second_factor, _login_limiter(settings, redis, clock), audit)
+    sessions = SessionService(store, credentials, tokens, audit, settings.auth, clock)
     authenticator = Authenticator(tokens, store)
     addresses = AddressResolver(settings.server.trusted_proxies)
     presence = Presence(settings.channels, redis, prefix=cluster.channel, heartbeat=cluster.presence_heartbeat,
@@ -114,7 +120,8 @@ def build(settings: Settings) -> HQ:
     # dead node's sockets are forgotten as fast as its presence is.
     connections = ConnectionRegistry(redis, prefix=cluster.channel, node=node, heartbeat=cluster.presence_heartbeat,
                                      expiry=cluster.presence_ttl)
-    realtime = Realtime(settings, authenticator, policy, store, audit, addresses, presence, connections, tasks, node)
+    realtime = Realtime(settings, authenticator, policy, store, audit, addresses, presence, connections, tasks, node,
+                        clock=clock)
     bus = RevocationBus(redis, revocation_channel(cluster.channel), node) if redis is not None else None
     watcher = RevocationWatcher(store, realtime.end_sessions, settings.storage.revocation_poll, bus)
     # Ends this process's sockets and publishes to the other nodes; the CLI builds the same parts.
@@ -125,13 +132,13 @@ def build(settings: Settings) -> HQ:
               admin, watcher, presence, mfa, node, tasks, redis)
 
 
-def _login_limiter(settings: Settings, redis: aioredis.Redis | None) -> LoginLimiter:
+def _login_limiter(settings: Settings, redis: aioredis.Redis | None, clock: Clock) -> LoginLimiter:
     """The failed-login counts: in Redis when the nodes share one, else in this process."""
     limits = settings.limits
     counts = (limits.login_failures_per_codename, limits.login_failures_per_address, limits.login_window)
     if redis is None:
-        return LoginThrottle(*counts)
-    return RedisLoginThrottle(redis, *counts, prefix=f"{settings.cluster.channel}:login-failures")
+        return LoginThrottle(*counts, clock=clock)
+    return RedisLoginThrottle(redis, *counts, prefix=f"{settings.cluster.channel}:login-failures", clock=clock)
 
 
 def print_first_agent(codename: str, password: str) -> None:
@@ -141,9 +148,10 @@ def print_first_agent(codename: str, password: str) -> None:
           file=sys.stdout, flush=True)
 
 
-def create_app(settings: Settings, on_first_agent: FirstAgentReporter = print_first_agent) -> web.Application:
-    """The aiohttp application serving the HTTP API and Socket.IO on one port."""
-    hq = build(settings)
+def create_app(settings: Settings, on_first_agent: FirstAgentReporter = print_first_agent,
+               clock: Clock | None = None) -> web.Application:
+    """The aiohttp application serving the HTTP API and Socket.IO on one port (``clock``: see :func:`build`)."""
+    hq = build(settings, clock)
     addresses = AddressResolver(settings.server.trusted_proxies)
     middlewares = [json_errors, audit_context(addresses),
                    refuse_foreign_origins(settings.server.allowed_origins, hq.audit, addresses)]

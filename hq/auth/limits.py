@@ -19,6 +19,8 @@ import redis.asyncio as aioredis
 
 from ..cluster.redis import Outage, RedisBreaker
 
+from ..clock import Clock, SystemClock
+
 log = logging.getLogger(__name__)
 
 
@@ -37,14 +39,15 @@ class LoginThrottle:
     with the seconds until the oldest failure leaves the window.
     """
 
-    def __init__(self, per_codename: int, per_address: int, window: float) -> None:
+    def __init__(self, per_codename: int, per_address: int, window: float, clock: Clock | None = None) -> None:
         self._limits = {"codename": per_codename, "address": per_address}
         self._window = window
+        self._clock = SystemClock() if clock is None else clock  # its monotonic time measures the window
         self._failures: dict[tuple[str, str], deque[float]] = {}
 
     async def retry_after(self, codename: str, address: str, now: float | None = None) -> int:
         """Seconds the caller must wait, or 0 when an attempt is allowed."""
-        now = time.monotonic() if now is None else now
+        now = self._clock.monotonic() if now is None else now
         wait = 0.0
         for key in self._keys(codename, address):
             failures = self._prune(key, now)
@@ -54,7 +57,7 @@ class LoginThrottle:
 
     async def record_failure(self, codename: str, address: str, now: float | None = None) -> None:
         """Count one failed attempt against both keys."""
-        now = time.monotonic() if now is None else now
+        now = self._clock.monotonic() if now is None else now
         for key in self._keys(codename, address):
             self._prune(key, now).append(now)
 
@@ -89,11 +92,13 @@ class RedisLoginThrottle:
     """
 
     def __init__(self, client: aioredis.Redis, per_codename: int, per_address: int, window: float,
-                 prefix: str = "hq:login-failures") -> None:
+                 prefix: str = "hq:login-failures", clock: Clock | None = None) -> None:
+        # Wall time: the failure times in Redis are shared with the other nodes.
+        self._clock = SystemClock() if clock is None else clock
         self._limits = {"codename": per_codename, "address": per_address}
         self._window = window
         self._prefix = prefix
-        self._local = LoginThrottle(per_codename, per_address, window)
+        self._local = LoginThrottle(per_codename, per_address, window, self._clock)
         outage = Outage.of_redis(log, "login limits", "counting failed logins on this node",
                                  "failed logins are counted across nodes")
         self.breaker: RedisBreaker[aioredis.Redis] = RedisBreaker(client, outage)
@@ -119,7 +124,7 @@ class RedisLoginThrottle:
         await self.breaker.ask(lambda redis: redis.delete(self._keys(codename, "")["codename"]))
 
     async def _redis_retry_after(self, redis: aioredis.Redis, codename: str, address: str) -> int:
-        now = time.time()
+        now = self._clock.time()
         keys = self._keys(codename, address)
         async with redis.pipeline(transaction=True) as pipe:
             for key in keys.values():
@@ -135,7 +140,7 @@ class RedisLoginThrottle:
         return math.ceil(wait) if wait > 0 else 0
 
     async def _redis_record_failure(self, redis: aioredis.Redis, codename: str, address: str) -> bool:
-        now = time.time()
+        now = self._clock.time()
         async with redis.pipeline(transaction=True) as pipe:
             for key in self._keys(codename, address).values():
                 pipe.zadd(key, {f"{now}:{uuid.uuid4().hex[:8]}": now})

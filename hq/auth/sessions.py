@@ -14,11 +14,11 @@ mfa_enroll``, no refresh token.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from ..audit import AuditLog
+from ..clock import Clock, SystemClock
 from ..config import AuthSettings
 from ..errors import AuthError
 from ..store import Agent, RefreshOutcome, Store
@@ -49,7 +49,8 @@ class SessionService:
     """Issues, rotates and revokes login sessions."""
 
     def __init__(self, store: Store, credentials: CredentialCheck, tokens: TokenService, audit: AuditLog,
-                 auth: AuthSettings) -> None:
+                 auth: AuthSettings, clock: Clock | None = None) -> None:
+        self._clock = SystemClock() if clock is None else clock  # refresh-token expiry and grace
         self._store = store
         self._credentials = credentials
         self._tokens = tokens
@@ -104,7 +105,7 @@ class SessionService:
         and whichever holder is left with the spent one revokes the session when it presents it.
         """
         new_token, new_hash = new_refresh_token()
-        now = time.time()
+        now = self._clock.time()
         result = await self._store.rotate_refresh_token(
             hash_refresh_token(refresh_token), new_hash, now + self._auth.refresh_ttl, now,
             grace=self._auth.refresh_grace)
@@ -135,7 +136,7 @@ class SessionService:
 
     async def _issue(self, agent: Agent, sid: str) -> TokenPair:
         refresh_token, refresh_hash = new_refresh_token()
-        await self._store.add_refresh_token(refresh_hash, sid, time.time() + self._auth.refresh_ttl)
+        await self._store.add_refresh_token(refresh_hash, sid, self._clock.time() + self._auth.refresh_ttl)
         access = self._tokens.issue(agent.codename, agent.role, sid)
         return TokenPair(agent, access, refresh_token, self._auth.refresh_ttl)
 

@@ -11,7 +11,6 @@ import base64
 import hashlib
 import os
 import secrets
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import jwt
 from jwt.algorithms import get_default_algorithms
 
+from ..clock import Clock, SystemClock
 from ..config import AuthSettings, Settings
 from ..errors import AuthError
 
@@ -124,11 +124,16 @@ def load_or_create_secret(path: Path) -> bytes:
 
 
 class TokenService:
-    """Signs and verifies HQ's access tokens with one :class:`KeyRing`."""
+    """Signs and verifies HQ's access tokens with one :class:`KeyRing`.
 
-    def __init__(self, keys: KeyRing, auth: AuthSettings) -> None:
+    ``iat`` is written and ``iat``, ``nbf`` and ``exp`` are judged by ``clock``
+    (:class:`~hq.clock.SystemClock` unless a test brings its own).
+    """
+
+    def __init__(self, keys: KeyRing, auth: AuthSettings, clock: Clock | None = None) -> None:
         self._keys = keys
         self._auth = auth
+        self._clock = SystemClock() if clock is None else clock
 
     @property
     def keys(self) -> KeyRing:
@@ -138,7 +143,7 @@ class TokenService:
               lifetime: int | None = None) -> IssuedToken:
         """Sign an access token for one agent's login session (``scope``: a restricted one)."""
         assert scope is None or scope in SCOPES, scope
-        iat = int(now if now is not None else time.time())
+        iat = int(now if now is not None else self._clock.time())
         lifetime = self._auth.access_ttl if lifetime is None else lifetime
         exp = iat + lifetime
         claims: dict[str, Any] = {"sub": codename, "role": role, "sid": sid, "jti": uuid.uuid4().hex, "iat": iat,
@@ -155,17 +160,38 @@ class TokenService:
             raise AuthError("malformed token", "token_invalid")
         key = self._key_for(token)
         try:
+            # PyJWT would judge the times by the system clock; _check_times judges them by ours.
             decoded = jwt.decode_complete(
                 token, key, algorithms=[self._keys.algorithm], audience=self._auth.audience,
-                issuer=self._auth.issuer, leeway=self._auth.leeway,
-                options={"require": list(REQUIRED_CLAIMS), "verify_signature": True})
-        except jwt.ExpiredSignatureError:
-            raise AuthError("token has expired", "token_expired") from None
+                issuer=self._auth.issuer,
+                options={"require": list(REQUIRED_CLAIMS), "verify_signature": True,
+                         "verify_exp": False, "verify_iat": False, "verify_nbf": False})
         except jwt.PyJWTError:
             raise AuthError("token is not valid", "token_invalid") from None
         if decoded["header"].get("typ") != ACCESS_TOKEN_TYPE:
             raise AuthError("token is not an access token", "token_invalid")
+        self._check_times(decoded["payload"])
         return _claims(decoded["payload"])
+
+    def _check_times(self, payload: dict[str, Any]) -> None:
+        """PyJWT's own time checks, against the clock: ``iat`` and ``nbf`` (when present) not in
+        the future, ``exp`` not past, each with ``auth.leeway`` seconds for clock skew."""
+        now, leeway = self._clock.time(), self._auth.leeway
+        times: dict[str, int] = {}
+        for name in ("iat", "nbf", "exp"):
+            if name in payload:
+                value = payload[name]
+                try:
+                    # bool is an int to Python, but "exp": true is no time (nor NaN or Infinity).
+                    if isinstance(value, bool) or not isinstance(value, (int, float)):
+                        raise ValueError(name)
+                    times[name] = int(value)
+                except (ValueError, OverflowError):
+                    raise AuthError("token is not valid", "token_invalid") from None
+        if times["iat"] > now + leeway or times.get("nbf", 0) > now + leeway:
+            raise AuthError("token is not valid yet", "token_invalid")
+        if times["exp"] <= now - leeway:
+            raise AuthError("token has expired", "token_expired")
 
     def _key_for(self, token: str) -> Any:
         try:

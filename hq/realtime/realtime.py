@@ -22,6 +22,7 @@ import socketio
 from ..addresses import AddressResolver
 from ..audit import AuditLog, clip_free_text
 from ..auth.clearance import ClearancePolicy
+from ..clock import Clock, SystemClock, TimerHandle
 from ..config import Settings
 from ..errors import AuthError, EventError, UnavailableError
 from .engine import ProtocolFaults
@@ -54,7 +55,7 @@ class Connection:
     user_agent: str
     bucket: TokenBucket
     channels: set[str] = field(default_factory=set)
-    timer: asyncio.TimerHandle | None = None
+    timer: TimerHandle | None = None
     end_reason: str | None = None
 
 
@@ -112,8 +113,9 @@ class Realtime:
     def __init__(self, settings: Settings, authenticator: Authenticator, policy: ClearancePolicy,
                  store: Store, audit: AuditLog, addresses: AddressResolver, presence: Presence | None = None,
                  connections: ConnectionRegistry | None = None, tasks: BackgroundTasks | None = None,
-                 node: str | None = None) -> None:
+                 node: str | None = None, clock: Clock | None = None) -> None:
         self._settings = settings
+        self._clock = SystemClock() if clock is None else clock  # token expiry on live sockets
         self._tasks = tasks if tasks is not None else BackgroundTasks()
         self._auth = authenticator
         self._policy = policy
@@ -191,7 +193,7 @@ class Realtime:
         except Exception:
             log.exception("connect handler failed")
             self._refuse("token_invalid", "could not verify the token", address, transport, user_agent)
-        if principal.exp <= time.time():
+        if principal.exp <= self._clock.time():
             # The verifier's leeway is for clock skew on HTTP; a socket would be ended at once.
             self._refuse("token_expired", "token has expired", address, transport, user_agent)
         limits = self._settings.limits
@@ -226,14 +228,13 @@ class Realtime:
     def _schedule_expiry(self, socket_id: str, connection: Connection) -> None:
         if connection.timer is not None:
             connection.timer.cancel()
-        loop = asyncio.get_running_loop()
         exp = connection.principal.exp
         warn_at = exp - self._settings.auth.expiry_warning
-        now = time.time()
+        now = self._clock.time()
         if warn_at > now:
-            connection.timer = loop.call_later(warn_at - now, self._spawn, self._warn_expiry, socket_id, exp)
+            connection.timer = self._clock.call_later(warn_at - now, self._spawn, self._warn_expiry, socket_id, exp)
         else:
-            connection.timer = loop.call_later(max(0.0, exp - now), self._spawn, self._expire, socket_id, exp)
+            connection.timer = self._clock.call_later(max(0.0, exp - now), self._spawn, self._expire, socket_id, exp)
             if self._settings.auth.expiry_warning and exp > now:
                 self._tasks.spawn(self.sio.emit("token_expiring", {"exp": exp}, to=socket_id), name="token-expiring")
 
@@ -247,8 +248,8 @@ class Realtime:
         if connection is None or connection.principal.exp != exp:
             return
         await self.sio.emit("token_expiring", {"exp": exp}, to=socket_id)
-        loop = asyncio.get_running_loop()
-        connection.timer = loop.call_later(max(0.0, exp - time.time()), self._spawn, self._expire, socket_id, exp)
+        connection.timer = self._clock.call_later(max(0.0, exp - self._clock.time()), self._spawn, self._expire,
+                                                  socket_id, exp)
 
     async def _expire(self, socket_id: str, exp: int) -> None:
         connection = self._connections.get(socket_id)
