@@ -8,6 +8,7 @@ proves the check itself, not merely a bad signature. Each refusal is judged by a
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -21,6 +22,11 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from hq.auth.tokens import KeyRing, TokenService
+from hq.clock import ManualClock, SystemClock
+from hq.config import AuthSettings
+from hq.errors import AuthError
 
 from .support import PASSWORD, HQServer, make_server
 
@@ -284,3 +290,88 @@ def test_secret_file_is_owner_only(shared_hq: HQServer, secret: bytes) -> None:
     path: Path = shared_hq.workdir / "hq.secret"
     assert path.stat().st_mode & 0o777 == 0o600
     assert len(secret) >= 32
+
+
+# judged by HQ's clock ------------------------------------------------------------------------------
+# Verification checks iat, nbf and exp against the injected clock (PyJWT would read the system
+# time): the edges below are exact because the clock only moves when the test moves it.
+LEEWAY = 10
+SIGNING_SECRET = b"s" * 40
+
+
+@pytest.fixture
+def clocked_tokens() -> tuple[TokenService, ManualClock]:
+    """A TokenService (HS256, 60 s tokens, 10 s leeway) on a manual clock."""
+    clock = ManualClock(start=1_700_000_000.0)
+    auth = dataclasses.replace(AuthSettings(), access_ttl=60, leeway=LEEWAY)
+    keys = KeyRing("HS256", SIGNING_SECRET, {"k1": SIGNING_SECRET}, "k1")
+    return TokenService(keys, auth, clock), clock
+
+
+def test_an_expired_token_is_refused_by_the_clock_from_exp_plus_leeway(
+        clocked_tokens: tuple[TokenService, ManualClock]) -> None:
+    tokens, clock = clocked_tokens
+    issued = tokens.issue("ana", "analyst", "session-1")
+    assert issued.exp == int(clock.time()) + 60
+    clock.advance(60 + LEEWAY - 1)
+    assert tokens.verify(issued.token).exp == issued.exp  # past exp, inside the leeway
+    clock.advance(1)
+    with pytest.raises(AuthError) as refused:
+        tokens.verify(issued.token)
+    assert refused.value.code == "token_expired"
+    clock.advance(3600)
+    with pytest.raises(AuthError) as refused:
+        tokens.verify(issued.token)
+    assert refused.value.code == "token_expired"
+
+
+def test_the_clock_not_the_system_time_decides(clocked_tokens: tuple[TokenService, ManualClock]) -> None:
+    tokens, clock = clocked_tokens
+    # Issued (by the clock) in 2023: long expired by the system time, alive by the clock.
+    issued = tokens.issue("ana", "analyst", "session-1")
+    assert issued.exp < time.time()
+    assert tokens.verify(issued.token).sub == "ana"
+    # Alive by the system time, expired by the clock.
+    fresh = SystemClock().time()
+    alive_now = tokens.issue("ana", "analyst", "session-2", now=fresh)
+    clock.advance(fresh - clock.time() + 60 + LEEWAY)
+    with pytest.raises(AuthError) as refused:
+        tokens.verify(alive_now.token)
+    assert refused.value.code == "token_expired"
+
+
+@pytest.mark.parametrize(("claims", "code"), [
+    ({"exp": 1_700_000_000 - LEEWAY}, "token_expired"),      # exp <= now - leeway
+    ({"iat": 1_700_000_000 + LEEWAY + 1}, "token_invalid"),  # issued in the future
+    ({"nbf": 1_700_000_000 + LEEWAY + 1}, "token_invalid"),  # not valid yet
+    ({"exp": True}, "token_invalid"),
+    ({"exp": "1800000000"}, "token_invalid"),
+    ({"iat": None}, "token_invalid"),
+    ({"nbf": [1]}, "token_invalid"),
+    ({"exp": None}, "token_invalid"),
+])
+def test_time_claims_are_checked_against_the_clock(clocked_tokens: tuple[TokenService, ManualClock],
+                                                   claims: dict[str, Any], code: str) -> None:
+    tokens, _ = clocked_tokens
+    genuine = tokens.issue("ana", "analyst", "session-1").token
+    forged = Forger(SIGNING_SECRET, genuine).make(**claims)
+    with pytest.raises(AuthError) as refused:
+        tokens.verify(forged)
+    assert refused.value.code == code
+
+
+@pytest.mark.parametrize("claim", ["iat", "exp"])
+def test_time_claims_are_still_required(clocked_tokens: tuple[TokenService, ManualClock], claim: str) -> None:
+    tokens, _ = clocked_tokens
+    forged = Forger(SIGNING_SECRET, tokens.issue("ana", "analyst", "session-1").token).make(drop=(claim,))
+    with pytest.raises(AuthError) as refused:
+        tokens.verify(forged)
+    assert refused.value.code == "token_invalid"
+
+
+def test_times_within_the_leeway_are_accepted(clocked_tokens: tuple[TokenService, ManualClock]) -> None:
+    tokens, _ = clocked_tokens
+    genuine = tokens.issue("ana", "analyst", "session-1").token
+    skewed = Forger(SIGNING_SECRET, genuine).make(iat=1_700_000_000 + LEEWAY, nbf=1_700_000_000 + LEEWAY,
+                                                  exp=1_700_000_000 - LEEWAY + 1)
+    assert tokens.verify(skewed).sub == "ana"
