@@ -60,7 +60,8 @@ class ClockedHQ:
                    headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
         """POST JSON to ``path``; returns the status and the JSON body (``{}`` for none)."""
         async with http.post(f"{self.url}{path}", json=body, headers=headers) as response:
-            return response.status, (await response.json() if response.content_length != 0 else {})
+            text = await response.text()
+            return response.status, json.loads(text) if text else {}
 
     async def login(self, http: aiohttp.ClientSession, codename: str, password: str = PASSWORD) -> dict[str, Any]:
         """Log in; returns the JSON body (fails the test on anything but 200)."""

@@ -1,4 +1,8 @@
-"""Expiry, reauth and revocation on live sockets, including revocation from another process."""
+"""Expiry, reauth and revocation on live sockets, including revocation from another process.
+
+The reauth tests run HQ in-process on a manual clock (tests/inprocess.py): they move it past
+warnings and expiries instead of sleeping through second-long tokens.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,18 @@ import time
 import urllib.error
 import urllib.request
 
+import aiohttp
 import jwt
 import pytest
 
+from .inprocess import ClockedHQFactory, clocked_hq  # noqa: F401  (the in-process HQ on a manual clock)
 from .sio import RecordingClient
 from .support import HQServer
 
 
 async def test_expiry_warns_then_ends_the_socket(hq_factory) -> None:
+    # The real-clock end-to-end test of socket expiry (a real process, real seconds); the others
+    # move a manual clock instead (tests/inprocess.py).
     hq = hq_factory(auth={"access_ttl": 3, "expiry_warning": 2, "leeway": 0})
     token = hq.login("fox")["access_token"]
     exp = jwt.decode(token, options={"verify_signature": False})["exp"]
@@ -24,33 +32,39 @@ async def test_expiry_warns_then_ends_the_socket(hq_factory) -> None:
     assert time.time() >= exp - 0.5
 
 
-async def test_reauth_extends_the_connection(hq_factory) -> None:
-    hq = hq_factory(auth={"access_ttl": 3, "expiry_warning": 1, "leeway": 0})
-    client = await RecordingClient().connect(hq.url, hq.login("fox")["access_token"])
-    for _ in range(2):
-        await client.wait_for("token_expiring", count=len(client.received("token_expiring")) + 1)
-        fresh = hq.login("fox")["access_token"]
-        ack = await client.call("reauth", {"token": fresh})
-        assert ack == {"ok": True, "exp": jwt.decode(fresh, options={"verify_signature": False})["exp"]}
-    assert client.sio.connected and not client.received("session_ended")
-    assert (await client.call("join", {"channel": "missions"}))["ok"]
-    await client.close()
+async def test_reauth_extends_the_connection(clocked_hq: ClockedHQFactory) -> None:
+    hq = await clocked_hq(auth={"access_ttl": 30, "expiry_warning": 10, "leeway": 0})
+    async with aiohttp.ClientSession() as http:
+        client = await RecordingClient().connect(hq.url, (await hq.login(http, "fox"))["access_token"])
+        for warnings in (1, 2):
+            hq.clock.advance(20)  # to the warning, 10 s before the current token's exp
+            await client.wait_for("token_expiring", count=warnings)
+            fresh = (await hq.login(http, "fox"))["access_token"]
+            ack = await client.call("reauth", {"token": fresh})
+            assert ack == {"ok": True, "exp": jwt.decode(fresh, options={"verify_signature": False})["exp"]}
+        # 40 s in: the first token expired 10 s ago, the socket lives on the third.
+        assert client.sio.connected and not client.received("session_ended")
+        assert (await client.call("join", {"channel": "missions"}))["ok"]
+        await client.close()
 
 
-async def test_reauth_refusals_keep_the_old_expiry(hq_factory) -> None:
-    hq = hq_factory(auth={"access_ttl": 4, "expiry_warning": 1, "leeway": 0})
-    client = await RecordingClient().connect(hq.url, hq.login("fox")["access_token"])
-    other = hq.login("hank")["access_token"]
-    revoked = hq.login("fox")
-    request = urllib.request.Request(f"{hq.url}/api/auth/logout", method="POST",
-                                     headers={"Authorization": f"Bearer {revoked['access_token']}"})
-    urllib.request.urlopen(request).close()
-    for payload, code in ((None, "bad_request"), ({"token": 5}, "bad_request"), ({"token": other}, "token_invalid"),
-                          ({"token": "not.a.jwt"}, "token_invalid"), ({"token": revoked["access_token"]}, "token_revoked")):
-        ack = await client.call("reauth", payload)
-        assert ack["ok"] is False and ack["error"]["code"] == code, (payload, ack)
-    assert (await client.wait_for("session_ended"))[0] == {"reason": "token_expired"}
-    await client.close()
+async def test_reauth_refusals_keep_the_old_expiry(clocked_hq: ClockedHQFactory) -> None:
+    hq = await clocked_hq(auth={"access_ttl": 40, "expiry_warning": 10, "leeway": 0})
+    async with aiohttp.ClientSession() as http:
+        client = await RecordingClient().connect(hq.url, (await hq.login(http, "fox"))["access_token"])
+        other = (await hq.login(http, "hank"))["access_token"]
+        revoked = await hq.login(http, "fox")
+        status, _ = await hq.post(http, "/api/auth/logout",
+                                  headers={"Authorization": f"Bearer {revoked['access_token']}"})
+        assert status == 204
+        for payload, code in ((None, "bad_request"), ({"token": 5}, "bad_request"), ({"token": other}, "token_invalid"),
+                              ({"token": "not.a.jwt"}, "token_invalid"),
+                              ({"token": revoked["access_token"]}, "token_revoked")):
+            ack = await client.call("reauth", payload)
+            assert ack["ok"] is False and ack["error"]["code"] == code, (payload, ack)
+        hq.clock.advance(40)
+        assert (await client.wait_for("session_ended"))[0] == {"reason": "token_expired"}
+        await client.close()
 
 
 async def test_disable_from_another_process_ends_sockets(hq: HQServer) -> None:
