@@ -8,6 +8,7 @@ from typing import Callable
 
 import aiohttp
 
+from .inprocess import ClockedHQFactory, clocked_hq  # noqa: F401  (the in-process HQ on a manual clock)
 from .sio import RecordingClient
 from .support import PASSWORD, HQServer
 
@@ -113,8 +114,8 @@ async def test_concurrent_refreshes_with_one_token_inside_the_grace_window(hq: H
             assert me.status == 200
 
 
-async def test_refresh_refusals(hq_factory) -> None:
-    hq = hq_factory(auth={"access_ttl": 1, "refresh_ttl": 2})
+async def test_refresh_refusals(clocked_hq: ClockedHQFactory) -> None:
+    hq = await clocked_hq(auth={"access_ttl": 1, "refresh_ttl": 2})
     async with aiohttp.ClientSession() as session:
         status, body = await post(session, f"{hq.url}/api/auth/refresh", {})
         assert (status, body["error"]["code"]) == (401, "token_missing")
@@ -124,8 +125,8 @@ async def test_refresh_refusals(hq_factory) -> None:
         assert (status, body["error"]["code"]) == (401, "token_invalid")
         async with session.post(f"{hq.url}/api/auth/refresh", data="{", headers={"Content-Type": "application/json"}) as r:
             assert r.status == 400
-        pair = await login(session, hq)
-        await asyncio.sleep(3.2)
+        pair = await hq.login(session, "fox")
+        hq.clock.advance(3.2)  # past the refresh token's 2 s (HQ's manual clock: tests/inprocess.py)
         status, body = await post(session, f"{hq.url}/api/auth/refresh", {"refresh_token": pair["refresh_token"]})
         assert (status, body["error"]["code"]) == (401, "token_expired")
 
