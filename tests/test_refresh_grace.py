@@ -1,7 +1,8 @@
 """``[auth] refresh_grace``: a just-rotated refresh token retried within the window gets a fresh pair.
 
 Store-level tests run against both backends and pass ``now`` explicitly, so both edges of the
-window are exact; the HTTP tests run a real HQ process and sleep past a one-second window.
+window are exact; the HTTP tests run a real HQ process; the one that needs the window
+to close runs HQ in-process and moves its manual clock past it (tests/inprocess.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 from hq.config import ConfigError, load_settings
 from hq.store import RefreshOutcome, Store, open_store
 
+from .inprocess import ClockedHQ, ClockedHQFactory, clocked_hq  # noqa: F401  (in-process HQ, manual clock)
 from .sio import RecordingClient
 from .support import PASSWORD, HQServer
 from .test_store import store  # noqa: F401  (the SQLite and PostgreSQL store fixture)
@@ -193,16 +195,17 @@ async def post(session: aiohttp.ClientSession, url: str, body: object) -> tuple[
         return response.status, await response.json()
 
 
-async def refresh(session: aiohttp.ClientSession, hq: HQServer, token: str) -> tuple[int, dict[str, Any]]:
+async def refresh(session: aiohttp.ClientSession, hq: HQServer | ClockedHQ,
+                  token: str) -> tuple[int, dict[str, Any]]:
     return await post(session, f"{hq.url}/api/auth/refresh", {"refresh_token": token})
 
 
-async def me(session: aiohttp.ClientSession, hq: HQServer, access: str) -> tuple[int, dict[str, Any]]:
+async def me(session: aiohttp.ClientSession, hq: HQServer | ClockedHQ, access: str) -> tuple[int, dict[str, Any]]:
     async with session.get(f"{hq.url}/api/auth/me", headers={"Authorization": f"Bearer {access}"}) as response:
         return response.status, await response.json()
 
 
-async def login(session: aiohttp.ClientSession, hq: HQServer) -> dict[str, Any]:
+async def login(session: aiohttp.ClientSession, hq: HQServer | ClockedHQ) -> dict[str, Any]:
     status, body = await post(session, f"{hq.url}/api/auth/login", {"username": "fox", "password": PASSWORD})
     assert status == 200, body
     return body
@@ -210,6 +213,7 @@ async def login(session: aiohttp.ClientSession, hq: HQServer) -> dict[str, Any]:
 
 async def test_http_retry_inside_the_window_gets_a_pair_and_the_session_lives(
         hq_factory: Callable[..., HQServer]) -> None:
+    # The real-clock end-to-end test of the window (a real process, the system clock).
     hq = hq_factory(auth={"refresh_grace": 1})
     async with aiohttp.ClientSession() as session:
         first = await login(session, hq)
@@ -252,14 +256,14 @@ async def test_http_the_first_reply_s_token_is_spent_by_the_retry(hq_factory: Ca
 
 
 async def test_http_retry_after_the_window_is_token_reused_and_revokes_the_session(
-        hq_factory: Callable[..., HQServer]) -> None:
-    hq = hq_factory(auth={"refresh_grace": 1})
+        clocked_hq: ClockedHQFactory) -> None:
+    hq = await clocked_hq(auth={"refresh_grace": 1})
     async with aiohttp.ClientSession() as session:
         first = await login(session, hq)
         status, second = await refresh(session, hq, first["refresh_token"])
         assert status == 200
         live = await RecordingClient().connect(hq.url, second["access_token"])
-        await asyncio.sleep(1.3)
+        hq.clock.advance(1.3)  # past the window, on HQ's manual clock
         status, body = await refresh(session, hq, first["refresh_token"])
         assert (status, body["error"]["code"]) == (401, "token_reused")
         assert (await live.wait_for("session_ended"))[0] == {"reason": "revoked"}
