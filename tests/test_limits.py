@@ -15,6 +15,7 @@ import pytest
 
 from hq.auth.limits import LoginThrottle, TokenBucket
 
+from .inprocess import ClockedHQ, ClockedHQFactory, clocked_hq  # noqa: F401  (in-process HQ, manual clock)
 from .sio import RecordingClient
 from .support import PASSWORD, HQServer, make_server
 
@@ -89,7 +90,7 @@ async def untrusted_http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def attempt(http: aiohttp.ClientSession, server: HQServer, codename: str, password: str,
+async def attempt(http: aiohttp.ClientSession, server: HQServer | ClockedHQ, codename: str, password: str,
                   forwarded_for: str | None = None) -> tuple[int, dict[str, Any], str | None]:
     """One login; returns status, body and Retry-After."""
     headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
@@ -149,3 +150,21 @@ async def test_event_burst_then_rate_limited(limited: HQServer, http: aiohttp.Cl
     finally:
         await client.close()
         await other.close()
+
+
+# The window passing, on HQ's manual clock ---------------------------------------------------------------
+async def test_the_window_passing_unlocks_the_codename(clocked_hq: ClockedHQFactory,
+                                                       http: aiohttp.ClientSession) -> None:
+    # In-process on a manual clock (tests/inprocess.py): the five failures are made at one instant,
+    # so Retry-After and the moment the lock lifts are exact.
+    hq = await clocked_hq(agents={"ana": "analyst"}, limits={"login_window": 60})
+    for _ in range(5):
+        assert (await attempt(http, hq, "ana", "wrong password!"))[0] == 401
+    hq.clock.advance(20)
+    status, body, retry_after = await attempt(http, hq, "ana", PASSWORD)
+    assert (status, body["error"]["code"], retry_after) == (429, "too_many_attempts", "40")
+    hq.clock.advance(39.5)
+    assert (await attempt(http, hq, "ana", PASSWORD))[::2] == (429, "1")  # rounded up
+    hq.clock.advance(0.5)
+    status, body, _ = await attempt(http, hq, "ana", PASSWORD)
+    assert status == 200, body
