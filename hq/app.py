@@ -23,14 +23,18 @@ from .auth.clearance import ClearancePolicy
 from .auth.credentials import CredentialCheck
 from .clock import Clock, SystemClock
 from .config import Settings
-from .console import Console
-from .directors import DirectorsApi
-from .guards import DirectorGuard
-from .http_api import HealthCheck, HttpApi, json_errors
+from .http.auth_routes import AuthRoutes
+from .http.boundary import error_boundary
+from .http.console import Console
+from .http.directors import DirectorsApi
+from .http.guards import DirectorGuard
+from .http.health import Health, HealthCheck
+from .http.openapi import OpenApi
+from .http.origins import refuse_foreign_origins
+from .http.second_factor import SecondFactorRoutes
 from .auth.identity import Authenticator
 from .auth.limits import LoginLimiter, LoginThrottle, RedisLoginThrottle
 from .ops.metrics import Metrics
-from .openapi import OpenApi
 from .auth.passwords import PasswordHasher
 from .cluster.node import new_node_id
 from .cluster.presence import Presence
@@ -41,10 +45,8 @@ from .realtime.realtime import Realtime
 from .auth.sessions import SessionService
 from .auth.mfa import SecondFactor, SecretBox
 from .auth.mfa_admin import MfaAdmin
-from .mfa_api import MfaApi
 from .store import Store, open_store
 from .auth.tokens import KeyRing, TokenService
-from .realtime.transport import refuse_foreign_origins
 from .tasks import BackgroundTasks
 
 
@@ -153,16 +155,16 @@ def create_app(settings: Settings, on_first_agent: FirstAgentReporter = print_fi
     """The aiohttp application serving the HTTP API and Socket.IO on one port (``clock``: see :func:`build`)."""
     hq = build(settings, clock)
     addresses = AddressResolver(settings.server.trusted_proxies)
-    middlewares = [json_errors, audit_context(addresses),
+    # The error boundary first (outermost): it answers every refusal, the origin allow-list's included.
+    middlewares = [error_boundary, audit_context(addresses),
                    refuse_foreign_origins(settings.server.allowed_origins, hq.audit, addresses)]
     app = web.Application(middlewares=middlewares)
     app[HQ_KEY] = hq
-    health = hq.health_checks()
-    api = HttpApi(settings, hq.sessions, hq.authenticator, addresses, hq.keys, health)
-    app.add_routes(api.routes())
+    app.add_routes(AuthRoutes(settings, hq.sessions, hq.authenticator, addresses, hq.keys).routes())
+    app.add_routes(Health(hq.health_checks()).routes())
     # One guard, so that one change budget per director covers the directors' routes of both APIs.
     directors = DirectorGuard(hq.authenticator, hq.policy.levels[-1])
-    app.add_routes(MfaApi(settings, hq.mfa, hq.sessions, hq.authenticator, directors, addresses).routes())
+    app.add_routes(SecondFactorRoutes(settings, hq.mfa, hq.sessions, hq.authenticator, directors, addresses).routes())
     app.add_routes(DirectorsApi(settings, hq.admin, directors, hq.realtime.connections).routes())
     app.add_routes(OpenApi(settings).routes())
     hq.realtime.sio.attach(app, socketio_path="socket.io")

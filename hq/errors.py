@@ -8,10 +8,12 @@ class HQError(Exception):
 
     code = "internal"
 
-    def __init__(self, message: str, code: str | None = None) -> None:
+    def __init__(self, message: str, code: str | None = None, retry_after: int = 0) -> None:
         super().__init__(message)
         if code is not None:
             self.code = code
+        #: Seconds the client should wait before trying again (0: no advice); HTTP sends ``Retry-After``.
+        self.retry_after = retry_after
 
     @property
     def message(self) -> str:
@@ -43,13 +45,19 @@ class UnavailableError(HQError):
 
 
 class LoginError(HQError):
-    """A login was refused: ``invalid_credentials``, ``agent_disabled`` or ``too_many_attempts``."""
+    """A login (or a password asked again) was refused: ``invalid_credentials``, ``mfa_required``,
+    ``invalid_otp``, ``agent_disabled`` or ``too_many_attempts``."""
 
     code = "invalid_credentials"
 
-    def __init__(self, message: str, code: str | None = None, retry_after: int = 0) -> None:
-        super().__init__(message, code)
-        self.retry_after = retry_after
+
+class RequestError(HQError):
+    """A request refused for what it asks or how it asks it: ``bad_request``, ``forbidden``,
+    ``not_found``, ``agent_exists``, ``mfa_already_enrolled``, ``mfa_not_pending``, ``invalid_otp``,
+    ``payload_too_large``, ``unsupported_media_type``, ``too_many_attempts`` or ``origin_not_allowed``
+    (the HTTP status of each: :mod:`hq.http.boundary`)."""
+
+    code = "bad_request"
 
 
 def describe(error: BaseException) -> str:

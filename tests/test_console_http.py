@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from hq.console import STATIC_FILES, web_root
+from hq.http.console import STATIC_FILES, web_root
 
 from .support import ROOT, HQServer, make_server
 

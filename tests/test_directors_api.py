@@ -20,7 +20,7 @@ import jwt
 import pyotp
 import pytest
 
-from hq.guards import CHANGES_BURST
+from hq.http.guards import CHANGES_BURST
 from hq.store import Store
 
 from .cluster import start_cluster

@@ -42,8 +42,8 @@ from schemathesis.checks import (content_type_conformance, not_a_server_error, r
 from hq.app import create_app
 from hq.auth.tokens import KeyRing, TokenService, hash_refresh_token
 from hq.config import Settings, load_settings
-from hq.guards import CHANGES_BURST
-from hq.openapi import build_document
+from hq.http.guards import CHANGES_BURST
+from hq.http.openapi import build_document
 
 from .services import PrivatePostgres, private_postgres
 from .support import PASSWORD, HQServer, make_server

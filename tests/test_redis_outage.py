@@ -28,7 +28,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from hq.addresses import AddressResolver
-from hq.http_api import HealthCheck, HttpApi
+from hq.http.auth_routes import AuthRoutes
+from hq.http.boundary import error_boundary
+from hq.http.health import Health, HealthCheck
 from hq.auth.limits import RedisLoginThrottle
 from hq.cluster.redis import redis_client
 from hq.store import StoreUnavailable
@@ -152,9 +154,8 @@ async def _hangs() -> None:
 
 async def _healthz(checks: list[HealthCheck]) -> tuple[int, dict[str, Any], float]:
     """Status, body and seconds taken of ``GET /healthz`` over these checks."""
-    api = HttpApi(cast(Any, None), cast(Any, None), cast(Any, None), cast(Any, None), cast(Any, None), checks)
     app = web.Application()
-    app.add_routes([web.get("/healthz", api.healthz)])
+    app.add_routes(Health(checks).routes())
     async with TestClient(TestServer(app)) as client:
         started = time.monotonic()
         async with client.get("/healthz") as reply:
@@ -193,9 +194,9 @@ class _StoreDown:
                                         ("/api/auth/refresh", {"refresh_token": "some-token"})])
 async def test_login_and_refresh_answer_503_while_the_database_is_down(path: str, body: dict[str, str]) -> None:
     settings = SimpleNamespace(limits=SimpleNamespace(login_body_max_bytes=65536))
-    api = HttpApi(cast(Any, settings), cast(Any, _StoreDown()), cast(Any, None), AddressResolver(()),
-                  cast(Any, None), [])
-    app = web.Application()
+    api = AuthRoutes(cast(Any, settings), cast(Any, _StoreDown()), cast(Any, None), AddressResolver(()),
+                     cast(Any, None))
+    app = web.Application(middlewares=[error_boundary])
     app.add_routes(api.routes())
     async with TestClient(TestServer(app)) as client:
         async with client.post(path, json=body) as reply:

@@ -1,6 +1,6 @@
 """Agent administration, the one code path for every change to agents and sessions.
 
-The operator CLI, the directors' HTTP API (hq/directors.py) and start-up all change agents through
+The operator CLI, the directors' HTTP API (hq/http/directors.py) and start-up all change agents through
 :class:`AgentAdmin`: the same checks, the same revocations (which end live sockets on every node)
 and the same audit line, ``admin_action``, saying who (``actor``, ``interface``) did what
 (``action``) to whom (``target``).

@@ -16,10 +16,11 @@ from typing import Awaitable, Callable, Iterable
 
 from aiohttp import web
 
-from .auth.clearance import ClearancePolicy
-from .errors import AuthError
-from .http_api import NO_STORE, auth_error_response, error_response, identify_request
-from .auth.identity import Authenticator
+from ..auth.clearance import ClearancePolicy
+from ..auth.identity import Authenticator
+from ..errors import HQError
+from .guards import identify_request
+from .headers import NO_STORE
 
 # URL path -> (file under hq/web, content type)
 STATIC_FILES = {
@@ -49,7 +50,7 @@ SECURITY_HEADERS = {
 
 def web_root() -> Traversable:
     """The folder of the console's files inside the installed ``hq`` package."""
-    return resources.files(__package__).joinpath("web")
+    return resources.files("hq").joinpath("web")
 
 
 class Console:
@@ -73,18 +74,14 @@ class Console:
             target = self._root.joinpath(name)
             if not target.is_file():
                 # Only the vendored client could be missing (a package built without it).
-                return error_response(503, "not_installed",
-                                      f"{name} is missing from the HQ package; reinstall HQ")
+                raise HQError(f"{name} is missing from the HQ package; reinstall HQ", "not_installed")
             return web.Response(body=target.read_bytes(), content_type=content_type, charset="utf-8",
                                 headers=SECURITY_HEADERS)
         return serve
 
     async def channels(self, request: web.Request) -> web.Response:
         """``GET /api/channels``: every channel with whether the caller's stored role may read and write it."""
-        try:
-            principal = await identify_request(self._auth, request)
-        except AuthError as exc:  # 401, or 403 for a token that may only enrol a second factor
-            return auth_error_response(exc)
+        principal = await identify_request(self._auth, request)
         role = principal.role
         return web.json_response([
             {"name": name, "read": self._policy.may_read(role, name), "write": self._policy.may_write(role, name)}
@@ -93,8 +90,5 @@ class Console:
 
     async def roles(self, request: web.Request) -> web.Response:
         """``GET /api/roles``: the configured clearance levels, lowest first, to any logged-in agent."""
-        try:
-            await identify_request(self._auth, request)
-        except AuthError as exc:
-            return auth_error_response(exc)
+        await identify_request(self._auth, request)
         return web.json_response(list(self._policy.levels), headers=NO_STORE)

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 from aiohttp import web
 
-from .config import Settings
+from ..config import Settings
 from .console import STATIC_FILES
 
 JSON = "application/json"
@@ -340,11 +340,11 @@ def _directors_paths() -> dict[str, Any]:
 
 
 def _mfa_paths() -> dict[str, Any]:
-    """The second factor (hq/mfa_api.py): an agent enrolling itself, and directors for any agent."""
+    """The second factor (hq/http/second_factor.py): an agent enrolling itself, and directors for any agent."""
     body_problems = {"s413": ["payload_too_large"], "s415": ["unsupported_media_type"]}
     code_body = json_body(_object({"code": {"type": "string", "description": "Six digits from the app."}}))
     own = "Also takes the enrolment-only token login hands an agent that must enrol."
-    # The directors' change budget (hq/guards.py) covers these routes too.
+    # The directors' change budget (hq/http/guards.py) covers these routes too.
     director = {"s401": AUTH_CODES, "s403": ["forbidden", *ENROLL_ONLY], "s404": ["not_found"],
                 "s429": ["too_many_attempts"], "s503": ["unavailable"]}
     codename = path_parameter("codename", "The agent's codename (any case).")

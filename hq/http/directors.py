@@ -2,7 +2,7 @@
 
 ``GET/POST /api/agents``, ``PATCH /api/agents/{codename}``, ``POST /api/agents/{codename}/password``,
 ``GET /api/sessions`` and ``DELETE /api/sessions/{sid}`` (an agent's second factor has its routes in
-:mod:`hq.mfa_api`; the agents list says which agents have one). Thin handlers: every
+:mod:`hq.http.second_factor`; the agents list says which agents have one). Thin handlers: every
 change goes through :class:`hq.auth.agents.AgentAdmin`, the path the operator CLI takes, so a change
 is checked, audited and made effective on every node exactly as the CLI's.
 
@@ -11,57 +11,30 @@ A change (POST, PATCH, DELETE) is authorised by ``Authorization: Bearer``, or by
 only together with the header ``X-HQ-Console: 1``, which a cross-site form or link cannot send: a
 cookie alone never changes anything (403 ``forbidden``). Changes are limited per director (a token
 bucket, :data:`CHANGES_BURST` at once, then :data:`CHANGES_PER_SECOND`): 429 ``too_many_attempts``
-with ``Retry-After``. Those rules are :class:`hq.guards.DirectorGuard`'s.
+with ``Retry-After``. Those rules are :class:`hq.http.guards.DirectorGuard`'s. Every refusal is
+raised and answered by :mod:`hq.http.boundary` (the domain's ``UnknownAgentError``: 404, ...).
 """
 
 from __future__ import annotations
 
-import functools
 import re
 from collections import Counter, defaultdict
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
-from .auth.agents import AgentAdmin, AgentAdminError, UnknownSessionError
-from .auth.passwords import PasswordPolicyError
-from .config import Settings
-from .errors import AuthError
-from .guards import DirectorGuard, Refused
-from .http_api import NO_STORE, auth_error_response, error_response, read_json_body
-from .cluster.socket_registry import ConnectionRegistry, Listing
-from .store import Agent, AgentExistsError, UnknownAgentError
+from ..auth.agents import AgentAdmin, UnknownSessionError
+from ..cluster.socket_registry import ConnectionRegistry, Listing
+from ..config import Settings
+from ..errors import RequestError
+from ..store import Agent
+from .bodies import read_json_body
+from .guards import DirectorGuard
+from .headers import NO_STORE
 
 #: Set on listings that could show this node's sockets only (Redis did not answer).
 PARTIAL_HEADER = "X-HQ-Sockets"
 _SESSION_ID = re.compile(r"[0-9a-f]{32}")
-
-Handler = Callable[["DirectorsApi", web.Request], Awaitable[web.StreamResponse]]
-
-
-def _answers(handler: Handler) -> Handler:
-    """Turn the refusals of a handler into the contract's JSON errors (a backend that is down is
-    left to the ``json_errors`` middleware: 503 ``unavailable``)."""
-    @functools.wraps(handler)
-    async def run(self: DirectorsApi, request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(self, request)
-        except AuthError as exc:
-            return auth_error_response(exc)
-        except _Answered as exc:
-            return exc.response
-        except Refused as exc:
-            return error_response(exc.status, exc.code, exc.message, headers={**NO_STORE, **(exc.headers or {})})
-        except (AgentAdminError, PasswordPolicyError) as exc:
-            return error_response(400, "bad_request", str(exc), headers=NO_STORE)
-        except AgentExistsError as exc:
-            return error_response(409, "agent_exists", f"an agent named {exc} already exists (codenames ignore case)",
-                                  headers=NO_STORE)
-        except UnknownAgentError as exc:
-            return error_response(404, "not_found", f"no agent named {str(exc)[:64]!r}", headers=NO_STORE)
-        except UnknownSessionError:
-            return error_response(404, "not_found", "no live session has that id", headers=NO_STORE)
-    return run
 
 
 class DirectorsApi:
@@ -86,7 +59,6 @@ class DirectorsApi:
         ]
 
     # reading --------------------------------------------------------------------------------------
-    @_answers
     async def list_agents(self, request: web.Request) -> web.Response:
         """``GET /api/agents``: every agent with its last login, second factor and live sockets on every node."""
         await self._guard.reader(request)
@@ -98,7 +70,6 @@ class DirectorsApi:
         body = [_agent(agent, logins, sockets, enrolled) for agent in agents]
         return web.json_response(body, headers=_listing_headers(listing))
 
-    @_answers
     async def list_sessions(self, request: web.Request) -> web.Response:
         """``GET /api/sessions``: live login sessions with their sockets on every node."""
         await self._guard.reader(request)
@@ -113,7 +84,6 @@ class DirectorsApi:
         return web.json_response(body, headers=_listing_headers(listing))
 
     # changing -------------------------------------------------------------------------------------
-    @_answers
     async def add_agent(self, request: web.Request) -> web.Response:
         """``POST /api/agents {"codename", "role", "password"?}``: 201 the agent (and a generated password)."""
         _, actor = await self._guard.changer(request)
@@ -126,18 +96,17 @@ class DirectorsApi:
         return web.json_response(answer, status=201,
                                  headers={**NO_STORE, "Location": f"/api/agents/{created.agent.codename}"})
 
-    @_answers
     async def change_agent(self, request: web.Request) -> web.Response:
         """``PATCH /api/agents/{codename} {"enabled"?, "role"?}``: disabling or a new role ends its sessions."""
         principal, actor = await self._guard.changer(request)
         body = _fields(await self._body(request), {"enabled": bool, "role": str}, required=())
         if not body:
-            raise Refused(400, "bad_request", 'send "enabled" and/or "role"')
+            raise RequestError('send "enabled" and/or "role"', "bad_request")
         agent = await self._admin.get(request.match_info["codename"])
         if agent.codename.lower() == principal.codename.lower() and (body.get("enabled") is False or "role" in body):
             # A director locking themselves out could leave HQ without one; another director or the CLI may.
-            raise Refused(403, "forbidden", "directors cannot disable or demote themselves here; "
-                                            "ask another director, or use the CLI")
+            raise RequestError("directors cannot disable or demote themselves here; ask another director, "
+                               "or use the CLI", "forbidden")
         if "role" in body:
             self._admin.check_role(body["role"])  # before any change: a refused request changes nothing
         enabled = body.get("enabled")
@@ -149,7 +118,6 @@ class DirectorsApi:
             agent = await self._admin.set_enabled(agent.codename, True, actor=actor)
         return web.json_response(await self._described(agent), headers=NO_STORE)
 
-    @_answers
     async def reset_password(self, request: web.Request) -> web.Response:
         """``POST /api/agents/{codename}/password {"password"?}``: ends its sessions; generated when not given."""
         _, actor = await self._guard.changer(request)
@@ -162,22 +130,19 @@ class DirectorsApi:
             answer["password"] = result.generated
         return web.json_response(answer, headers=NO_STORE)
 
-    @_answers
     async def end_session(self, request: web.Request) -> web.Response:
         """``DELETE /api/sessions/{sid}``: revoke it; its sockets on every node get ``session_ended {reason: "revoked"}``."""
         _, actor = await self._guard.changer(request)
-        sid = request.match_info["sid"]
-        if not _SESSION_ID.fullmatch(sid):
-            raise UnknownSessionError(sid)
-        await self._admin.end_session(sid, actor=actor)
+        session_id = request.match_info["sid"]
+        if not _SESSION_ID.fullmatch(session_id):
+            raise UnknownSessionError(session_id)
+        await self._admin.end_session(session_id, actor=actor)
         return web.Response(status=204, headers=NO_STORE)
 
     # helpers --------------------------------------------------------------------------------------
     async def _body(self, request: web.Request) -> dict[str, Any]:
-        body, problem = await read_json_body(request, self._body_limit)
-        if problem is not None:
-            raise _Answered(problem)
-        return body
+        """The request's JSON object, within the body limit."""
+        return await read_json_body(request, self._body_limit)
 
     async def _described(self, agent: Agent) -> dict[str, Any]:
         """One agent as the list shows it (last login, second factor, live sockets on every node)."""
@@ -189,26 +154,18 @@ class DirectorsApi:
         return _agent(agent, logins, sockets, enrolled)
 
 
-class _Answered(Exception):
-    """A request already answered with an error response (a body :func:`read_json_body` refused)."""
-
-    def __init__(self, response: web.Response) -> None:
-        super().__init__(response.status)
-        self.response = response
-
-
 def _fields(body: dict[str, Any], types: dict[str, type], required: tuple[str, ...]) -> dict[str, Any]:
     """``body`` checked strictly: known fields only, each of its type (``true`` is no string, ``1`` no bool)."""
     unknown = sorted(set(body) - types.keys())
     if unknown:
-        raise Refused(400, "bad_request", f"unknown field {unknown[0][:64]!r}; expected: {', '.join(types)}")
+        raise RequestError(f"unknown field {unknown[0][:64]!r}; expected: {', '.join(types)}", "bad_request")
     for name in required:
         if name not in body:
-            raise Refused(400, "bad_request", f'"{name}" is required')
+            raise RequestError(f'"{name}" is required', "bad_request")
     for name, value in body.items():
         if type(value) is not types[name]:
             kind = "true or false" if types[name] is bool else "a string"
-            raise Refused(400, "bad_request", f'"{name}" must be {kind}')
+            raise RequestError(f'"{name}" must be {kind}', "bad_request")
     return body
 
 

@@ -1,9 +1,4 @@
-"""Engine.IO requests checked at aiohttp's public extension points, before python-engineio.
-
-(Per-message deflate is declined where HQ opens its WebSockets, hq/realtime/engine.py: a zlib compressor
-per connection costs ~90 KB and a compression of every frame for every recipient; HQ's messages
-are small, so HQ accepts the extension only with ``server.websocket_compression`` on.)
-"""
+"""The origin allow-list: Engine.IO requests from browser origins HQ does not serve, refused before python-engineio."""
 
 from __future__ import annotations
 
@@ -13,6 +8,7 @@ from aiohttp import hdrs, web
 
 from ..addresses import AddressResolver
 from ..audit import AuditLog
+from ..errors import RequestError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -23,7 +19,7 @@ def refuse_foreign_origins(allowed: tuple[str, ...], audit: AuditLog, addresses:
 
     python-engineio makes the same check with the same list; doing it here first lets the refusal
     be audited (engineio would only log it once per origin). Requests without ``Origin``
-    (non-browser clients) pass.
+    (non-browser clients) pass. The refusal is raised: :mod:`hq.http.boundary` answers it (400).
     """
     allowed_set = frozenset(allowed)
 
@@ -36,7 +32,6 @@ def refuse_foreign_origins(allowed: tuple[str, ...], audit: AuditLog, addresses:
         audit.record("connection_refused", code="origin_not_allowed", address=addresses.client_address(request),
                      transport=transport if transport in ("polling", "websocket") else "unknown",
                      user_agent=request.headers.get(hdrs.USER_AGENT, ""), origin=origin)
-        return web.json_response({"error": {"code": "origin_not_allowed",
-                                            "message": "this origin is not allowed"}}, status=400)
+        raise RequestError("this origin is not allowed", "origin_not_allowed")
 
     return middleware

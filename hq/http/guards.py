@@ -1,5 +1,7 @@
-"""Who may call a protected HTTP route, as rules the directors' API and the second factor's routes share.
+"""Who may call a protected HTTP route, as rules every route shares; each refuses by raising.
 
+- Who the caller is: the ``Authorization: Bearer`` token, else the ``jwt`` cookie
+  (:func:`identify_request`; 401 :class:`~hq.errors.AuthError`).
 - A director is an agent whose *stored* role is the highest clearance level.
 - A change (POST, PATCH, DELETE) is authorised by ``Authorization: Bearer``, or by the ``jwt``
   cookie only together with the header ``X-HQ-Console: 1``: a cross-site form or link cannot send
@@ -14,10 +16,11 @@ import math
 
 from aiohttp import web
 
-from .auth.agents import Actor
-from .auth.identity import Authenticator, Principal
-from .auth.limits import TokenBucket
-from .http_api import identify_request
+from ..auth.agents import Actor
+from ..auth.identity import Authenticator, Principal
+from ..auth.limits import TokenBucket
+from ..errors import AuthError, RequestError
+from .tokens import ACCESS_COOKIE
 
 #: The header that makes the ``jwt`` cookie good for a change (the console sends it).
 CONSOLE_HEADER = "X-HQ-Console"
@@ -26,15 +29,17 @@ CHANGES_BURST = 30
 CHANGES_PER_SECOND = 0.5
 
 
-class Refused(Exception):
-    """A request answered with an error: the status, the contract's code and a message."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers
+async def identify_request(authenticator: Authenticator, request: web.Request,
+                           allow_scopes: frozenset[str] = frozenset()) -> Principal:
+    """Who sent this HTTP request: the ``Authorization: Bearer`` token, else the ``jwt`` cookie
+    (a restricted token only where ``allow_scopes`` names its scope); raises :class:`AuthError`."""
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer":
+            raise AuthError("use the Bearer scheme", "token_invalid")
+        return await authenticator.identify(token.strip(), allow_scopes)
+    return await authenticator.identify(request.cookies.get(ACCESS_COOKIE), allow_scopes)
 
 
 def is_bearer(request: web.Request) -> bool:
@@ -50,8 +55,8 @@ def actor(request: web.Request, principal: Principal) -> Actor:
 def require_change_allowed(request: web.Request) -> None:
     """Refuse a change carried by the cookie alone (403 ``forbidden``)."""
     if not is_bearer(request) and request.headers.get(CONSOLE_HEADER) != "1":
-        raise Refused(403, "forbidden", f"a change authorised by the session cookie needs the header "
-                                        f"{CONSOLE_HEADER}: 1 (or use Authorization: Bearer)")
+        raise RequestError(f"a change authorised by the session cookie needs the header "
+                           f"{CONSOLE_HEADER}: 1 (or use Authorization: Bearer)", "forbidden")
 
 
 class ChangeLimiter:
@@ -81,10 +86,10 @@ class DirectorGuard:
         self._limiter = limiter or ChangeLimiter()
 
     async def reader(self, request: web.Request) -> Principal:
-        """The director behind a read; raises :class:`~hq.errors.AuthError` (401) or :class:`Refused` (403)."""
+        """The director behind a read; raises :class:`AuthError` (401) or :class:`RequestError` ``forbidden``."""
         principal = await identify_request(self._auth, request)
         if principal.role != self.director_role:
-            raise Refused(403, "forbidden", f"only a {self.director_role} may use this")
+            raise RequestError(f"only a {self.director_role} may use this", "forbidden")
         return principal
 
     async def changer(self, request: web.Request) -> tuple[Principal, Actor]:
@@ -93,6 +98,5 @@ class DirectorGuard:
         require_change_allowed(request)
         wait = self._limiter.spend(principal.codename)
         if wait:
-            raise Refused(429, "too_many_attempts", f"too many changes; try again in {wait} s",
-                          headers={"Retry-After": str(wait)})
+            raise RequestError(f"too many changes; try again in {wait} s", "too_many_attempts", retry_after=wait)
         return principal, actor(request, principal)

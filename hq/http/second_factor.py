@@ -3,35 +3,34 @@
 Self-enrolment (``/api/auth/mfa*``) also takes the enrolment-only token that login hands an agent
 whose role must use a second factor and who has none; nothing else takes that token. Directors'
 routes (``/api/agents/{codename}/mfa*``) are guarded as the directors' API is
-(:class:`hq.guards.DirectorGuard`: director clearance by stored role, one change budget per
+(:class:`hq.http.guards.DirectorGuard`: director clearance by stored role, one change budget per
 director). Every change is authorised by ``Authorization: Bearer``, or by the ``jwt`` cookie only
 together with the header ``X-HQ-Console: 1`` (a cookie alone never changes anything: a cross-site
 form cannot set headers). Every change goes through :class:`~hq.auth.mfa_admin.MfaAdmin`, the
-CLI's code path.
+CLI's code path. Every refusal is raised and answered by :mod:`hq.http.boundary`.
 """
 from __future__ import annotations
 
-import functools
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
-from .addresses import AddressResolver
-from .auth.identity import Authenticator, Principal
-from .auth.mfa import OtpRejected
-from .auth.mfa_admin import MfaAdmin, MfaAdminError
-from .auth.sessions import SessionService
-from .auth.tokens import ENROLL_SCOPE
-from .config import Settings
-from .errors import AuthError, LoginError
-from .guards import DirectorGuard, Refused, actor, require_change_allowed
-from .http_api import NO_STORE, auth_error_response, error_response, identify_request, read_json_body, token_response
-from .store import UnknownAgentError
+from ..addresses import AddressResolver
+from ..auth.identity import Authenticator, Principal
+from ..auth.mfa_admin import MfaAdmin
+from ..auth.sessions import SessionService
+from ..auth.tokens import ENROLL_SCOPE
+from ..config import Settings
+from ..errors import RequestError
+from .bodies import read_json_body
+from .guards import DirectorGuard, actor, identify_request, require_change_allowed
+from .headers import NO_STORE
+from .tokens import token_response
 
 _ENROLL_ONLY = frozenset({ENROLL_SCOPE})
 
 
-class MfaApi:
+class SecondFactorRoutes:
     """``/api/auth/mfa``, ``/api/auth/mfa/enroll``, ``/api/auth/mfa/confirm`` and the directors'
     ``/api/agents/{codename}/mfa`` (POST begin, POST ``/confirm``, DELETE reset)."""
 
@@ -47,12 +46,12 @@ class MfaApi:
     def routes(self) -> list[web.RouteDef]:
         """Every route of this API."""
         return [
-            web.get("/api/auth/mfa", _refusals_answered(self.own_status)),
-            web.post("/api/auth/mfa/enroll", _refusals_answered(self.own_enroll)),
-            web.post("/api/auth/mfa/confirm", _refusals_answered(self.own_confirm)),
-            web.post("/api/agents/{codename}/mfa", _refusals_answered(self.agent_enroll)),
-            web.post("/api/agents/{codename}/mfa/confirm", _refusals_answered(self.agent_confirm)),
-            web.delete("/api/agents/{codename}/mfa", _refusals_answered(self.agent_reset)),
+            web.get("/api/auth/mfa", self.own_status),
+            web.post("/api/auth/mfa/enroll", self.own_enroll),
+            web.post("/api/auth/mfa/confirm", self.own_confirm),
+            web.post("/api/agents/{codename}/mfa", self.agent_enroll),
+            web.post("/api/agents/{codename}/mfa/confirm", self.agent_confirm),
+            web.delete("/api/agents/{codename}/mfa", self.agent_reset),
         ]
 
     # the agent itself ------------------------------------------------------------------------------
@@ -68,7 +67,7 @@ class MfaApi:
         body = await self._body(request)
         password = body.get("password")
         if not isinstance(password, str) or set(body) - {"password"}:
-            raise _BadRequest('send {"password": "..."}: the password again, to enrol')
+            raise RequestError('send {"password": "..."}: the password again, to enrol', "bad_request")
         agent = await self._admin.agent(principal.codename)
         await self._sessions.check_password(agent, password, self._addresses.client_address(request))
         enrollment = await self._admin.begin(agent.codename, actor=actor(request, principal))
@@ -116,62 +115,18 @@ class MfaApi:
         return principal
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
-        body, problem = await read_json_body(request, self._body_limit)
-        if problem is not None:
-            raise _Answered(problem)
-        return body
+        """The request's JSON object, within the body limit."""
+        return await read_json_body(request, self._body_limit)
 
     async def _code(self, request: web.Request) -> str:
+        """The one field ``code`` of the request's body."""
         body = await self._body(request)
         code = body.get("code")
         if not isinstance(code, str) or set(body) - {"code"}:
-            raise _BadRequest('send {"code": "123456"}: the code the authenticator app shows')
+            raise RequestError('send {"code": "123456"}: the code the authenticator app shows', "bad_request")
         return code
 
     async def _no_body_or_empty(self, request: web.Request) -> None:
+        """Refuse a body with any field (an empty body, or none, is fine)."""
         if request.can_read_body and (await self._body(request)):
-            raise _BadRequest("this request takes no fields")
-
-
-class _Answered(Exception):
-    """A request already answered (a body that could not be read)."""
-
-    def __init__(self, response: web.Response) -> None:
-        super().__init__(response.status)
-        self.response = response
-
-
-class _BadRequest(Exception):
-    """400 ``bad_request``."""
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _refusals_answered(handler: Handler) -> Handler:
-    """``handler`` with the contract's JSON answer for each refusal (a backend down is left to
-    hq.http_api's ``json_errors``: 503 ``unavailable``)."""
-    @functools.wraps(handler)
-    async def answered(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except _Answered as exc:
-            return exc.response
-        except _BadRequest as exc:
-            return error_response(400, "bad_request", str(exc))
-        except Refused as exc:
-            return error_response(exc.status, exc.code, exc.message, {**NO_STORE, **(exc.headers or {})})
-        except AuthError as exc:
-            return auth_error_response(exc)
-        except LoginError as exc:  # the password asked again: wrong, or the login limits
-            status = 429 if exc.code == "too_many_attempts" else 401
-            headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-            return error_response(status, exc.code, exc.message, headers)
-        except OtpRejected:
-            return error_response(400, "invalid_otp", "that code does not match: check the app's clock and "
-                                                      "type the code it shows now")
-        except MfaAdminError as exc:
-            return error_response(409, exc.code, str(exc))
-        except UnknownAgentError:
-            return error_response(404, "not_found", "no such agent")
-    return answered
+            raise RequestError("this request takes no fields", "bad_request")
