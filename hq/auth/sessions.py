@@ -3,7 +3,7 @@
 This is where credentials become tokens: :class:`~hq.auth.credentials.CredentialCheck` checks them
 (password, second factor, login limits: the one check every door asks) and a session is opened for
 the agent it returns. Revocation is written to the store's feed, which every HQ node follows (see
-:mod:`hq.realtime.revocation`), and told at once to local listeners.
+:mod:`hq.cluster.revocation`), and told at once to local listeners.
 
 A second factor (hq/auth/mfa.py) is asked for only after a correct password: an enrolled agent must
 send ``otp`` (``mfa_required`` without it, ``invalid_otp`` for a wrong or replayed code, counted by

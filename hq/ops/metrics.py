@@ -141,7 +141,7 @@ class Metrics:
         self.sessions_ended.labels(bounded(reason, SESSION_REASONS)).inc()
 
     def protocol_fault(self, kind: str) -> None:
-        """Count one malformed or forbidden packet (see :class:`hq.engine.ProtocolFaults`)."""
+        """Count one malformed or forbidden packet (see :class:`hq.realtime.engine.ProtocolFaults`)."""
         self.faults.labels(bounded(kind, FAULT_KINDS)).inc()
 
     # exposition -------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ python-socketio's ``AsyncManager.emit`` encodes a broadcast once but then create
 task per recipient and waits for them all; with a channel of 1000 members that is 1000 task
 creations and ~3000 loop callbacks per message. HQ encodes each broadcast once, as the final
 Engine.IO text and as one WebSocket frame, and hands it to each recipient's
-:class:`~hq.engine.LeanSocket` in a plain loop: on a websocket that is one ``transport.write`` of
+:class:`~hq.realtime.engine.LeanSocket` in a plain loop: on a websocket that is one ``transport.write`` of
 the same bytes (no queue, no writer task, no await), on long-polling a queue entry.
 
 ``AsyncServer.emit`` always passes ``ignore_queue`` to the manager, and the Redis manager's own
@@ -100,7 +100,7 @@ class RedisManager(DirectFanout, socketio.AsyncRedisManager):
     """The cluster manager: python-socketio's Redis pub/sub, with direct local fan-out.
 
     A broadcast is delivered on this node first and then published to Redis for the others
-    (python-socketio's order). Channel messages pass a :class:`~hq.sequencer.ChannelSequencer`,
+    (python-socketio's order). Channel messages pass a :class:`~hq.realtime.sequencer.ChannelSequencer`,
     so that every node delivers them once and in id order, and reads from the store what Redis
     did not bring. While Redis does not answer, publishing is skipped for a second at a time
     (an ack never waits for it; one warning per outage): the other nodes catch up from the store.

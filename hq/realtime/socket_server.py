@@ -12,7 +12,7 @@ checks every packet here, once, so that no handler can be reached by name by acc
   reserved names (``connect``, ``connect_error``, ``disconnect``, ``disconnecting``,
   ``newListener``, ``removeListener``) are never client events;
 - packets that do not decode, name no event, carry too many binary attachments, or are of a type
-  a client may not send are reported to :class:`~hq.engine.ProtocolFaults` and close the socket;
+  a client may not send are reported to :class:`~hq.realtime.engine.ProtocolFaults` and close the socket;
 - a second CONNECT on a connected namespace is refused without touching the live one;
 - events run where they are read, eagerly: a handler that completes without waiting costs no Task;
   one that waits (for the store's commit, say) is continued in a Task from where it stopped, so
