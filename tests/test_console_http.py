@@ -56,7 +56,7 @@ def test_the_page_runs_only_its_own_code(shared_hq: HQServer) -> None:
 
 @pytest.mark.parametrize("path, content_type, marker", [
     ("/console.js", "text/javascript", b'import("/vendor/socket.io.esm.min.js")'),
-    ("/http.js", "text/javascript", b"export function request("),
+    ("/requests.js", "text/javascript", b"export function request("),
     ("/channels.js", "text/javascript", b"export class ChannelDesk"),
     ("/directors.js", "text/javascript", b"export function mountDirectors("),
     ("/console.css", "text/css", b"prefers-color-scheme"),
@@ -73,14 +73,14 @@ PAGE_SCRIPTS = [path for path in STATIC_FILES if path.endswith(".js") and not pa
 
 def test_the_console_never_touches_tokens_itself(shared_hq: HQServer) -> None:
     scripts = {path: get(shared_hq, path)[2].decode() for path in PAGE_SCRIPTS}
-    assert set(scripts) >= {"/console.js", "/http.js", "/channels.js", "/directors.js"}
+    assert set(scripts) >= {"/console.js", "/requests.js", "/channels.js", "/directors.js"}
     for path, script in scripts.items():
         for forbidden in ("localStorage", "sessionStorage", "document.cookie", "access_token", "refresh_token",
                           "Authorization", "innerHTML", "outerHTML", "insertAdjacentHTML", "eval("):
             assert forbidden not in script, (path, forbidden)
-    # Every request goes through http.js: the cookie, and the header HQ requires for cookie-borne changes.
-    assert 'credentials: "include"' in scripts["/http.js"] and '"X-HQ-Console"' in scripts["/http.js"]
-    assert "fetch(" not in "".join(script for path, script in scripts.items() if path != "/http.js")
+    # Every request goes through requests.js: the cookie, and the header HQ requires for cookie-borne changes.
+    assert 'credentials: "include"' in scripts["/requests.js"] and '"X-HQ-Console"' in scripts["/requests.js"]
+    assert "fetch(" not in "".join(script for path, script in scripts.items() if path != "/requests.js")
     assert "withCredentials: true" in scripts["/console.js"]
 
 

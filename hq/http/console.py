@@ -26,7 +26,7 @@ from .headers import NO_STORE
 STATIC_FILES = {
     "/": ("index.html", "text/html"),
     "/console.js": ("console.js", "text/javascript"),
-    "/http.js": ("http.js", "text/javascript"),
+    "/requests.js": ("requests.js", "text/javascript"),
     "/dom.js": ("dom.js", "text/javascript"),
     "/channels.js": ("channels.js", "text/javascript"),
     "/directors.js": ("directors.js", "text/javascript"),

@@ -10,7 +10,7 @@
 // cookie) and fetching the history missed in between, so no message is lost.
 
 import { ChannelDesk, eventWords } from "/channels.js";
-import { discardBody, errorOf, request, waitWords } from "/http.js";
+import { discardBody, errorOf, request, waitWords } from "/requests.js";
 import { mountTwoFactorCard, openSetup } from "/mfa.js";
 
 const ACK_TIMEOUT_MS = 10000;

@@ -11,7 +11,7 @@
 // shown to the director, not to the agent, who sets up its own factor after logging in.
 
 import { element, field } from "/dom.js";
-import { errorOf, waitWords } from "/http.js";
+import { errorOf, waitWords } from "/requests.js";
 
 const POLL_MS = 10000;       // agents and sessions are re-read this often while the page is visible
 const SOON_MS = 1000;        // ...and this long after a presence event says someone came or went

@@ -9,7 +9,7 @@
 // answers with a full session: its cookies carry it, and only `recovery_codes` is read from the body.
 
 import { element, field } from "/dom.js";
-import { errorOf, readFields, waitWords } from "/http.js";
+import { errorOf, readFields, waitWords } from "/requests.js";
 
 const CODE_MAX_LENGTH = 64;  // HQ refuses longer codes before any work; no code it issues is that long
 const FEW_RECOVERY_CODES = 3;
