@@ -39,6 +39,7 @@ from .auth.passwords import PasswordHasher
 from .cluster.node import new_node_id
 from .cluster.presence import Presence
 from .cluster.redis import redis_client
+from .cluster.routing import TopicBus
 from .cluster.revocation import RevocationBus, RevocationWatcher, revocation_channel
 from .cluster.socket_registry import ConnectionRegistry
 from .realtime.realtime import Realtime
@@ -122,7 +123,9 @@ def build(settings: Settings, clock: Clock | None = None) -> HQ:
     # dead node's sockets are forgotten as fast as its presence is.
     connections = ConnectionRegistry(redis, prefix=cluster.channel, node=node, heartbeat=cluster.presence_heartbeat,
                                      expiry=cluster.presence_ttl)
-    realtime = Realtime(settings, authenticator, policy, store, audit, addresses, presence, connections, tasks, node,
+    # Each channel's broadcasts reach the nodes with members in it, over the same client.
+    routes = TopicBus(redis, cluster.channel, node) if redis is not None else None
+    realtime = Realtime(settings, authenticator, policy, store, audit, addresses, presence, connections, tasks, routes,
                         clock=clock)
     bus = RevocationBus(redis, revocation_channel(cluster.channel), node) if redis is not None else None
     watcher = RevocationWatcher(store, realtime.end_sessions, settings.storage.revocation_poll, bus)

@@ -110,6 +110,10 @@ class ClusterSettings:
     # presence within presence_ttl seconds.
     presence_heartbeat: float = 5.0
     presence_ttl: float = 15.0
+    # Channel delivery (hq/realtime/sequencer.py): each node reads from the store what Redis may
+    # not have brought (nothing in a healthy cluster) once per catch_up_interval seconds; gaps and a
+    # subscription coming back after an outage are filled at once whatever this is.
+    catch_up_interval: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -376,6 +380,8 @@ def _validate_cluster(c: ClusterSettings) -> None:
     # Not above the heartbeat: a live node's alive key would expire between two refreshes.
     _require(c.presence_heartbeat < c.presence_ttl <= 3600, "cluster.presence_ttl",
              "must be greater than presence_heartbeat and at most 3600 seconds")
+    # Below a second it would be the per-second polling the routing design removed.
+    _require(1 <= c.catch_up_interval <= 3600, "cluster.catch_up_interval", "must be between 1 and 3600 seconds")
 
 
 def _validate_limits(lim: LimitsSettings) -> None:

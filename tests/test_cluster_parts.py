@@ -61,7 +61,7 @@ async def test_one_node_id_per_process(clustered: tuple[HQ, list[Any]], tmp_path
     assert hq.presence.node == hq.node
     assert hq.realtime.connections.node == hq.node
     assert hq.watcher.node == hq.node
-    assert hq.realtime.sio.manager.host_id == hq.node  # python-socketio's fan-out names the node the same
+    assert hq.realtime.sio.manager.host_id == hq.node  # the fan-out (and the Admin UI) name the node the same
 
 
 async def test_another_process_is_another_node(clustered: tuple[HQ, list[Any]], tmp_path: Path) -> None:
@@ -79,8 +79,8 @@ async def test_another_process_is_another_node(clustered: tuple[HQ, list[Any]], 
 
 async def test_one_redis_client_per_process(clustered: tuple[HQ, list[Any]]) -> None:
     hq, made = clustered
-    # python-socketio's manager connects lazily from the URL (the one exception, until issue 18).
     assert made == [hq.redis]
+    assert hq.realtime.sio.manager.bus._redis is hq.redis  # the channel routing's pub/sub too
     throttle = hq.credentials._limiter  # the login limits (every door's)
     assert throttle.breaker.target is hq.redis  # type: ignore[attr-defined]
     assert hq.presence._board is not None and hq.presence._board._redis is hq.redis

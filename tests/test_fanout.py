@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 
 import pytest
 import socketio
+from socketio.async_pubsub_manager import AsyncPubSubManager
 from socketio.base_manager import BaseManager
 
 from engineio.async_socket import AsyncSocket
 
 from hq.realtime.engine import LeanSocket, ProtocolFaults
-from hq.realtime.fanout import LocalManager, RedisManager
+from hq.cluster.redis import redis_client
+from hq.cluster.routing import TopicBus
+from hq.realtime.fanout import ClusterManager, LocalManager
 from hq.realtime.socket_server import SocketServer
 
 from .sio import RecordingClient
@@ -90,34 +94,48 @@ async def test_a_broadcast_to_100_members_creates_no_task_and_skips_the_fallback
 
 
 async def test_a_cluster_broadcast_is_delivered_directly_too(fallback: list[str], monkeypatch) -> None:
-    published: list[dict] = []
-    manager = RedisManager("redis://127.0.0.1:1/0", channel="hq-test-fanout", store=None,  # type: ignore[arg-type]
-                           room_of=lambda channel: f"channel:{channel}")
+    # Nothing listens on port 9: this test needs no Redis (publishing is recorded instead).
+    bus = TopicBus(redis_client("redis://127.0.0.1:9/0"), "hq-test", "this-node")
+    published: list[tuple[str, dict]] = []
 
-    async def publish(message: dict) -> None:  # no Redis needed to see the local delivery
-        published.append(message)
-    monkeypatch.setattr(manager, "_publish", publish)
+    async def publish(topic: str, body: bytes) -> bool:
+        published.append((topic, json.loads(body)))
+        return True
+    monkeypatch.setattr(bus, "publish", publish)
+    manager = ClusterManager(bus, prefix="hq-test", store=None,  # type: ignore[arg-type]
+                             room_of=lambda channel: f"channel:{channel}")
     sio, sockets = await server_with_members(manager)
+    topic = "hq-test:room:/#channel:x"
+    assert bus.wanted(topic) and bus.wanted("hq-test:namespace:/")  # the room's and the namespace's
     with TaskCounter() as tasks:
         await sio.emit("message", {"id": 1}, room="channel:x")  # this node's own broadcast
-        await manager._handle_emit({"method": "emit", "event": "message", "data": [{"id": 2}], "binary": False,
-                                    "namespace": "/", "room": "channel:x", "skip_sid": None, "callback": None,
-                                    "host_id": "another-node"})  # one that came in from another node
+        await manager._received(topic, b'{"event":"message","namespace":"/","room":"channel:x","data":[{"id":2}]}')
     assert tasks.count == 0 and fallback == []
-    assert [p["data"] for p in published] == [[{"id": 1}]]
+    assert published == [(topic, {"event": "message", "namespace": "/", "room": "channel:x", "data": [{"id": 1}]})]
     for socket in sockets:
         assert [socket.queue.get_nowait().encode() for _ in range(2)] == ['42["message",{"id":1}]',
                                                                           '42["message",{"id":2}]']
+    # A socket's own room is never routed; the room's topic is dropped with its last local member.
+    assert not any(bus.wanted(f"hq-test:room:/#{sid}") for sid, _ in manager.get_participants("/", None))
+    for sid, _ in list(manager.get_participants("/", "channel:x")):
+        await sio.leave_room(sid, "channel:x")
+    assert not bus.wanted(topic) and bus.wanted("hq-test:namespace:/")
 
 
 def test_the_internals_fanout_relies_on_are_still_there() -> None:
-    handle_emit = inspect.signature(socketio.AsyncRedisManager._handle_emit)
-    assert list(handle_emit.parameters) == ["self", "message"]
     assert "ignore_queue" in inspect.getsource(socketio.AsyncServer.emit)
     assert list(inspect.signature(BaseManager.get_participants).parameters) == ["self", "namespace", "room"]
     emit = inspect.signature(socketio.AsyncManager.emit)
     assert list(emit.parameters)[:8] == ["self", "event", "data", "namespace", "room", "skip_sid", "callback", "to"]
-    assert issubclass(LocalManager, socketio.AsyncManager) and issubclass(RedisManager, socketio.AsyncRedisManager)
+    # The cluster manager follows rooms through these two: every way into and out of a room passes them.
+    assert list(inspect.signature(BaseManager.basic_enter_room).parameters) == ["self", "sid", "namespace", "room",
+                                                                                 "eio_sid"]
+    assert list(inspect.signature(BaseManager.basic_leave_room).parameters) == ["self", "sid", "namespace", "room"]
+    assert "self.basic_enter_room(" in inspect.getsource(BaseManager.pre_connect)
+    for way_out in (BaseManager.basic_disconnect, BaseManager.basic_close_room, socketio.AsyncManager.leave_room):
+        assert "self.basic_leave_room(" in inspect.getsource(way_out)
+    assert issubclass(LocalManager, socketio.AsyncManager) and issubclass(ClusterManager, socketio.AsyncManager)
+    assert not issubclass(ClusterManager, AsyncPubSubManager)  # no all-to-all channel
 
 
 async def test_broadcast_reaches_every_member_but_the_sender_in_order(shared_hq: HQServer) -> None:

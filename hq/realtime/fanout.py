@@ -7,28 +7,29 @@ Engine.IO text and as one WebSocket frame, and hands it to each recipient's
 :class:`~hq.realtime.engine.LeanSocket` in a plain loop: on a websocket that is one ``transport.write`` of
 the same bytes (no queue, no writer task, no await), on long-polling a queue entry.
 
-``AsyncServer.emit`` always passes ``ignore_queue`` to the manager, and the Redis manager's own
-``_handle_emit`` (the delivery of every cluster broadcast, this node's included) calls
-``AsyncManager.emit`` past any override of ``emit``: both are taken over here, and
+In a cluster, :class:`ClusterManager` routes each room's broadcasts to the nodes with a member in
+it (hq/cluster/routing.py) and delivers what it receives the same direct way;
 tests/test_fanout.py fails if a broadcast to 100 members creates a task or reaches the fallback.
 
-Relies on ``BaseManager.get_participants(namespace, room)``, ``AsyncPubSubManager._handle_emit``'s
-message shape and ``server.packet_class``; the python-socketio range is pinned in pyproject.toml.
+Relies on ``BaseManager.get_participants(namespace, room)``, ``basic_enter_room`` /
+``basic_leave_room`` (every way into and out of a room passes them) and ``server.packet_class``;
+the python-socketio range is pinned in pyproject.toml.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Callable
 
 import socketio
 from engineio import packet as eio_packet
 from socketio import packet
 
-from ..cluster.redis import Outage
+from ..clock import Clock
+from ..cluster.routing import TopicBus
+from ..errors import describe
 from .engine import LeanSocket, websocket_text_frame
-from .sequencer import ChannelSequencer
+from .sequencer import CATCH_UP, ChannelSequencer
 from ..store import Store
 from ..tasks import BackgroundTasks
 
@@ -96,87 +97,140 @@ class LocalManager(DirectFanout, socketio.AsyncManager):
     """The single-node manager."""
 
 
-class RedisManager(DirectFanout, socketio.AsyncRedisManager):
-    """The cluster manager: python-socketio's Redis pub/sub, with direct local fan-out.
+class ClusterManager(DirectFanout, socketio.AsyncManager):
+    """The cluster manager: each room's broadcasts reach the nodes with a member in it, and only those.
 
-    A broadcast is delivered on this node first and then published to Redis for the others
-    (python-socketio's order). Channel messages pass a :class:`~hq.realtime.sequencer.ChannelSequencer`,
-    so that every node delivers them once and in id order, and reads from the store what Redis
-    did not bring. While Redis does not answer, publishing is skipped for a second at a time
-    (an ack never waits for it; one warning per outage): the other nodes catch up from the store.
+    A room that gets its first local member makes this node want the room's topic on the
+    :class:`~hq.cluster.routing.TopicBus` (``<prefix>:room:<namespace>#<room>``; the namespace's
+    topic ``<prefix>:namespace:<namespace>`` while a socket is connected to it); the room's last
+    member leaving drops it. A broadcast is delivered on this node first (directly, as on a single
+    node) and then published on its room's topic after the store's commit (the caller emits after
+    it), so a node with no member in a channel receives nothing of it. Channel messages pass a
+    :class:`~hq.realtime.sequencer.ChannelSequencer` so that every node delivers them once and in id order,
+    and reads from the store what Redis did not bring (a gap, the channel's subscription coming back
+    after an outage, the slow safety round).
 
-    This manager still makes its own Redis connections from ``url`` (python-socketio's
-    ``AsyncRedisManager`` builds its client itself): the one exception to HQ's one Redis client per
-    process (:func:`hq.cluster.redis.redis_client`), until issue 18 replaces this manager. Its
-    ``host_id`` is the process's node id (:mod:`hq.cluster.node`), as everywhere else.
+    What is not carried between nodes: an emit with an ack callback, with binary data, and
+    operations on another node's socket (``disconnect``, ``enter_room``, ``leave_room``): they act
+    on this node's sockets only, as python-socketio's single-node manager does. HQ makes none of
+    them across nodes (``session_ended`` and ``token_expiring`` go to a local socket; the Admin UI
+    acts on the sockets of the node it is connected to, while its ``server_stats`` broadcasts reach
+    the Admin UIs of every node through the ``/admin`` namespace's topic).
     """
 
-    PUBLISH_PAUSE = 1.0
-
-    def __init__(self, url: str, *, channel: str, store: Store, room_of: Callable[[str], str],
-                 node: str | None = None, tasks: BackgroundTasks | None = None) -> None:
-        # Short timeouts: a hung Redis must not hold an ack (publish) for long.
-        super().__init__(url, channel=channel, redis_options={"socket_timeout": 1.0, "socket_connect_timeout": 1.0})
-        if node is not None:
-            self.host_id = node  # marks this node's own publications, which it has delivered already
-        self.sequencer = ChannelSequencer(store, self._deliver_message, tasks=tasks)
+    def __init__(self, bus: TopicBus, *, prefix: str, store: Store, room_of: Callable[[str], str],
+                 tasks: BackgroundTasks | None = None, clock: Clock | None = None,
+                 catch_up: float = CATCH_UP) -> None:
+        super().__init__()
+        self.bus = bus
+        self.host_id = bus.node  # the Admin UI names this server by it
+        self.sequencer = ChannelSequencer(store, self._deliver_message, tasks=tasks, clock=clock, catch_up=catch_up)
+        self._tasks = tasks if tasks is not None else BackgroundTasks()
+        self._prefix = prefix
         self._room_of = room_of
-        self._publish_paused_until = 0.0
-        self._publishing = Outage(log, "cannot publish to Redis (%s); other nodes catch up from the store",
-                                  "publishing to Redis again")
+        self._channel_of_topic: dict[str, str] = {}
+        bus.listen(self._received, self._subscribed, on_lost=self.sequencer.redis_lost,
+                   on_back=self.sequencer.redis_back)
+
+    def topic(self, namespace: str, room: Any) -> str:
+        """The routing topic of ``room`` in ``namespace`` (None: the whole namespace)."""
+        if room is None:
+            return f"{self._prefix}:namespace:{namespace}"
+        return f"{self._prefix}:room:{namespace}#{room}"
 
     def channel_joined(self, channel: str, last_id: int) -> None:
         """Start owing this node's members ``channel``'s messages after ``last_id``."""
+        self._channel_of_topic[self.topic("/", self._room_of(channel))] = channel
         self.sequencer.joined(channel, last_id)
 
     def start(self) -> None:
-        """Start the catch-up from the store."""
+        """Start following the wanted topics and the safety rounds."""
+        self.bus.start()
         self.sequencer.start()
 
     async def stop(self) -> None:
-        """Stop the catch-up."""
+        """Stop both."""
         await self.sequencer.stop()
+        await self.bus.stop()
 
+    # rooms: what this node wants ---------------------------------------------------------------
+    def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: Any = None) -> None:
+        """python-socketio's, and the room's topic is wanted from its first local member on."""
+        first = room not in self.rooms.get(namespace, {})
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        if first and room != sid:  # a socket's own room is never routed: it lives on this node only
+            self.bus.want(self.topic(namespace, room))
+
+    def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
+        """python-socketio's, and the room's topic is dropped with its last local member."""
+        present = room in self.rooms.get(namespace, {})
+        super().basic_leave_room(sid, namespace, room)
+        if present and room != sid and room not in self.rooms.get(namespace, {}):
+            topic = self.topic(namespace, room)
+            self.bus.drop(topic)
+            channel = self._channel_of_topic.pop(topic, None)
+            if channel is not None:
+                self.sequencer.forget(channel)
+
+    async def enter_room(self, sid: str, namespace: str, room: Any, eio_sid: Any = None) -> None:
+        """Enter the room, and wait (briefly) until Redis routes its messages here.
+
+        A join reads the channel's last id after this: any message stored later is published after
+        the subscription, so it is received; one published before it is at most that last id.
+        """
+        self.basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        if room is not None and room != sid:
+            await self.bus.ready(self.topic(namespace, room))
+
+    # broadcasting ------------------------------------------------------------------------------
     async def emit(self, event: str, data: Any, namespace: str, room: Any = None, skip_sid: Any = None,
                    callback: Any = None, to: Any = None, ignore_queue: bool = False, **kwargs: Any) -> None:
-        """Publish to every node, or with ``ignore_queue`` deliver on this one only (directly)."""
-        if ignore_queue or callback is not None or kwargs:
+        """Deliver on this node, then publish to the nodes with members in the room."""
+        room = to if to is not None else room
+        namespace = namespace or "/"
+        if callback is not None or kwargs or ignore_queue or self.is_sid_room(namespace, room):
+            # A socket of this node, or what is not carried between nodes (see the class's docstring).
             await super().emit(event, data, namespace, room=room, skip_sid=skip_sid, callback=callback,
-                               to=to, ignore_queue=ignore_queue, **kwargs)
+                               ignore_queue=ignore_queue, **kwargs)
             return
-        await socketio.AsyncRedisManager.emit(self, event, data, namespace=namespace, room=room,
-                                              skip_sid=skip_sid, to=to)
+        args = list(data) if isinstance(data, tuple) else [data]
+        if packet.Packet.data_is_binary(args):
+            log.warning("a broadcast of %r with binary data was delivered on this node only", event)
+            await self.deliver(event, data, namespace, room, skip_sid)
+            return
+        await self._handle(event, data, namespace, room, skip_sid)
+        body = self.server.packet_class.json.dumps({"event": event, "namespace": namespace, "room": room,
+                                                   "data": args})
+        await self.bus.publish(self.topic(namespace, room), body.encode() if isinstance(body, str) else body)
 
-    async def _handle_emit(self, message: dict[str, Any]) -> None:
-        if message.get("callback") is not None or message.get("binary"):
-            await super()._handle_emit(message)
+    async def _handle(self, event: str, data: Any, namespace: str, room: Any, skip_sid: Any) -> None:
+        if room not in self.rooms.get(namespace, {}):
+            return  # no member here (a sender outside the channel, a topic dropped meanwhile)
+        if event == "message" and namespace == "/" and _is_channel_message(data):
+            await self.sequencer.offer(data, skip_sid)
+        else:
+            await self.deliver(event, data, namespace, room, skip_sid)
+
+    async def _received(self, topic: str, body: bytes) -> None:
+        """A broadcast another node published on a topic this node wants."""
+        try:
+            message = self.server.packet_class.json.loads(body)
+            event, namespace, room, args = message["event"], message["namespace"], message["room"], message["data"]
+            if not isinstance(args, list) or not isinstance(event, str) or not isinstance(namespace, str):
+                raise TypeError("event, namespace or data of the wrong type")
+        except (ValueError, KeyError, TypeError) as error:
+            log.warning("ignored a malformed broadcast on %s (%s)", topic, describe(error))
             return
-        data = message["data"]
-        if isinstance(data, list):  # as python-socketio publishes it: one argument or a tuple
-            data = data[0] if len(data) == 1 else tuple(data)
-        if message["event"] == "message" and _is_channel_message(data) and (message.get("namespace") or "/") == "/":
-            await self.sequencer.offer(data, message.get("skip_sid"))
-            return
-        await self.deliver(message["event"], data, message.get("namespace"), message.get("room"),
-                           message.get("skip_sid"))
+        await self._handle(event, args[0] if len(args) == 1 else tuple(args), namespace, room, None)
+
+    def _subscribed(self, topic: str) -> None:
+        """Redis routes ``topic`` here (again): what it did not bring meanwhile is in the store."""
+        channel = self._channel_of_topic.get(topic)
+        if channel is not None and self.sequencer.following(channel):
+            self._tasks.spawn(self.sequencer.catch_up(channel), name=f"catch-up-{channel}")
 
     async def _deliver_message(self, message: dict[str, Any], skip_sid: Any) -> None:
         await self.deliver("message", message, "/", self._room_of(message["channel"]), skip_sid)
-
-    async def _publish(self, data: Any) -> None:
-        now = time.monotonic()
-        if now < self._publish_paused_until:
-            return
-        try:
-            if not self.connected:
-                self._redis_connect()
-            await self.redis.publish(self.channel, self.json.dumps(data))
-        except Exception as exc:  # redis-py's connection and timeout errors, whatever their class
-            self.connected = False
-            self._publish_paused_until = now + self.PUBLISH_PAUSE
-            self._publishing.failed(exc)
-            return
-        self._publishing.answered()
 
 
 def _is_channel_message(data: Any) -> bool:

@@ -26,10 +26,11 @@ from ..clock import Clock, SystemClock, TimerHandle
 from ..config import Settings
 from ..errors import AuthError, EventError, UnavailableError
 from .engine import ProtocolFaults
-from .fanout import LocalManager, RedisManager
+from .fanout import ClusterManager, LocalManager
 from ..auth.identity import Authenticator, Principal
 from ..auth.limits import TokenBucket
 from ..cluster.presence import Presence
+from ..cluster.routing import TopicBus
 from ..cluster.socket_registry import ConnectionRegistry
 from .socket_server import REFUSED_EVENT, SocketServer
 from ..store import Store
@@ -57,6 +58,32 @@ class Connection:
     channels: set[str] = field(default_factory=set)
     timer: TimerHandle | None = None
     end_reason: str | None = None
+
+
+class SocketIndex:
+    """Socket ids by a key (a login session id, a lower-case codename), for lookups without a scan."""
+
+    def __init__(self) -> None:
+        self._sockets: dict[str, set[str]] = {}
+
+    def add(self, key: str, socket_id: str) -> None:
+        """File ``socket_id`` under ``key``."""
+        self._sockets.setdefault(key, set()).add(socket_id)
+
+    def discard(self, key: str, socket_id: str) -> None:
+        """Take ``socket_id`` out from under ``key`` (a key left empty is forgotten)."""
+        sockets = self._sockets.get(key)
+        if sockets is not None:
+            sockets.discard(socket_id)
+            if not sockets:
+                del self._sockets[key]
+
+    def get(self, key: str) -> list[str]:
+        """The socket ids filed under ``key`` (a copy: ending them changes the index)."""
+        return list(self._sockets.get(key, ()))
+
+    def __len__(self) -> int:
+        return len(self._sockets)
 
 
 class RealtimeObserver(Protocol):
@@ -107,13 +134,14 @@ class Realtime:
     """Owns the python-socketio ``AsyncServer`` and the live connections of this HQ node.
 
     ``tasks`` runs its fire-and-forget work (expiry timers' work, handlers that wait, socket closes);
-    ``node`` is the process's node id (the same as presence's and the socket registry's).
+    ``bus`` (a cluster's: :class:`~hq.cluster.routing.TopicBus` over the process's Redis client, under
+    its node id) carries each channel's broadcasts to the nodes with members in it.
     """
 
     def __init__(self, settings: Settings, authenticator: Authenticator, policy: ClearancePolicy,
                  store: Store, audit: AuditLog, addresses: AddressResolver, presence: Presence | None = None,
                  connections: ConnectionRegistry | None = None, tasks: BackgroundTasks | None = None,
-                 node: str | None = None, clock: Clock | None = None) -> None:
+                 bus: TopicBus | None = None, clock: Clock | None = None) -> None:
         self._settings = settings
         self._clock = SystemClock() if clock is None else clock  # token expiry on live sockets
         self._tasks = tasks if tasks is not None else BackgroundTasks()
@@ -125,12 +153,15 @@ class Realtime:
         self._presence = presence if presence is not None else Presence(settings.channels)
         self._presence.on_change(self._announce_presence)
         self._connections: dict[str, Connection] = {}
+        # Revocation ends one session's or one agent's sockets: found here, never by a scan of them all.
+        self._by_session = SocketIndex()
+        self._by_codename = SocketIndex()  # lower-case codename
         #: Every live socket of the cluster, for the directors' API (this node's written in memory only).
         self.connections = connections if connections is not None else ConnectionRegistry()
         self.connections.follow_transports(self._current_transport)
         self._observers: list[RealtimeObserver] = []
         self.faults = ProtocolFaults()
-        self.sio = self._create_server(settings, self.faults, store, self._tasks, node)
+        self.sio = self._create_server(settings, self.faults, store, self._tasks, bus, self._clock)
         self._register()
 
     def observe(self, observer: RealtimeObserver) -> None:
@@ -142,11 +173,11 @@ class Realtime:
 
     @classmethod
     def _create_server(cls, settings: Settings, faults: ProtocolFaults, store: Store, tasks: BackgroundTasks,
-                       node: str | None) -> SocketServer:
-        manager: LocalManager | RedisManager = LocalManager()
-        if settings.cluster.redis_url:
-            manager = RedisManager(settings.cluster.redis_url, channel=f"{settings.cluster.channel}:socketio",
-                                   store=store, room_of=channel_room, node=node, tasks=tasks)
+                       bus: TopicBus | None, clock: Clock) -> SocketServer:
+        manager: LocalManager | ClusterManager = LocalManager()
+        if bus is not None:
+            manager = ClusterManager(bus, prefix=settings.cluster.channel, store=store, room_of=channel_room,
+                                     tasks=tasks, clock=clock, catch_up=settings.cluster.catch_up_interval)
         return SocketServer(
             client_events=cls.CLIENT_EVENTS,
             faults=faults,
@@ -199,7 +230,7 @@ class Realtime:
         limits = self._settings.limits
         connection = Connection(principal, address, transport, user_agent,
                                 TokenBucket(limits.events_per_second, limits.events_burst))
-        self._connections[socket_id] = connection
+        self._remember(socket_id, connection)
         self.connections.add(socket_id, session_id=principal.session_id, codename=principal.codename, address=address,
                              transport=transport, user_agent=clip_free_text(user_agent), exp=principal.exp)
         self._schedule_expiry(socket_id, connection)
@@ -212,7 +243,7 @@ class Realtime:
         raise socketio.exceptions.ConnectionRefusedError(f"Unauthorized: {message}", {"code": code})
 
     async def _on_disconnect(self, socket_id: str, reason: Any = None) -> None:
-        connection = self._connections.pop(socket_id, None)
+        connection = self._forget(socket_id)
         if connection is None:
             return
         self.connections.remove(socket_id)
@@ -223,6 +254,20 @@ class Realtime:
                            address=connection.address, transport=connection.transport,
                            user_agent=connection.user_agent,
                            reason=connection.end_reason or (reason if reason in DISCONNECT_REASONS else "disconnected"))
+
+    def _remember(self, socket_id: str, connection: Connection) -> None:
+        """Count a live socket, found from now on by its session and its agent."""
+        self._connections[socket_id] = connection
+        self._by_session.add(connection.principal.session_id, socket_id)
+        self._by_codename.add(connection.principal.codename.lower(), socket_id)
+
+    def _forget(self, socket_id: str) -> Connection | None:
+        """The socket is gone: its connection, no longer counted (None if it was not)."""
+        connection = self._connections.pop(socket_id, None)
+        if connection is not None:
+            self._by_session.discard(connection.principal.session_id, socket_id)
+            self._by_codename.discard(connection.principal.codename.lower(), socket_id)
+        return connection
 
     # expiry -------------------------------------------------------------------------------------
     def _schedule_expiry(self, socket_id: str, connection: Connection) -> None:
@@ -276,9 +321,8 @@ class Realtime:
 
     async def end_sessions(self, codename: str, session_id: str | None, reason: str) -> int:
         """End this node's sockets of one login session, or of every session of ``codename``."""
-        key = codename.lower()
-        targets = [s for s, c in self._connections.items() if c.end_reason is None
-                   and (c.principal.session_id == session_id if session_id else c.principal.codename.lower() == key)]
+        found = self._by_session.get(session_id) if session_id else self._by_codename.get(codename.lower())
+        targets = [s for s in found if (c := self._connections.get(s)) is not None and c.end_reason is None]
         await asyncio.gather(*(self.end_socket(s, reason) for s in targets))
         return len(targets)
 
@@ -417,6 +461,9 @@ class Realtime:
         principal = await self._auth.identify(payload["token"])
         if principal.codename != connection.principal.codename:
             raise AuthError("token belongs to another agent", "token_invalid")
+        if principal.session_id != connection.principal.session_id:  # a token of another of its sessions
+            self._by_session.discard(connection.principal.session_id, socket_id)
+            self._by_session.add(principal.session_id, socket_id)
         connection.principal = principal
         self.connections.update_expiry(socket_id, principal.exp)
         demoted = [c for c in connection.channels if not self._policy.may_read(principal.role, c)]

@@ -4,15 +4,22 @@ whichever node stored them, and nothing acknowledged is silently missed while Re
 Message ids come from the shared database; the Redis broadcasts of two nodes race, so node B may
 hear id 6 (stored on B) before id 5 (stored on A). And while Redis is down, broadcasts from other
 nodes never arrive. :class:`ChannelSequencer` sits where a node delivers a channel message to its
-members and keeps, per channel, the next id it owes them:
+members and keeps, per channel its members joined, the next id it owes them:
 
 - the next id is delivered at once, then any later ids it was holding;
 - an id already delivered (a duplicate) is dropped;
 - a later id is held, and if the gap is not filled within ``gap_wait`` the missing messages are
-  read from the store and delivered first;
-- every ``catch_up`` seconds the store's last id of each channel is compared with what was
-  delivered, so messages that never came through Redis (an outage, a node that died between its
-  commit and its publish) are delivered from the store, in order, within about a second.
+  read from the store and delivered first.
+
+The store is otherwise asked only when something says a message may have been missed (the caller
+calls :meth:`ChannelSequencer.catch_up`: the fan-out does after its Redis subscription of a channel
+came back) and on a slow safety round every ``catch_up`` seconds (``[cluster] catch_up_interval``,
+30 s), for a message whose publication was lost with nothing stored after it (its node died between
+commit and publish, say). An idle, healthy cluster asks the store nothing per second. While the
+subscription is down (:meth:`ChannelSequencer.redis_lost`) the round runs every ``while_lost``
+seconds instead, so that messages stored on other nodes still arrive within about a second, until
+:meth:`ChannelSequencer.redis_back`. A read that fails (the store is down too) is retried every
+``while_lost`` seconds for that channel.
 
 Only used in a cluster (one node delivers its own messages in order already).
 """
@@ -24,6 +31,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+from ..clock import Clock, SystemClock, TimerHandle
 from ..cluster.redis import Outage
 from ..store import Store
 from ..tasks import BackgroundTasks
@@ -33,37 +41,68 @@ log = logging.getLogger(__name__)
 Deliver = Callable[[dict[str, Any], Any], Awaitable[None]]
 
 
+#: Messages read from the store per query while catching up.
+BATCH = 500
+#: Default seconds between two safety rounds (``[cluster] catch_up_interval``).
+CATCH_UP = 30.0
+#: Seconds between rounds while the Redis subscription is down, and between retries of a failed read.
+WHILE_LOST = 1.0
+
+
 @dataclass
 class _Channel:
     next_id: int | None = None
     held: dict[int, tuple[dict[str, Any], Any]] = field(default_factory=dict)
-    filling: asyncio.TimerHandle | None = None
+    #: A gap's fill or a failed read's retry, scheduled.
+    filling: TimerHandle | None = None
 
 
 class ChannelSequencer:
     """Per channel, delivers message ids in order, once, filling gaps from the store.
 
-    A gap's fill runs in ``tasks`` (the process's :class:`~hq.tasks.BackgroundTasks`, ended at shutdown).
+    A fill runs in ``tasks`` (the process's :class:`~hq.tasks.BackgroundTasks`, ended at shutdown);
+    its timers and the safety round's run on ``clock`` (a :class:`~hq.clock.ManualClock` in tests).
     """
 
-    def __init__(self, store: Store, deliver: Deliver, gap_wait: float = 0.05, catch_up: float = 1.0,
-                 tasks: BackgroundTasks | None = None) -> None:
+    def __init__(self, store: Store, deliver: Deliver, gap_wait: float = 0.05, catch_up: float = CATCH_UP,
+                 tasks: BackgroundTasks | None = None, clock: Clock | None = None,
+                 while_lost: float = WHILE_LOST) -> None:
         self._tasks = tasks if tasks is not None else BackgroundTasks()
+        self._clock = clock if clock is not None else SystemClock()
         self._store = store
         self._deliver = deliver
         self._gap_wait = gap_wait
         self._catch_up = catch_up
+        self._while_lost = while_lost
+        self._redis_lost = False
         self._channels: dict[str, _Channel] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._round: TimerHandle | None = None
+        self._running = False
         self._lock = asyncio.Lock()
-        self._store_outage = Outage(log, f"catch-up from the store failed (%s); retrying every {catch_up:.1f} s",
+        self._store_outage = Outage(log, f"catch-up from the store failed (%s); retrying every {while_lost:g} s",
                                     "catch-up from the store works again")
+
+    @property
+    def round_interval(self) -> float:
+        """Seconds between two safety rounds, as things stand."""
+        return self._while_lost if self._redis_lost else self._catch_up
 
     def joined(self, channel: str, last_id: int) -> None:
         """A member of this node joined ``channel`` when its last stored id was ``last_id``."""
         state = self._channels.setdefault(channel, _Channel())
         if state.next_id is None:
             state.next_id = last_id + 1
+
+    def following(self, channel: str) -> bool:
+        """Whether this node owes members ``channel``'s messages (a member joined and it was not forgotten)."""
+        state = self._channels.get(channel)
+        return state is not None and state.next_id is not None
+
+    def forget(self, channel: str) -> None:
+        """This node's last member left ``channel``: owe nothing more (a later join starts afresh)."""
+        state = self._channels.pop(channel, None)
+        if state is not None and state.filling is not None:
+            state.filling.cancel()
 
     async def offer(self, message: dict[str, Any], skip_sid: Any = None) -> None:
         """A stored message to deliver to this node's members of its channel (from any node)."""
@@ -76,7 +115,7 @@ class ChannelSequencer:
         if message_id > state.next_id:
             state.held[message_id] = (message, skip_sid)
             if state.filling is None:
-                state.filling = asyncio.get_running_loop().call_later(self._gap_wait, self._fill_soon, channel)
+                state.filling = self._clock.call_later(self._gap_wait, self._fill_soon, channel)
             return
         await self._deliver(message, skip_sid)
         state.next_id = message_id + 1
@@ -97,24 +136,23 @@ class ChannelSequencer:
         state = self._channels.get(channel)
         if state is not None:
             state.filling = None
-            self._tasks.spawn(self.fill(channel), name=f"fill-{channel}")
+            self._tasks.spawn(self.catch_up(channel), name=f"fill-{channel}")
 
-    async def fill(self, channel: str, up_to: int | None = None) -> None:
-        """Deliver, from the store, the messages of ``channel`` this node still owes its members."""
+    async def catch_up(self, channel: str) -> None:
+        """Deliver, from the store, every message of ``channel`` this node still owes its members."""
         async with self._lock:
             state = self._channels.get(channel)
             if state is None or state.next_id is None:
                 return
-            target = up_to if up_to is not None else (max(state.held) if state.held else state.next_id - 1)
-            while state.next_id <= target:
+            while True:
                 try:
-                    missing = await self._store.history(channel, state.next_id - 1, 500)
-                except Exception as exc:  # the store is down: the next catch-up round tries again
+                    missing = await self._store.history(channel, state.next_id - 1, BATCH)
+                except Exception as exc:  # the store is down: try this channel again soon
                     self._store_outage.failed(exc)
+                    if state.filling is None and self._channels.get(channel) is state:
+                        state.filling = self._clock.call_later(self._while_lost, self._fill_soon, channel)
                     return
                 self._store_outage.answered()
-                if not missing:
-                    break
                 for stored in missing:
                     if stored.id < state.next_id:
                         continue
@@ -124,35 +162,53 @@ class ChannelSequencer:
                     await self._deliver(held[0] if held else stored.to_wire(), held[1] if held else None)
                     state.next_id = stored.id + 1
                 await self._release(state)
-                if len(missing) < 500:
-                    break
+                if len(missing) < BATCH:
+                    return
 
-    async def _catch_up_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._catch_up)
-            for channel, state in list(self._channels.items()):
-                if state.next_id is None:
-                    continue
-                try:
-                    last = await self._store.last_message_id(channel)
-                except Exception as exc:
-                    self._store_outage.failed(exc)
-                    break
-                self._store_outage.answered()
-                if last >= state.next_id:
-                    await self.fill(channel, up_to=last)
+    async def catch_up_all(self) -> None:
+        """One safety round: catch up every channel this node's members joined."""
+        for channel in [c for c, state in self._channels.items() if state.next_id is not None]:
+            await self.catch_up(channel)
+
+    def redis_lost(self) -> None:
+        """The Redis subscription is down: nothing arrives from other nodes, so rounds run every ``while_lost``."""
+        if not self._redis_lost:
+            self._redis_lost = True
+            self._schedule_round()
+
+    def redis_back(self) -> None:
+        """The Redis subscription is back (the caller catches each channel up): rounds are slow again."""
+        if self._redis_lost:
+            self._redis_lost = False
+            self._schedule_round()
 
     def start(self) -> None:
-        """Start the catch-up rounds (idempotent)."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._catch_up_forever(), name="channel-catch-up")
+        """Start the safety rounds (idempotent)."""
+        if not self._running:
+            self._running = True
+            self._schedule_round()
 
     async def stop(self) -> None:
-        """Stop the catch-up rounds."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        """Stop the safety rounds (a round in progress is a background task, ended with the others)."""
+        self._running = False
+        if self._round is not None:
+            self._round.cancel()
+            self._round = None
+
+    def _schedule_round(self) -> None:
+        if not self._running:
+            return
+        if self._round is not None:
+            self._round.cancel()
+        self._round = self._clock.call_later(self.round_interval, self._round_due)
+
+    def _round_due(self) -> None:
+        self._round = None
+        self._tasks.spawn(self._run_round(), name="channel-catch-up")
+
+    async def _run_round(self) -> None:
+        try:
+            await self.catch_up_all()
+        finally:
+            if self._round is None:  # not rescheduled meanwhile (redis_lost / redis_back)
+                self._schedule_round()
