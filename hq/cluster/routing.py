@@ -107,6 +107,10 @@ class TopicBus:
         """Whether ``topic`` is wanted now."""
         return topic in self._wanted
 
+    def confirmed(self, topic: str) -> bool:
+        """Whether Redis confirmed ``topic``'s subscription on the current connection."""
+        return topic in self._confirmed
+
     async def ready(self, topic: str, timeout: float = REDIS_DEADLINE) -> bool:
         """Wait until Redis confirmed ``topic``'s subscription; False at once while the subscription is
         down, or after ``timeout`` (a join never waits long on Redis)."""

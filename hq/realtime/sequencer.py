@@ -18,7 +18,8 @@ came back) and on a slow safety round every ``catch_up`` seconds (``[cluster] ca
 commit and publish, say). An idle, healthy cluster asks the store nothing per second. While the
 subscription is down (:meth:`ChannelSequencer.redis_lost`) the round runs every ``while_lost``
 seconds instead, so that messages stored on other nodes still arrive within about a second, until
-:meth:`ChannelSequencer.redis_back`. A read that fails (the store is down too) is retried every
+:meth:`ChannelSequencer.redis_back` (and one round ``2 * while_lost`` after it: a node that could not
+publish skips publishing for up to a second after Redis returns). A read that fails (the store is down too) is retried every
 ``while_lost`` seconds for that channel.
 
 Only used in a cluster (one node delivers its own messages in order already).
@@ -180,7 +181,9 @@ class ChannelSequencer:
         """The Redis subscription is back (the caller catches each channel up): rounds are slow again."""
         if self._redis_lost:
             self._redis_lost = False
-            self._schedule_round()
+            # One more round soon: a node that could not publish goes on skipping for up to its
+            # breaker's pause (a second) after Redis is back, and nothing else would find what it skipped.
+            self._schedule_round(2 * self._while_lost)
 
     def start(self) -> None:
         """Start the safety rounds (idempotent)."""
@@ -195,12 +198,12 @@ class ChannelSequencer:
             self._round.cancel()
             self._round = None
 
-    def _schedule_round(self) -> None:
+    def _schedule_round(self, delay: float | None = None) -> None:
         if not self._running:
             return
         if self._round is not None:
             self._round.cancel()
-        self._round = self._clock.call_later(self.round_interval, self._round_due)
+        self._round = self._clock.call_later(self.round_interval if delay is None else delay, self._round_due)
 
     def _round_due(self) -> None:
         self._round = None
