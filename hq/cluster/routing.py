@@ -198,6 +198,8 @@ class TopicBus:
             self._requested = set(self._wanted)
             await pubsub.subscribe(self.node_topic, *self._requested)
             self._pubsub = pubsub
+        if self._requested != self._wanted:  # wanted or dropped while the first SUBSCRIBE was on its way
+            self._change()
         pinged: float | None = None
         while True:
             message = await pubsub.get_message(timeout=PING_EVERY)
