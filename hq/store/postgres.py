@@ -1,8 +1,9 @@
 """The shared store for several HQ nodes: PostgreSQL through asyncpg.
 
 The same tables, shared statements and refresh-token rule as the SQLite store (hq/store/schema.py,
-queries.py, rules.py). Per-channel message ids come from a ``channels`` row locked
-for the insert, so concurrent writers on different nodes never hand out the same id.
+queries.py, rules.py). Per-channel message ids come from a ``channels`` row bumped once per
+batch of messages (group commit, :data:`_INSERT_BATCH`), so concurrent writers on different nodes
+never hand out the same id and never leave a gap.
 
 The database may go away (a restart, a failover, a network cut) while HQ runs. Every operation
 then fails within :data:`OPERATION_TIMEOUT` with :class:`~hq.store.base.StoreUnavailable` — never a
@@ -16,13 +17,14 @@ import asyncio
 import contextlib
 import functools
 import logging
-from typing import Any, AsyncIterator, Callable, Concatenate, Coroutine, ParamSpec, TypeVar
+from typing import Any, AsyncIterator, Callable, Concatenate, Coroutine, NamedTuple, ParamSpec, Sequence, TypeVar
 
 import asyncpg
 import asyncpg.exceptions as pg_errors
 
 from . import rows
 from .base import AgentExistsError, StoreUnavailable, UnknownAgentError
+from .batching import GroupCommit
 from .dialect import POSTGRESQL
 from .models import Agent, LoginSession, Message, MfaRecord, RefreshResult, Revocation
 from .queries import Queries
@@ -46,6 +48,45 @@ CONNECT_TIMEOUT = 2.0
 RELEASE_TIMEOUT = 1.0
 #: Seconds closing the pool may wait for connections to finish before they are cut.
 CLOSE_TIMEOUT = 5.0
+#: The most messages one group commit stores: one statement's arrays, a few hundred kilobytes at most
+#: (texts are at most 16 KiB), committed in a few milliseconds.
+MESSAGES_PER_BATCH = 256
+
+#: One batch of messages in one statement, so in one transaction and one round trip. The channels'
+#: counters are bumped once per channel by the batch's count of its messages (the row stays locked
+#: only until this statement's implicit commit, never across a round trip to HQ), and the messages
+#: are numbered from the previous value in the order they were submitted. Another node's batch on
+#: the same channel waits for that row lock and then reads the committed counter, so a channel's ids
+#: commit in order and with no gap; a batch that fails rolls its counter back with it. Counters are
+#: locked in name order, so two batches over the same channels cannot deadlock.
+_INSERT_BATCH = """
+WITH batch AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+        WITH ORDINALITY AS b(channel, sender, text, ts, ordinal)
+), counts AS (
+    SELECT channel, count(*) AS n FROM batch GROUP BY channel
+), counters AS (
+    INSERT INTO channels AS c (name, last_id) SELECT channel, n FROM counts ORDER BY channel
+    ON CONFLICT (name) DO UPDATE SET last_id = c.last_id + excluded.last_id
+    RETURNING c.name, c.last_id
+), numbered AS (
+    SELECT b.ordinal, b.channel, b.sender, b.text, b.ts,
+           counters.last_id - counts.n + row_number() OVER (PARTITION BY b.channel ORDER BY b.ordinal) AS id
+    FROM batch b JOIN counts ON counts.channel = b.channel JOIN counters ON counters.name = b.channel
+), stored AS (
+    INSERT INTO messages (channel, id, sender, text, ts) SELECT channel, id, sender, text, ts FROM numbered
+)
+SELECT ordinal, id FROM numbered ORDER BY ordinal
+"""
+
+
+class _PendingMessage(NamedTuple):
+    """A message waiting for its batch."""
+
+    channel: str
+    sender: str
+    text: str
+    ts: str
 
 #: What a database that is down, restarting, out of connections or unreachable raises. The
 #: InterfaceErrors that mean "HQ passed something wrong" are not among them (see _is_outage).
@@ -93,6 +134,11 @@ class PostgresStore:
         # The Task of each operation holding a connection -> since when (loop time).
         self._acquired: dict[asyncio.Task[Any] | None, float] = {}
         self._progress = 0.0  # loop time at which an operation last succeeded
+        # An outage fails the batch in flight and what queued behind it at once: those callers would
+        # otherwise each wait out a deadline of their own against the same dead database.
+        self._messages: GroupCommit[_PendingMessage, Message] = GroupCommit(
+            self._commit_messages, MESSAGES_PER_BATCH, name="postgres-group-commit",
+            fails_queue=lambda error: isinstance(error, StoreUnavailable))
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -116,7 +162,8 @@ class PostgresStore:
             await conn.execute(schema(POSTGRESQL))
 
     async def close(self) -> None:
-        """Close every connection (cut them if the database does not answer)."""
+        """Finish the messages queued, then close every connection (cut them if the database does not answer)."""
+        await self._messages.close()
         for task in self._abandoned:
             task.cancel()
         if self._pool is not None:
@@ -363,13 +410,23 @@ class PostgresStore:
     # messages ---------------------------------------------------------------------------------------
     @_bounded
     async def add_message(self, channel: str, sender: str, text: str, ts: str) -> Message:
-        """Store a message durably; its id is one more than the channel's last."""
-        async with self._connection() as conn, conn.transaction():
-            message_id = await conn.fetchval(
-                "INSERT INTO channels (name, last_id) VALUES ($1, 1) ON CONFLICT (name)"
-                " DO UPDATE SET last_id = channels.last_id + 1 RETURNING last_id", channel)
-            await conn.execute(_SQL.insert_message, channel, message_id, sender, text, ts)
-        return Message(int(message_id), channel, sender, text, ts)
+        """Store a message durably; its id is one more than the channel's last.
+
+        Group-committed (hq/store/batching.py): the messages this node is asked to store while its
+        previous batch commits are stored together by :data:`_INSERT_BATCH`, one statement in one
+        transaction, and each caller is answered once that transaction has committed.
+        """
+        return await self._messages.submit(_PendingMessage(channel, sender, text, ts))
+
+    async def _commit_messages(self, batch: Sequence[_PendingMessage]) -> list[Message]:
+        """One batch, one round trip, within the store's deadline (a failure fails the whole batch)."""
+        return await self._within_deadline(self._insert_batch(batch))
+
+    async def _insert_batch(self, batch: Sequence[_PendingMessage]) -> list[Message]:
+        async with self._connection() as conn:
+            numbered = await conn.fetch(_INSERT_BATCH, [m.channel for m in batch], [m.sender for m in batch],
+                                        [m.text for m in batch], [m.ts for m in batch])
+        return [Message(int(row["id"]), m.channel, m.sender, m.text, m.ts) for row, m in zip(numbered, batch, strict=True)]
 
     @_bounded
     async def history(self, channel: str, after_id: int | None, limit: int) -> list[Message]:

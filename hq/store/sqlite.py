@@ -14,12 +14,13 @@ import asyncio
 import contextlib
 import functools
 from pathlib import Path
-from typing import AsyncIterator, Iterable
+from typing import AsyncIterator, Iterable, NamedTuple, Sequence
 
 import aiosqlite
 
 from . import rows
 from .base import AgentExistsError, UnknownAgentError
+from .batching import GroupCommit
 from .dialect import SQLITE
 from .models import Agent, LoginSession, Message, MfaRecord, RefreshResult, Revocation
 from .queries import Queries
@@ -31,7 +32,15 @@ _SQL = Queries(SQLITE)
 
 # Five parameters a row; SQLite allows 32766 parameters a statement.
 _ROWS_PER_INSERT = 1000
-_PendingMessage = tuple[str, str, str, str, "asyncio.Future[Message]"]
+
+
+class _PendingMessage(NamedTuple):
+    """A message waiting for its batch."""
+
+    channel: str
+    sender: str
+    text: str
+    ts: str
 
 
 async def _fetchone(db: aiosqlite.Connection, sql: str, args: Iterable[object] = ()) -> aiosqlite.Row | None:
@@ -50,10 +59,9 @@ class SQLiteStore:
     def __init__(self, path: Path) -> None:
         self._path = path
         self._db: aiosqlite.Connection | None = None
-        self._committing = False
         self._lock = asyncio.Lock()
-        self._pending: list[_PendingMessage] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._messages: GroupCommit[_PendingMessage, Message] = GroupCommit(
+            self._commit_messages, _ROWS_PER_INSERT, name="sqlite-group-commit")
         # Message ids are assigned here; one HQ process owns an SQLite file's messages.
         self._last_ids: dict[str, int] = {}
 
@@ -76,8 +84,7 @@ class SQLiteStore:
 
     async def close(self) -> None:
         """Finish pending commits, then close the connection."""
-        if self._flusher is not None:
-            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self._messages.close()
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -219,48 +226,24 @@ class SQLiteStore:
     async def add_message(self, channel: str, sender: str, text: str, ts: str) -> Message:
         """Store a message durably; its id is one more than the channel's last.
 
-        Concurrent calls are group-committed: one transaction (one fsync) for every message that
-        arrived while the previous commit ran, and each caller resumes only after its commit.
+        Concurrent calls are group-committed (hq/store/batching.py): one transaction (one fsync)
+        for the messages that arrived while the previous commit ran, and each caller resumes only
+        after its commit.
         """
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._pending.append((channel, sender, text, ts, future))
-        if not self._committing and (self._flusher is None or self._flusher.done()):
-            # No commit in flight: this caller commits what is pending itself (no task for an
-            # uncontended message); what arrives meanwhile is committed by one task, group by group.
-            self._committing = True
-            try:
-                batch, self._pending = self._pending, []
-                for offset in range(0, len(batch), _ROWS_PER_INSERT):
-                    await self._commit_chunk(batch[offset:offset + _ROWS_PER_INSERT])
-            finally:
-                self._committing = False
-            if self._pending:
-                self._flusher = asyncio.create_task(self._flush_pending())
-        return await future
+        return await self._messages.submit(_PendingMessage(channel, sender, text, ts))
 
-    async def _flush_pending(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            for offset in range(0, len(batch), _ROWS_PER_INSERT):
-                await self._commit_chunk(batch[offset:offset + _ROWS_PER_INSERT])
-
-    async def _commit_chunk(self, chunk: list[_PendingMessage]) -> None:
+    async def _commit_messages(self, batch: Sequence[_PendingMessage]) -> list[Message]:
+        """Number and insert one batch in one statement (one atomic commit, one fsync)."""
         try:
             async with self._lock:
-                messages = await self._insert_chunk(chunk)
-        except Exception as exc:
-            self._last_ids.clear()
-            for *_, future in chunk:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for message, (*_, future) in zip(messages, chunk):
-            if not future.done():
-                future.set_result(message)
+                return await self._insert_batch(batch)
+        except Exception:
+            self._last_ids.clear()  # the batch's ids were not used: read the counters again
+            raise
 
-    async def _insert_chunk(self, chunk: list[_PendingMessage]) -> list[Message]:
+    async def _insert_batch(self, batch: Sequence[_PendingMessage]) -> list[Message]:
         messages = []
-        for channel, sender, text, ts, _ in chunk:
+        for channel, sender, text, ts in batch:
             if channel not in self._last_ids:
                 row = await _fetchone(self.db, _SQL.last_message_id, (channel,))
                 self._last_ids[channel] = int(row["n"]) if row else 0
