@@ -137,6 +137,44 @@ async def test_store_answers_unavailable_while_the_database_is_down_and_recovers
         await store.close()
 
 
+async def test_a_crash_mid_batch_fails_every_caller_of_the_batch_and_the_next_batch_works(
+        postgres: PrivatePostgres, fresh_database: str) -> None:
+    # A long deadline: the batch waits on a row lock below, and only the crash may end that wait.
+    store = PostgresStore(fresh_database, timeout=60)
+    await store.open()
+    holder = await asyncpg.connect(fresh_database)
+    try:
+        assert (await store.add_message("hq", "fox", "before", "2024-01-01T00:00:00.000Z")).id == 1
+        # Hold the channel's counter row, so the next batch is in flight (its statement waits on the
+        # server) when the database crashes.
+        await holder.execute("BEGIN; SELECT last_id FROM channels WHERE name = 'hq' FOR UPDATE")
+        in_flight = asyncio.gather(*(store.add_message("hq", "fox", f"lost {i}", "2024-01-01T00:00:01.000Z")
+                                     for i in range(40)), return_exceptions=True)
+        while not await holder.fetchval("SELECT count(*) FROM pg_stat_activity"
+                                        " WHERE wait_event_type = 'Lock' AND datname = current_database()"):
+            await asyncio.sleep(0.02)
+        queued = asyncio.gather(*(store.add_message("hq", "fox", f"queued {i}", "2024-01-01T00:00:01.000Z")
+                                  for i in range(10)), return_exceptions=True)
+        await asyncio.sleep(0.05)
+        assert store._messages.pending == 10, "the next batch accumulates while one is in flight"
+
+        postgres.stop()  # a crash: the batch's statement is cut mid-way
+        results = await asyncio.wait_for(asyncio.gather(in_flight, queued), ANSWER_WITHIN)
+        assert all(isinstance(r, StoreUnavailable) for group in results for r in group), results
+
+        postgres.start()
+        message, _ = await _eventually(
+            lambda: store.add_message("hq", "fox", "after", "2024-01-01T00:00:02.000Z"))
+        assert message.id == 2, "the failed batch left a gap"
+        assert [m.text for m in await store.history("hq", None, 100)] == ["before", "after"]
+        burst = await asyncio.gather(*(store.add_message("hq", "fox", f"next {i}", "2024-01-01T00:00:03.000Z")
+                                       for i in range(20)))
+        assert [m.id for m in burst] == list(range(3, 23))
+    finally:
+        holder.terminate()
+        await store.close()
+
+
 async def test_store_replaces_connections_the_server_closed(
         postgres: PrivatePostgres, fresh_database: str) -> None:
     store = PostgresStore(fresh_database)

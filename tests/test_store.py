@@ -10,6 +10,8 @@ from typing import AsyncIterator
 import pytest
 
 from hq.store import AgentExistsError, RefreshOutcome, Store, UnknownAgentError, open_store
+from hq.store.postgres import PostgresStore
+from hq.store.sqlite import SQLiteStore
 
 from .services import create_database, drop_database
 
@@ -114,3 +116,86 @@ async def test_agent_and_session_in_one_query(store: Store) -> None:
     agent, session = await store.get_agent_and_session("viper", "missing")
     assert agent.codename == "Viper" and session is None
     assert await store.get_agent_and_session("ghost", "s1") == (None, None)
+
+
+# group commit -------------------------------------------------------------------------------------
+async def _transactions_that_stored_messages(store: Store) -> int:
+    """How many transactions wrote the ``messages`` rows (PostgreSQL: distinct ``xmin``)."""
+    assert isinstance(store, PostgresStore)
+    async with store.pool.acquire() as conn:
+        return int(await conn.fetchval("SELECT count(DISTINCT xmin::text) FROM messages"))
+
+
+def _count_sqlite_message_inserts(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every INSERT INTO messages the SQLite store sends from now on (one per batch)."""
+    assert isinstance(store, SQLiteStore)
+    inserts: list[str] = []
+    execute = store.db.execute
+
+    def counting(sql: str, *args: object) -> object:
+        if sql.startswith("INSERT INTO messages"):
+            inserts.append(sql)
+        return execute(sql, *args)
+
+    monkeypatch.setattr(store.db, "execute", counting)
+    return inserts
+
+
+async def _batches_taken(store: Store, sqlite_inserts: list[str]) -> int:
+    if isinstance(store, PostgresStore):
+        return await _transactions_that_stored_messages(store)
+    return len(sqlite_inserts)
+
+
+async def test_a_burst_on_one_channel_is_stored_in_a_few_batches_with_ids_in_order(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    inserts = _count_sqlite_message_inserts(store, monkeypatch) if isinstance(store, SQLiteStore) else []
+    messages = await asyncio.gather(*(store.add_message("missions", "hank", f"m{i}", "2026-01-01T00:00:00Z")
+                                      for i in range(200)))
+    # Submitted in order, numbered in order: no gap, no duplicate, none overtaking an earlier one.
+    assert [m.id for m in messages] == list(range(1, 201))
+    assert [m.text for m in await store.history("missions", 0, 500)] == [f"m{i}" for i in range(200)]
+    assert 1 <= await _batches_taken(store, inserts) <= 3
+
+
+async def test_a_burst_on_eight_channels_numbers_each_channel_from_one(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    inserts = _count_sqlite_message_inserts(store, monkeypatch) if isinstance(store, SQLiteStore) else []
+    await store.add_message("c0", "hank", "first", "2026-01-01T00:00:00Z")  # one channel already has a counter
+    channels = [f"c{i % 8}" for i in range(400)]
+    messages = await asyncio.gather(*(store.add_message(channel, "hank", f"m{i}", "2026-01-01T00:00:00Z")
+                                      for i, channel in enumerate(channels)))
+    for n in range(8):
+        ids = [m.id for m in messages if m.channel == f"c{n}"]
+        first = 2 if n == 0 else 1
+        assert ids == list(range(first, first + 50)), n
+        assert await store.last_message_id(f"c{n}") == first + 49
+    # 401 messages: one alone, then at most 256 (PostgreSQL) or 1000 (SQLite) a batch.
+    assert 2 <= await _batches_taken(store, inserts) <= 4
+
+
+async def test_two_nodes_writing_one_channel_get_unique_gapless_ids_in_commit_order() -> None:
+    url = await create_database()
+    first, second = PostgresStore(url), PostgresStore(url)
+    await first.open()
+    await second.open()
+    try:
+        texts = {node: [f"{node.__class__.__name__}-{id(node)}-{i}" for i in range(300)] for node in (first, second)}
+        # Interleaved: both nodes' batches contend for the channel's counter row at once.
+        calls = [node.add_message("hq", "hank", texts[node][i], "2026-01-01T00:00:00Z")
+                 for i in range(300) for node in (first, second)]
+        stored = await asyncio.gather(*calls)
+        assert sorted(m.id for m in stored) == list(range(1, 601))
+        by_text = {m.text: m.id for m in stored}
+        for node in (first, second):
+            ids = [by_text[text] for text in texts[node]]
+            assert ids == sorted(ids), "a node's messages must commit in the order they were sent"
+        history = await first.history("hq", 0, 500) + await first.history("hq", 500, 500)
+        assert [m.id for m in history] == list(range(1, 601))
+        assert [by_text[m.text] for m in history] == [m.id for m in history]
+        # Batches, not messages, contend: a handful of transactions for 600 messages.
+        assert await _transactions_that_stored_messages(first) <= 8
+    finally:
+        await first.close()
+        await second.close()
+        await drop_database(url)
