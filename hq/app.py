@@ -47,6 +47,7 @@ from .auth.sessions import SessionService
 from .auth.mfa import SecondFactor, SecretBox
 from .auth.mfa_admin import MfaAdmin
 from .store import Store, open_store
+from .store.pruning import Pruner, Retention
 from .auth.tokens import KeyRing, TokenService
 from .tasks import BackgroundTasks
 
@@ -74,6 +75,8 @@ class HQ:
     node: str
     #: Every fire-and-forget task of the process, cancelled at shutdown.
     tasks: BackgroundTasks
+    #: Keeps the store's internal tables bounded (one node of the cluster prunes each round).
+    pruner: Pruner
     #: The process's one Redis client (``[cluster] redis_url``), shared by every part that uses Redis.
     redis: aioredis.Redis | None = None
 
@@ -133,8 +136,9 @@ def build(settings: Settings, clock: Clock | None = None) -> HQ:
     sessions.on_revoke(watcher.revoked_here)
     admin = AgentAdmin(store, hasher, policy, sessions, audit)
     mfa = MfaAdmin(store, second_factor, sessions, audit)
+    pruner = Pruner(store, Retention.from_auth(settings.auth), clock)
     return HQ(settings, store, hasher, keys, tokens, policy, audit, credentials, sessions, authenticator, realtime,
-              admin, watcher, presence, mfa, node, tasks, redis)
+              admin, watcher, presence, mfa, node, tasks, pruner, redis)
 
 
 def _login_limiter(settings: Settings, redis: aioredis.Redis | None, clock: Clock) -> LoginLimiter:
@@ -183,7 +187,9 @@ def create_app(settings: Settings, on_first_agent: FirstAgentReporter = print_fi
         hq.realtime.start()
         await hq.presence.start()
         await hq.realtime.connections.start()
+        hq.pruner.start()
         yield
+        await hq.pruner.stop()
         await admin_ui.shutdown()
         await hq.realtime.connections.stop()
         await hq.presence.stop()

@@ -6,6 +6,7 @@ from typing import Protocol
 
 from ..errors import UnavailableError
 from .models import Agent, LoginSession, Message, MfaRecord, RefreshResult, Revocation
+from .pruning import PruneReport, Retention
 
 
 class AgentExistsError(Exception):
@@ -77,7 +78,16 @@ class Store(Protocol):
         """
         ...
 
-    async def add_message(self, channel: str, sender: str, text: str, ts: str) -> Message: ...
+    async def prune(self, retention: Retention, now: float) -> PruneReport | None:
+        """Delete the revocation feed entries, sessions, refresh tokens and successors that nothing
+        needs any more at ``now`` (hq/store/pruning.py), in one transaction; None, deleting nothing,
+        when another node — or an earlier call — has pruned within this round."""
+        ...
+
+    async def add_message(self, channel: str, sender: str, text: str, ts: str) -> Message:
+        """Store a message durably (group-committed with concurrent calls: hq/store/batching.py); its
+        id is one more than the channel's last, and it is returned only once committed."""
+        ...
     async def history(self, channel: str, after_id: int | None, limit: int) -> list[Message]: ...
     async def last_message_id(self, channel: str) -> int: ...
 

@@ -27,6 +27,7 @@ from .base import AgentExistsError, StoreUnavailable, UnknownAgentError
 from .batching import GroupCommit
 from .dialect import POSTGRESQL
 from .models import Agent, LoginSession, Message, MfaRecord, RefreshResult, Revocation
+from .pruning import PruneReport, Retention, prune_in_transaction
 from .queries import Queries
 from .rotation import rotate_in_transaction
 from .rules import RotationRequest
@@ -52,9 +53,8 @@ CLOSE_TIMEOUT = 5.0
 #: (texts are at most 16 KiB), committed in a few milliseconds.
 MESSAGES_PER_BATCH = 256
 
-#: One batch of messages in one statement, so in one transaction and one round trip. The channels'
-#: counters are bumped once per channel by the batch's count of its messages (the row stays locked
-#: only until this statement's implicit commit, never across a round trip to HQ), and the messages
+#: One batch of messages in one statement (in one transaction, see _insert_batch). The channels'
+#: counters are bumped once per channel by the batch's count of its messages, and the messages
 #: are numbered from the previous value in the order they were submitted. Another node's batch on
 #: the same channel waits for that row lock and then reads the committed counter, so a channel's ids
 #: commit in order and with no gap; a batch that fails rolls its counter back with it. Counters are
@@ -78,6 +78,16 @@ WITH batch AS (
 )
 SELECT ordinal, id FROM numbered ORDER BY ordinal
 """
+
+
+#: Advisory locks: creating the schema (nodes starting together), and a pruning run (hq/store/pruning.py).
+SCHEMA_LOCK, PRUNE_LOCK = 4242, 4243
+
+
+async def _changes(conn: asyncpg.Connection, sql: str, args: tuple[object, ...]) -> int:
+    """Run one statement; how many rows it changed (the count ending its status, "DELETE 3")."""
+    status = await conn.execute(sql, *args)
+    return int(status.rsplit(" ", 1)[-1])
 
 
 class _PendingMessage(NamedTuple):
@@ -158,7 +168,7 @@ class PostgresStore:
             raise
         # Not bounded by the store's timeout: nodes starting together wait here for each other.
         async with self._connection() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(4242)")
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
             await conn.execute(schema(POSTGRESQL))
 
     async def close(self) -> None:
@@ -407,6 +417,19 @@ class PostgresStore:
         async with self._connection() as conn, conn.transaction():
             return await rotate_in_transaction(_SQL, lambda sql, args: conn.fetchrow(sql, *args), request)
 
+    @_bounded
+    async def prune(self, retention: Retention, now: float) -> PruneReport | None:
+        """Delete what nothing needs any more (hq/store/pruning.py), if this node wins the round.
+
+        ``pg_try_advisory_xact_lock`` elects the pruner: a node that finds another pruning skips the
+        round instead of waiting, and the lock ends with the transaction.
+        """
+        async with self._connection() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", PRUNE_LOCK):
+                return None
+            return await prune_in_transaction(_SQL, lambda sql, args: conn.fetchrow(sql, *args),
+                                              functools.partial(_changes, conn), retention, now)
+
     # messages ---------------------------------------------------------------------------------------
     @_bounded
     async def add_message(self, channel: str, sender: str, text: str, ts: str) -> Message:
@@ -423,7 +446,12 @@ class PostgresStore:
         return await self._within_deadline(self._insert_batch(batch))
 
     async def _insert_batch(self, batch: Sequence[_PendingMessage]) -> list[Message]:
-        async with self._connection() as conn:
+        # An explicit transaction, though the statement alone would be one: a statement that reaches a
+        # frozen server after HQ gave up on it would still run and commit on its own when the server
+        # wakes, storing messages whose senders were told "unavailable". With BEGIN … COMMIT nothing
+        # commits unless HQ sends the COMMIT. The price is two short round trips a batch, and the
+        # counter rows stay locked from the statement to the COMMIT: one round trip, once a batch.
+        async with self._connection() as conn, conn.transaction():
             numbered = await conn.fetch(_INSERT_BATCH, [m.channel for m in batch], [m.sender for m in batch],
                                         [m.text for m in batch], [m.ts for m in batch])
         return [Message(int(row["id"]), m.channel, m.sender, m.text, m.ts) for row, m in zip(numbered, batch, strict=True)]

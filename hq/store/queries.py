@@ -101,6 +101,30 @@ class Queries:
             " AND used_at IS NULL AND EXISTS (SELECT 1 FROM mfa_factors f"
             " WHERE f.codename_key = mfa_recovery_codes.codename_key AND f.confirmed = {true}) RETURNING code_hash")
         self.delete_mfa = sql("DELETE FROM mfa_factors WHERE codename_key = {p1} RETURNING codename_key")
+        # pruning (the rules and their reasons: hq/store/pruning.py)
+        self.last_prune_run = "SELECT MAX(at) AS at FROM prune_runs"
+        self.record_prune_run = sql(
+            "INSERT INTO prune_runs (at, revocation_id) SELECT {p1}, COALESCE(MAX(id), 0) FROM revocations")
+        # Up to the feed's newest id as of the newest run at least the retention old; never the newest entry.
+        self.prune_revocations = sql(
+            "DELETE FROM revocations WHERE id <= (SELECT COALESCE(MAX(revocation_id), 0) FROM prune_runs"
+            " WHERE at <= {p1}) AND id < (SELECT MAX(id) FROM revocations)")
+        # Runs older than the one prune_revocations went by are of no further use.
+        self.prune_runs = sql("DELETE FROM prune_runs WHERE at < (SELECT MAX(at) FROM prune_runs WHERE at <= {p1})")
+        # Opened before {p1}, not the agent's newest, no token issued after {p2} (its expiry minus
+        # refresh_ttl), and, unless revoked, no refresh token expired after {p3}.
+        self.prune_sessions = sql(
+            "DELETE FROM sessions WHERE created < {p1}"
+            " AND EXISTS (SELECT 1 FROM sessions n WHERE n.codename_key = sessions.codename_key"
+            " AND (n.created > sessions.created OR (n.created = sessions.created AND n.sid > sessions.sid)))"
+            " AND NOT EXISTS (SELECT 1 FROM refresh_tokens r WHERE r.sid = sessions.sid AND (r.expires_at > {p2}"
+            " OR (sessions.revoked_reason IS NULL AND r.expires_at > {p3})))")
+        self.prune_refresh_tokens = sql(
+            "DELETE FROM refresh_tokens WHERE expires_at <= {p1}"
+            " OR NOT EXISTS (SELECT 1 FROM sessions s WHERE s.sid = refresh_tokens.sid)")
+        self.prune_refresh_successors = sql(
+            "DELETE FROM refresh_successors WHERE NOT EXISTS (SELECT 1 FROM refresh_tokens r"
+            " WHERE r.token_hash = refresh_successors.parent_hash AND r.used_at > {p1})")
 
     def revocation(self, codename: str, reason: str, session_id: str | None) -> tuple[Statement, Statement]:
         """Revoke one session (``session_id``) or every session of the agent: the UPDATE, which returns

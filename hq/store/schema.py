@@ -45,6 +45,13 @@ CREATE TABLE IF NOT EXISTS revocations (
     sid TEXT,
     reason TEXT NOT NULL
 );
+-- Pruning (hq/store/pruning.py): each session's refresh tokens; and each pruning run, with the
+-- revocation feed's newest id at that time (the feed has no time column of its own).
+CREATE INDEX IF NOT EXISTS refresh_tokens_by_session ON refresh_tokens (sid);
+CREATE TABLE IF NOT EXISTS prune_runs (
+    at {double} NOT NULL,
+    revocation_id {bigint} NOT NULL
+);
 """
 
 # Each channel's last message id, for databases that several nodes write (Dialect.numbers_messages_in_table).

@@ -23,6 +23,7 @@ from .base import AgentExistsError, UnknownAgentError
 from .batching import GroupCommit
 from .dialect import SQLITE
 from .models import Agent, LoginSession, Message, MfaRecord, RefreshResult, Revocation
+from .pruning import PruneReport, Retention, prune_in_transaction
 from .queries import Queries
 from .rotation import rotate_in_transaction
 from .rules import RotationRequest
@@ -51,6 +52,12 @@ async def _fetchone(db: aiosqlite.Connection, sql: str, args: Iterable[object] =
 async def _fetchall(db: aiosqlite.Connection, sql: str, args: Iterable[object] = ()) -> list[aiosqlite.Row]:
     async with db.execute(sql, tuple(args)) as cur:
         return list(await cur.fetchall())
+
+
+async def _changes(db: aiosqlite.Connection, sql: str, args: Iterable[object] = ()) -> int:
+    """Run one statement; how many rows it changed."""
+    async with db.execute(sql, tuple(args)) as cur:
+        return cur.rowcount
 
 
 class SQLiteStore:
@@ -221,6 +228,12 @@ class SQLiteStore:
         request = RotationRequest(old_hash, new_hash, new_expires_at, now, grace)
         async with self._transaction() as db:
             return await rotate_in_transaction(_SQL, functools.partial(_fetchone, db), request)
+
+    async def prune(self, retention: Retention, now: float) -> PruneReport | None:
+        """Delete what nothing needs any more (hq/store/pruning.py); this process is the only pruner."""
+        async with self._transaction() as db:
+            return await prune_in_transaction(_SQL, functools.partial(_fetchone, db),
+                                              functools.partial(_changes, db), retention, now)
 
     # messages --------------------------------------------------------------------------------
     async def add_message(self, channel: str, sender: str, text: str, ts: str) -> Message:
