@@ -152,8 +152,14 @@ class PostgresStore:
 
     @property
     def pool(self) -> asyncpg.Pool:
+        """The connection pool (the store is open)."""
         assert self._pool is not None, "store is not open"
         return self._pool
+
+    @property
+    def queued_messages(self) -> int:
+        """Messages waiting for the next group commit (not counting the batch being committed)."""
+        return self._messages.pending
 
     async def open(self) -> None:
         """Connect and create the schema if needed (serialised by an advisory lock)."""
