@@ -378,7 +378,8 @@ async def test_history_pages_oldest_first(connect: Connect, tokens: dict[str, st
     ids = [(await hank.call("message", {"channel": "missions", "text": t}))["id"] for t in texts]
     before = ids[0] - 1
     everything = await hank.call("history", {"channel": "missions", "after_id": before, "limit": 500})
-    assert set(everything) == {"ok", "messages"} and everything["ok"] is True
+    assert set(everything) == {"ok", "messages", "truncated"} and everything["ok"] is True
+    assert everything["truncated"] is False  # HQ keeps every message (no retention yet)
     assert [m["id"] for m in everything["messages"]] == ids
     assert [m["text"] for m in everything["messages"]] == texts
     assert all(set(m) == MESSAGE_KEYS and m["from"] == "hank" for m in everything["messages"])

@@ -32,6 +32,7 @@ from ..auth.limits import TokenBucket
 from ..cluster.presence import Presence
 from ..cluster.routing import TopicBus
 from ..cluster.socket_registry import ConnectionRegistry
+from .schemas import PayloadSchemas
 from .socket_server import REFUSED_EVENT, SocketServer
 from ..store import Store
 from ..tasks import BackgroundTasks
@@ -39,7 +40,6 @@ from .wire import SocketJSON
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HISTORY_LIMIT = 100
 Ack = dict[str, Any]
 #: Why python-socketio says a socket went away; anything else is recorded as "disconnected".
 DISCONNECT_REASONS = frozenset({"client disconnect", "server disconnect", "ping timeout", "transport close",
@@ -150,6 +150,7 @@ class Realtime:
         self._store = store
         self._audit = audit
         self._addresses = addresses
+        self._schemas = PayloadSchemas(settings.limits.history_max)
         self._presence = presence if presence is not None else Presence(settings.channels)
         self._presence.on_change(self._announce_presence)
         self._connections: dict[str, Connection] = {}
@@ -385,10 +386,7 @@ class Realtime:
     async def _unknown_event(self, socket_id: str, connection: Connection, payload: Any) -> Ack:
         raise EventError("no such event", "not_found")
 
-    def _channel(self, payload: Any) -> str:
-        if not isinstance(payload, dict) or not isinstance(payload.get("channel"), str):
-            raise EventError('expected {"channel": string}', "bad_request")
-        channel = payload["channel"]
+    def _channel(self, channel: str) -> str:
         if not self._policy.exists(channel):
             raise EventError(f"no channel named {channel[:64]!r}", "not_found")
         return channel
@@ -398,7 +396,7 @@ class Realtime:
             raise EventError(f"your clearance may not read {channel!r}", "forbidden")
 
     async def _join(self, socket_id: str, connection: Connection, payload: Any) -> Ack:
-        channel = self._channel(payload)
+        channel = self._channel(self._schemas.decode("join", payload).channel)
         self._require_read(connection, channel)
         # In the room before last_id is read: a message stored in between is delivered live (its id
         # is at most last_id, which clients take as a duplicate), never lost between the two.
@@ -414,19 +412,15 @@ class Realtime:
         return {"ok": True, "channel": channel, "last_id": last_id}
 
     async def _leave(self, socket_id: str, connection: Connection, payload: Any) -> Ack:
-        channel = self._channel(payload)
+        channel = self._channel(self._schemas.decode("leave", payload).channel)
         await self.sio.leave_room(socket_id, channel_room(channel))
         connection.channels.discard(channel)
         await self._presence.left(socket_id, connection.principal.codename, [channel])
         return {"ok": True}
 
     async def _message(self, socket_id: str, connection: Connection, payload: Any) -> Ack:
-        if isinstance(payload, str):
-            payload = {"channel": "hq", "text": payload}
-        channel = self._channel(payload)
-        text = payload.get("text")
-        if not isinstance(text, str) or not text:
-            raise EventError('expected {"channel": string, "text": non-empty string}', "bad_request")
+        request = self._schemas.decode("message", payload)
+        channel, text = self._channel(request.channel), request.text
         max_bytes = self._settings.limits.text_max_bytes
         try:
             size = len(text.encode("utf-8")) if len(text) <= max_bytes else max_bytes + 1
@@ -444,21 +438,15 @@ class Realtime:
         return {"ok": True, "id": message.id}
 
     async def _history(self, socket_id: str, connection: Connection, payload: Any) -> Ack:
-        channel = self._channel(payload)
-        after_id, limit = payload.get("after_id"), payload.get("limit", DEFAULT_HISTORY_LIMIT)
-        if after_id is not None and (type(after_id) is not int or after_id < 0):
-            raise EventError("after_id must be a non-negative integer", "bad_request")
-        max_limit = self._settings.limits.history_max
-        if type(limit) is not int or not 1 <= limit <= max_limit:
-            raise EventError(f"limit must be an integer from 1 to {max_limit}", "bad_request")
+        request = self._schemas.decode("history", payload)
+        channel = self._channel(request.channel)
         self._require_read(connection, channel)
-        messages = await self._store.history(channel, after_id, limit)
-        return {"ok": True, "messages": [m.to_wire() for m in messages]}
+        messages = await self._store.history(channel, request.after_id, request.limit)
+        # Retention is not implemented yet: every message after after_id is still kept.
+        return {"ok": True, "messages": [m.to_wire() for m in messages], "truncated": False}
 
     async def _reauth(self, socket_id: str, connection: Connection, payload: Any) -> Ack:
-        if not isinstance(payload, dict) or not isinstance(payload.get("token"), str):
-            raise EventError('expected {"token": string}', "bad_request")
-        principal = await self._auth.identify(payload["token"])
+        principal = await self._auth.identify(self._schemas.decode("reauth", payload).token)
         if principal.codename != connection.principal.codename:
             raise AuthError("token belongs to another agent", "token_invalid")
         if principal.session_id != connection.principal.session_id:  # a token of another of its sessions
@@ -475,7 +463,7 @@ class Realtime:
         return {"ok": True, "exp": principal.exp}
 
     async def _who_is_online(self, socket_id: str, connection: Connection, payload: Any) -> Ack:
-        channel = self._channel(payload)
+        channel = self._channel(self._schemas.decode("presence", payload).channel)
         self._require_read(connection, channel)
         agents = await self._presence.members(channel)
         return {"ok": True, "agents": [agent.to_wire() for agent in agents]}
