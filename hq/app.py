@@ -23,6 +23,7 @@ from .auth.clearance import ClearancePolicy
 from .auth.credentials import CredentialCheck
 from .clock import Clock, SystemClock
 from .config import Settings
+from .http.asyncapi import AsyncApi
 from .http.auth_routes import AuthRoutes
 from .http.boundary import error_boundary
 from .http.console import Console
@@ -174,6 +175,7 @@ def create_app(settings: Settings, on_first_agent: FirstAgentReporter = print_fi
     app.add_routes(SecondFactorRoutes(settings, hq.mfa, hq.sessions, hq.authenticator, directors, addresses).routes())
     app.add_routes(DirectorsApi(settings, hq.admin, directors, hq.realtime.connections).routes())
     app.add_routes(OpenApi(settings).routes())
+    app.add_routes(AsyncApi(settings).routes())
     hq.realtime.sio.attach(app, socketio_path="socket.io")
     app.on_shutdown.append(hq.realtime.shutdown)
     admin_ui = add_console_and_monitoring(app, hq)

@@ -277,6 +277,9 @@ def _ops_paths() -> dict[str, Any]:
                                  "application/openmetrics-text": {"schema": {"type": "string"}}}}})},
         "/api/openapi.json": {"get": operation(
             "This document", "operations", ok("OpenAPI 3.1.", {"type": "object"}))},
+        "/api/asyncapi.json": {"get": operation(
+            "The real-time endpoints (Socket.IO and the plain WebSocket)", "operations",
+            ok("AsyncAPI 3.0: every event, payload, answer and close code.", {"type": "object"}))},
     }
 
 

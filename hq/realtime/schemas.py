@@ -17,6 +17,7 @@ Unicode (a lone surrogate: ``bad_request``), and clearance (``forbidden``).
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, Union
 
 import msgspec
@@ -27,8 +28,11 @@ from ..errors import EventError
 DEFAULT_HISTORY_LIMIT = 100
 #: The contract's ceiling for ``history``'s ``limit``; ``[limits] history_max`` may lower it.
 HISTORY_LIMIT_CEILING = 500
-#: Longest validation message sent back (a message never carries the client's text, but stays short).
+#: Longest validation message sent back.
 MESSAGE_MAX_CHARS = 200
+#: msgspec repeats a refused value only in "Invalid enum value <repr>[ - at `$.path`]"; the value is the
+#: client's text, so it never goes back into a message (the path, made of HQ's field names, does).
+_ENUM_VALUE = re.compile(r"^Invalid enum value .*?(?P<path> - at `[^`]*`)?$", re.DOTALL)
 
 ChannelName = Annotated[str, msgspec.Meta(description="A channel's name, as configured (`[channels.NAME]`).")]
 NonEmptyText = Annotated[str, msgspec.Meta(min_length=1, description=(
@@ -39,6 +43,10 @@ AfterId = Annotated[int, msgspec.Meta(ge=0, description="Only messages with a gr
 Token = Annotated[str, msgspec.Meta(description="An access token (JWT) or a service key (`hqk_...`).")]
 Expiry = Annotated[int, msgspec.Meta(description="The token's `exp`: seconds since the Unix epoch.")]
 Timestamp = Annotated[str, msgspec.Meta(description="ISO 8601 UTC with milliseconds, e.g. 2024-05-01T12:00:00.000Z.")]
+
+#: msgspec's Literal takes no booleans: ``ok`` is a boolean whose JSON Schema says which one it is.
+OkTrue = Annotated[bool, msgspec.Meta(extra_json_schema={"const": True}, description="Always true.")]
+OkFalse = Annotated[bool, msgspec.Meta(extra_json_schema={"const": False}, description="Always false.")]
 
 #: Every code an error answer may carry (contract §4; the token codes answer ``reauth`` and ``auth``).
 ErrorCode = Literal["bad_request", "forbidden", "not_found", "rate_limited", "payload_too_large",
@@ -111,13 +119,13 @@ Payload = Union[JoinPayload, LeavePayload, MessagePayload, HistoryPayload, Reaut
 class OkAnswer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``leave``'s answer."""
 
-    ok: Literal[True]
+    ok: OkTrue
 
 
 class JoinAnswer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``join``'s answer: the channel's newest id now (0 when it has none); later ones arrive live."""
 
-    ok: Literal[True]
+    ok: OkTrue
     channel: ChannelName
     last_id: Annotated[int, msgspec.Meta(ge=0)]
 
@@ -125,7 +133,7 @@ class JoinAnswer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class MessageAnswer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``message``'s answer, sent only after the message is durably stored."""
 
-    ok: Literal[True]
+    ok: OkTrue
     id: MessageId
 
 
@@ -142,7 +150,7 @@ class ChatMessage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class HistoryAnswer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``history``'s answer; ``truncated`` is true when messages after ``after_id`` are no longer kept."""
 
-    ok: Literal[True]
+    ok: OkTrue
     messages: list[ChatMessage]
     truncated: bool
 
@@ -150,7 +158,7 @@ class HistoryAnswer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class ReauthAnswer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``reauth``'s (and the plain WebSocket ``auth`` frame's) answer."""
 
-    ok: Literal[True]
+    ok: OkTrue
     exp: Expiry
 
 
@@ -165,7 +173,7 @@ class OnlineAgent(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class PresenceAnswer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``presence``'s answer."""
 
-    ok: Literal[True]
+    ok: OkTrue
     agents: list[OnlineAgent]
 
 
@@ -179,7 +187,7 @@ class ErrorDetail(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class ErrorAnswer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Any event's answer when it is refused; nothing about the socket changes."""
 
-    ok: Literal[False]
+    ok: OkFalse
     error: ErrorDetail
 
 
@@ -237,6 +245,7 @@ class PayloadSchemas:
             history = msgspec.defstruct("HistoryPayload", [
                 ("limit", Annotated[int, msgspec.Meta(ge=1, le=history_max)], DEFAULT_HISTORY_LIMIT)],
                 bases=(HistoryPayload,), module=__name__, frozen=True)
+            history.__doc__ = HistoryPayload.__doc__
         self.history_max = history_max
         #: The type each event's payload is converted to (``auth`` included).
         self.payload_types: dict[str, Any] = {name: payload for name, (payload, _) in CLIENT_EVENTS.items()}
@@ -248,12 +257,13 @@ class PayloadSchemas:
 
         ``message``'s bare string comes back as a :class:`MessagePayload` to channel ``hq``.
         Raises :class:`~hq.errors.EventError` ``bad_request`` saying what is wrong and where
-        (msgspec's words, which name types and paths, never the client's values).
+        (msgspec's words, which name types and paths; never the client's values).
         """
         try:
             decoded = msgspec.convert(payload, self.payload_types[event])
         except msgspec.ValidationError as exc:
-            raise EventError(f"bad {event} payload: {str(exc)[:MESSAGE_MAX_CHARS]}", "bad_request") from None
+            reason = _ENUM_VALUE.sub(r"Invalid value\g<path>", str(exc))[:MESSAGE_MAX_CHARS]
+            raise EventError(f"bad {event} payload: {reason}", "bad_request") from None
         if isinstance(decoded, str):
             return MessagePayload(BARE_MESSAGE_CHANNEL, decoded)
         return decoded
