@@ -12,6 +12,7 @@ import gc
 import getpass
 import logging
 import os
+import socket
 import ssl
 import sys
 from functools import partial
@@ -203,16 +204,36 @@ def _serve(settings: Settings, host: str | None, port: int | None, worker: Worke
     port = port if port is not None else settings.server.port
     scheme = "https" if ssl_context else "http"
 
+    # Port 0: the kernel picks a free port, bound here so that the line below can name it (whoever
+    # started HQ reads the URL from that line; nothing else learns the port).
+    listener = _bind_any_free_port(host) if port == 0 and worker is None else None
+    if listener is not None:
+        port = listener.getsockname()[1]
+
     def listening(_: str) -> None:
         if worker is None:
             print(f"HQ listening on {scheme}://{host}:{port}/", flush=True)
         else:  # the supervisor prints that line once for all workers
             worker.report_when_serving([check.probe for check in app[HQ_KEY].health_checks() if check.required])
 
+    if listener is not None:
+        web.run_app(app, sock=listener, ssl_context=ssl_context, access_log_class=RedactingAccessLogger,
+                    print=listening)
+        return 0
     # A worker shares the port with its siblings: SO_REUSEPORT, the kernel spreading connections.
     web.run_app(app, host=host, port=port, ssl_context=ssl_context, access_log_class=RedactingAccessLogger,
                 reuse_port=worker is not None, print=listening)
     return 0
+
+
+def _bind_any_free_port(host: str) -> socket.socket:
+    """A listening socket on ``host`` and a port the kernel chose (``[server] port = 0``)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, 0))
+    listener.listen(128)
+    return listener
 
 
 async def _use_eager_tasks(app: web.Application) -> None:

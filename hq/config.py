@@ -320,7 +320,7 @@ def _build_channels(table: Any) -> dict[str, ChannelPolicy]:
 
 
 def _validate(s: Settings) -> None:
-    _require(0 < s.server.port < 65536, "server.port", "must be between 1 and 65535")
+    _require(0 <= s.server.port < 65536, "server.port", "must be between 0 (any free port) and 65535")
     _require(bool(s.server.allowed_origins), "server.allowed_origins",
              "must list at least one origin (an empty list would disable the origin check)")
     _require("*" not in s.server.allowed_origins, "server.allowed_origins",

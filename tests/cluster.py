@@ -53,7 +53,7 @@ class Cluster:
 
     async def wait_subscribed(self, timeout: float = 15) -> None:
         """Wait until every node that runs is subscribed to the revocation push channel."""
-        running = sum(1 for node in self.nodes if node.process is not None)
+        running = sum(1 for node in self.nodes if node.running)
         client = aioredis.Redis.from_url(self.redis_url)
         try:
             deadline = time.monotonic() + timeout

@@ -1,24 +1,33 @@
-"""Shared fixtures: real HQ processes on free ports."""
+"""Shared fixtures: HQ nodes (in this process unless a test is marked ``real_process``), private services."""
 
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
 from .services import PrivateRedis
-from .support import HQServer, make_server
+from .in_process import make_in_process_server
+from .support import HQProcess, HQServer, make_server, seed_agents
+
+
+def server_maker(node: pytest.Item | pytest.Collector) -> Callable[..., HQServer]:
+    """How a test's servers are made: in this process by default; as real ``python -m hq serve``
+    processes for tests marked ``real_process`` (signals, crashes, what ``serve`` itself sets up)."""
+    return make_server if node.get_closest_marker("real_process") else make_in_process_server
 
 
 @pytest.fixture
-def hq_factory(tmp_path: Path) -> Iterator[Callable[..., HQServer]]:
-    """Start HQ processes with config overrides: ``hq_factory(auth={"access_ttl": 5})``."""
+def hq_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., HQServer]]:
+    """Start HQ nodes with config overrides: ``hq_factory(auth={"access_ttl": 5})``."""
     servers: list[HQServer] = []
+    make = server_maker(request.node)
 
     def start(agents: dict[str, str] | None = None, name: str = "hq", **overrides: dict[str, Any]) -> HQServer:
-        server = make_server(tmp_path / f"{name}{len(servers)}", agents, **overrides).start()
+        server = make(tmp_path / f"{name}{len(servers)}", agents, **overrides).start()
         servers.append(server)
         return server
 
@@ -33,12 +42,29 @@ def hq(hq_factory: Callable[..., HQServer]) -> HQServer:
     return hq_factory()
 
 
-@pytest.fixture(scope="module")
-def shared_hq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HQServer]:
-    """One HQ shared by a whole test module (for tests that do not change server state)."""
-    server = make_server(tmp_path_factory.mktemp("shared")).start()
+@pytest.fixture
+def hq_process(tmp_path: Path) -> Iterator[HQProcess]:
+    """One real ``python -m hq serve`` process with the standard agents, for tests about the process."""
+    server = make_server(tmp_path / "hq-process").start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_hq(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HQServer]:
+    """One HQ shared by a whole test module (for tests that do not change server state)."""
+    server = server_maker(request.node)(tmp_path_factory.mktemp("shared")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_agent(shared_hq: HQServer) -> str:
+    """A codename of this test's own (a field-operative) in ``shared_hq``'s store, for tests that
+    change an agent's state (sessions, password, second factor) on a server shared by the module."""
+    codename = f"agent-{uuid.uuid4().hex[:10]}"
+    seed_agents(shared_hq.config, {codename: "field-operative"})
+    return codename
 
 
 @pytest.fixture

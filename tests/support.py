@@ -1,10 +1,11 @@
-"""Test support: a real HQ process on a free port with its own config, data and agents."""
+"""Test support: HQ nodes (real processes or in this process) with their own config, data and agents."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -14,13 +15,15 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from hq.auth.passwords import PasswordHasher
 from hq.config import load_settings
 from hq.store import open_store
+
+from .cli import run_cli, run_cli_in_process
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery staple"
@@ -35,7 +38,8 @@ AGENTS = {
 
 
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
+    """A TCP port nobody listens on right now: only for addresses that must refuse (nothing is
+    started on it). A server a test starts binds its port itself (port 0) instead."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -86,30 +90,29 @@ def base_config(port: int, **overrides: dict[str, Any]) -> dict[str, dict[str, A
     return config
 
 
-def run_cli(config: Path, *args: str, stdin: str | None = None, env: dict[str, str] | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m hq --config CONFIG ARGS`` and capture its output."""
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("HQ_CONFIG", None)
-    return subprocess.run([sys.executable, "-m", "hq", *args, "--config", str(config)], input=stdin,
-                          capture_output=True, text=True, timeout=timeout, cwd=config.parent, env=full_env)
+#: The line ``serve`` prints once it listens; it names the URL (and so the port it bound).
+LISTENING = re.compile(r"HQ listening on (https?)://([^/\s]+):(\d+)/")
 
 
 @dataclass
 class HQServer:
-    """A real ``python -m hq serve`` process."""
+    """What a test holds of one HQ node, whether a real process (:class:`HQProcess`) or an app in
+    this process (tests/in_process.py): its URL, folder, config, log, audit trail and CLI."""
 
     workdir: Path
     port: int
     config: Path
-    process: subprocess.Popen[str] | None = None
-    output: list[str] = field(default_factory=list)
     ca_file: Path | None = None
 
     @property
     def url(self) -> str:
         scheme = "https" if self.ca_file else "http"
         return f"{scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        """Whether the node serves now."""
+        raise NotImplementedError
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """A client context trusting this server's certificate (None for plain HTTP)."""
@@ -120,34 +123,12 @@ class HQServer:
         return self.workdir / "server.log"
 
     def start(self, timeout: float = 20) -> "HQServer":
-        """Start the process and wait until ``/healthz`` answers."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HQ_")}
-        log = open(self.log_path, "a")
-        self.process = subprocess.Popen([sys.executable, "-m", "hq", "serve", "--config", str(self.config)],
-                                        cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, env=env, text=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"HQ exited with {self.process.returncode}:\n{self.log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1,
-                                            context=self.ssl_context()) as response:
-                    if response.status == 200:
-                        return self
-            except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(0.05)
-        raise RuntimeError(f"HQ did not start:\n{self.log_path.read_text()}")
+        """Start serving and return once ``/healthz`` answers."""
+        raise NotImplementedError
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        """Stop the process (SIGKILL for a crash) and wait for it."""
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
+        """Stop serving (gracefully unless ``sig`` asks for a crash)."""
+        raise NotImplementedError
 
     def restart(self) -> None:
         """Stop gracefully and start again on the same port and data."""
@@ -155,8 +136,8 @@ class HQServer:
         self.start()
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        """Run the operator CLI against this server's config (and so its data)."""
-        return run_cli(self.config, *args, stdin=stdin)
+        """Run the operator CLI against this server's config (and so its data), in this process."""
+        return run_cli_in_process(self.config, *args, stdin=stdin)
 
     def add_agent(self, codename: str, role: str, password: str = PASSWORD) -> None:
         """Create an agent through the CLI."""
@@ -178,17 +159,103 @@ class HQServer:
         with urllib.request.urlopen(request, timeout=10, context=self.ssl_context()) as response:
             return json.loads(response.read())
 
+    def wait_healthy(self, deadline: float, failed: Callable[[], str | None]) -> None:
+        """Poll ``/healthz`` until it answers 200; ``failed()`` names a reason to give up early."""
+        while time.monotonic() < deadline:
+            reason = failed()
+            if reason is not None:
+                raise RuntimeError(f"{reason}:\n{self.log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1,
+                                            context=self.ssl_context()) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.05)
+        raise RuntimeError(f"HQ did not start:\n{self.log_path.read_text()}")
 
-def make_server(workdir: Path, agents: dict[str, str] | None = None, **overrides: dict[str, Any]) -> HQServer:
-    """Write a config into ``workdir``, create the agents (before start) and return the server, unstarted."""
+
+@dataclass
+class HQProcess(HQServer):
+    """A real ``python -m hq serve`` process, for tests where the process is the point (signals,
+    crashes, the SQLite lock, TLS and logging as ``serve`` sets them up, the CLI's own start-up).
+
+    The port: ``make_server`` writes ``port = 0``; ``serve`` binds a port the kernel picks and
+    names it in its ``HQ listening on`` line, which :meth:`start` reads (no port is chosen here
+    and bound there later, which two xdist workers could both choose). A restart asks for that
+    same port again (``--port``), so clients reconnect to the URL they know.
+    """
+
+    process: subprocess.Popen[str] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None
+
+    def start(self, timeout: float = 20) -> "HQProcess":
+        """Start the process, learn its port from its first line and wait until ``/healthz`` answers."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HQ_")}
+        command = [sys.executable, "-m", "hq", "serve", "--config", str(self.config)]
+        if self.port:
+            command += ["--port", str(self.port)]
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with open(self.log_path, "a") as log:
+            self.process = subprocess.Popen(command, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
+                                            env=env, text=True)
+        deadline = time.monotonic() + timeout
+        process = self.process
+        exited = lambda: f"HQ exited with {process.returncode}" if process.poll() is not None else None
+        while not self.port:
+            reason = exited()
+            if reason is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{reason or 'HQ named no port'}:\n{self.log_path.read_text()}")
+            with open(self.log_path) as log:
+                log.seek(offset)
+                match = LISTENING.search(log.read())
+            if match:
+                self.port = int(match[3])
+            else:
+                time.sleep(0.02)
+        self.wait_healthy(deadline, exited)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the process (SIGKILL for a crash) and wait for it."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``python -m hq ... --config`` as its own process against this server's data."""
+        return run_cli(self.config, *args, stdin=stdin)
+
+
+def write_server_config(workdir: Path, port: int, agents: dict[str, str] | None,
+                        overrides: dict[str, dict[str, Any]]) -> tuple[Path, Path | None]:
+    """Write ``workdir/config.toml`` (:func:`base_config` for ``port`` plus ``overrides``) and create
+    the agents (default :data:`AGENTS`); returns the config and the CA file a TLS server is trusted by."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
     config = workdir / "config.toml"
     write_config(config, base_config(port, **overrides))
-    tls_cert = overrides.get("server", {}).get("tls_cert")
-    server = HQServer(workdir, port, config, ca_file=Path(tls_cert) if tls_cert else None)
     seed_agents(config, AGENTS if agents is None else agents)
-    return server
+    tls_cert = overrides.get("server", {}).get("tls_cert")
+    return config, Path(tls_cert) if tls_cert else None
+
+
+def make_server(workdir: Path, agents: dict[str, str] | None = None, **overrides: dict[str, Any]) -> HQProcess:
+    """Write a config into ``workdir`` (``port = 0``: see :class:`HQProcess`), create the agents
+    (before start) and return the real process, unstarted.
+
+    Its ``allowed_origins`` cannot name a port nobody has chosen yet: tests that need a browser
+    origin of the server itself use the in-process server, which binds before the config is written.
+    """
+    config, ca_file = write_server_config(workdir, 0, agents, overrides)
+    return HQProcess(workdir, 0, config, ca_file=ca_file)
 
 
 def seed_agents(config: Path, agents: dict[str, str]) -> None:

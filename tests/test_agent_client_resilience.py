@@ -172,6 +172,7 @@ async def test_a_listener_cut_off_catches_up_on_what_it_missed(hq: HQServer, cli
 
 # crash and restart -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("auth", [{}, SHORT_TOKENS], ids=["default-tokens", "3s-tokens"])
+@pytest.mark.real_process  # SIGKILL needs a process to kill
 async def test_sigkill_and_restart_deliver_every_message_once_in_order(
         hq_factory: Callable[..., HQServer], clients: MakeClient, auth: dict[str, Any]) -> None:
     hq = hq_factory(auth=auth)

@@ -8,10 +8,13 @@ import signal
 import uuid
 from typing import Callable
 
+import pytest
+
 from .sio import RecordingClient
 from .support import HQServer
 
 
+@pytest.mark.real_process  # SIGKILL needs a process to kill
 async def test_acked_messages_survive_sigkill(hq_factory: Callable[..., HQServer]) -> None:
     hq = hq_factory(agents={"hank": "handler"})
     run = uuid.uuid4().hex[:8]

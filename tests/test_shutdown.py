@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import signal
 
+import pytest
+
 from .sio import RecordingClient
-from .support import ROOT, HQServer
+from .support import ROOT, HQProcess
 
 
-async def test_sigterm_with_websocket_and_js_clients_connected_exits_promptly(hq: HQServer) -> None:
+@pytest.mark.real_process  # about the serve process itself
+async def test_sigterm_with_websocket_and_js_clients_connected_exits_promptly(hq: HQProcess) -> None:
     client = await RecordingClient().connect(hq.url, hq.login("fox")["access_token"], transports=["websocket"])
     js = await asyncio.create_subprocess_exec(
         "node", "-e", f"""

@@ -53,12 +53,14 @@ def _assert_refused(result: subprocess.CompletedProcess[str], elapsed: float, se
     assert elapsed < 5  # at once: nothing was built, no port was tried
 
 
+@pytest.mark.real_process  # about the serve process itself
 def test_second_serve_on_the_same_config_exits_3_with_one_line(hq_factory: Callable[..., HQServer]) -> None:
     hq = hq_factory(agents={"hank": "handler"})
     _assert_refused(*_serve(hq.config), hq)
     assert hq.login("hank")["access_token"]  # the first one is untouched
 
 
+@pytest.mark.real_process  # about the serve process itself
 async def test_second_serve_on_another_port_cannot_share_the_file(hq_factory: Callable[..., HQServer],
                                                                   tmp_path: Path) -> None:
     # The formerly broken set-up: another port, the same data and secret. Both used to run and
@@ -80,6 +82,7 @@ async def test_second_serve_on_another_port_cannot_share_the_file(hq_factory: Ca
     assert "UNIQUE" not in hq.log_path.read_text()
 
 
+@pytest.mark.real_process  # SIGKILL needs a process to kill
 def test_a_killed_server_does_not_block_the_next_start(hq_factory: Callable[..., HQServer]) -> None:
     hq = hq_factory(agents={"hank": "handler"})
     hq.stop(signal.SIGKILL)  # no chance to release anything itself
@@ -89,6 +92,7 @@ def test_a_killed_server_does_not_block_the_next_start(hq_factory: Callable[...,
     _assert_refused(*_serve(hq.config), hq)  # and the new server holds the lock in turn
 
 
+@pytest.mark.real_process  # about the serve process itself
 def test_agents_commands_run_beside_a_serving_hq(hq_factory: Callable[..., HQServer]) -> None:
     hq = hq_factory(agents={"hank": "handler"})
     listed = hq.cli("agents", "list")
