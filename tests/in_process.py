@@ -28,7 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from hq.app import create_app
-from hq.config import load_settings
+from hq.config import Settings, load_settings
 from hq.ops.access_log import RedactingAccessLogger, RedactingFilter
 
 from .support import HQServer, write_server_config
@@ -72,6 +72,11 @@ class InProcessHQ(HQServer):
 
     def start(self, timeout: float = 20) -> "InProcessHQ":
         """Serve on this server's port, in a thread of its own, until :meth:`stop`."""
+        settings = load_settings(self.config, environ={})  # as serve, which runs without HQ_* variables
+        if settings.admin.enabled:
+            # python-socketio's instrument() replaces engineio's AsyncSocket methods for the whole
+            # process: every other server of this process would report to this one's Admin UI.
+            raise RuntimeError("[admin] enabled needs a real process: mark the test real_process")
         if self.listener is None:  # a restart: the port this server had (closed by the last stop)
             self.listener = bind_listener(self.port)
         loop = asyncio.new_event_loop()
@@ -86,15 +91,14 @@ class InProcessHQ(HQServer):
         if root.getEffectiveLevel() > logging.INFO:
             root.setLevel(logging.INFO)
         try:
-            asyncio.run_coroutine_threadsafe(self._serve(), loop).result(timeout)
+            asyncio.run_coroutine_threadsafe(self._serve(settings), loop).result(timeout)
         except BaseException:
             self.stop()
             raise
         self.wait_healthy(time.monotonic() + timeout, lambda: None)
         return self
 
-    async def _serve(self) -> None:
-        settings = load_settings(self.config, environ={})  # as serve, which runs without HQ_* variables
+    async def _serve(self, settings: Settings) -> None:
         app = create_app(settings, on_first_agent=self._report_first_agent)
         runner = web.AppRunner(app, access_log_class=RedactingAccessLogger)
         await runner.setup()
@@ -104,7 +108,7 @@ class InProcessHQ(HQServer):
         self.listener = None  # the site owns it now and closes it on stop
 
     @staticmethod
-    def _server_ssl_context(settings: Any) -> ssl.SSLContext | None:
+    def _server_ssl_context(settings: Settings) -> ssl.SSLContext | None:
         if not (settings.server.tls_cert and settings.server.tls_key):
             return None
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -64,6 +64,7 @@ async def test_off_by_default(hq: HQServer) -> None:
     assert admin_logins(hq) == []
 
 
+@pytest.mark.real_process  # [admin] enabled: python-socketio's instrumentation patches engineio for the whole process
 async def test_a_director_gets_read_only_statistics(hq_factory) -> None:
     hq = hq_factory(**ADMIN)
     admin = await AdminClient().connect(hq, {"username": "dora", "password": PASSWORD})
@@ -80,6 +81,7 @@ async def test_a_director_gets_read_only_statistics(hq_factory) -> None:
     assert line["codename"] == "dora" and line["transport"] == "websocket" and line["address"] == "127.0.0.1"
 
 
+@pytest.mark.real_process  # [admin] enabled: python-socketio's instrumentation patches engineio for the whole process
 async def test_refusals(hq_factory) -> None:
     hq = hq_factory(**ADMIN)
     hq.add_agent("dee", "director")
@@ -101,6 +103,7 @@ async def test_refusals(hq_factory) -> None:
     assert all(line["event"] == "login_failed" for line in admin_logins(hq))
 
 
+@pytest.mark.real_process  # [admin] enabled: python-socketio's instrumentation patches engineio for the whole process
 async def test_failed_passwords_are_throttled(hq_factory) -> None:
     hq = hq_factory(admin={"enabled": True}, limits={"login_failures_per_codename": 2})
     for _ in range(2):
@@ -116,6 +119,7 @@ async def http_login(hq: HQServer, codename: str, password: str) -> tuple[int, A
             return answer.status, await answer.json()
 
 
+@pytest.mark.real_process  # [admin] enabled: python-socketio's instrumentation patches engineio for the whole process
 async def test_the_admin_ui_and_http_login_share_one_failure_budget(hq_factory) -> None:
     # One budget per codename, whichever door the guesses come through: not one per door.
     hq = hq_factory(admin={"enabled": True}, limits={"login_failures_per_codename": 5})
@@ -129,6 +133,7 @@ async def test_the_admin_ui_and_http_login_share_one_failure_budget(hq_factory) 
     assert [line["code"] for line in admin_logins(hq)] == ["invalid_credentials"] * 3 + ["too_many_attempts"]
 
 
+@pytest.mark.real_process  # [admin] enabled: python-socketio's instrumentation patches engineio for the whole process
 async def test_the_admin_never_receives_tokens(hq_factory) -> None:
     hq = hq_factory(**ADMIN)
     admin = await AdminClient().connect(hq, {"username": "dora", "password": PASSWORD})
@@ -148,6 +153,7 @@ async def test_the_admin_never_receives_tokens(hq_factory) -> None:
     await agent.close()
 
 
+@pytest.mark.real_process  # [admin] enabled: python-socketio's instrumentation patches engineio for the whole process
 async def test_read_only_unless_configured_otherwise(hq_factory) -> None:
     for read_only in (True, False):
         hq = hq_factory(agents={"dora": "director", "fox": "field-operative"},

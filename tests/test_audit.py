@@ -75,6 +75,7 @@ def audited(hq_factory) -> HQServer:
                       limits={"login_failures_per_codename": 50, "login_failures_per_address": 100})
 
 
+@pytest.mark.real_process  # [admin] enabled: python-socketio's instrumentation patches engineio for the whole process
 async def test_no_token_or_password_ever_reaches_the_audit_log(audited: HQServer) -> None:
     hq = audited
     secrets: list[str] = [PASSWORD, PASSWORD_AS_CODENAME, NEW_PASSWORD, *WRONG_PASSWORDS]
@@ -157,6 +158,7 @@ async def test_no_token_or_password_ever_reaches_the_audit_log(audited: HQServer
         assert fragment not in server_log, f"a secret reached the server log: {fragment[:12]}…"
 
 
+@pytest.mark.real_process  # [admin] enabled: python-socketio's instrumentation patches engineio for the whole process
 async def test_every_line_says_who_from_where_over_what(audited: HQServer) -> None:
     hq = audited
     _, pair = login(hq, "fox", PASSWORD)
