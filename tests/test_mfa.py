@@ -554,6 +554,7 @@ async def test_a_code_is_good_once_across_two_nodes(tmp_path: Path, http: aiohtt
         await drop_database(url)
 
 
+@pytest.mark.real_process  # MFA_DEFAULTS enable [admin]: python-socketio's instrumentation is process-wide
 async def test_a_key_file_that_does_not_match_answers_unavailable(hq_factory: Any,
                                                                    http: aiohttp.ClientSession) -> None:
     hq = hq_factory({"dora": "director"}, **MFA_DEFAULTS)
