@@ -30,7 +30,8 @@ class ProxiedConnection:
 
 
 class RoundRobinProxy:
-    """Listens on ``127.0.0.1:port`` and spreads connections over ``upstreams`` (host, port)."""
+    """Listens on ``127.0.0.1:port`` (0: any free port, known once started) and spreads connections
+    over ``upstreams`` (host, port)."""
 
     def __init__(self, port: int, upstreams: list[tuple[str, int]]) -> None:
         self.port = port
@@ -49,6 +50,7 @@ class RoundRobinProxy:
     async def start(self) -> "RoundRobinProxy":
         """Listen."""
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]  # port 0: the one the kernel picked
         return self
 
     async def close(self) -> None:

@@ -86,12 +86,18 @@ async def drop_database(url: str) -> None:
 
 
 class PrivateRedis:
-    """A throw-away ``redis-server`` on a free port that a test may kill and start again."""
+    """A throw-away ``redis-server`` that a test may kill and start again (on the same port).
+
+    redis-server cannot bind port 0 and say which port it got, so its first start takes a free
+    port and, should another process (another xdist worker) bind it first, retries on a new one;
+    it counts as started only once the server answering on the port is this process.
+    """
 
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
         self.workdir = workdir
         self.process: subprocess.Popen[bytes] | None = None
+        self._started = False
 
     @property
     def url(self) -> str:
@@ -99,13 +105,28 @@ class PrivateRedis:
 
     def start(self) -> None:
         """Start (again, on the same port) and wait until it answers."""
-        self.process = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                                         "--save", "", "--appendonly", "no"], cwd=self.workdir,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(5):
+            self.process = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                             "--save", "", "--appendonly", "no"], cwd=self.workdir,
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if self._answers():
+                self._started = True
+                return
+            assert not self._started, f"private redis-server could not bind its port {self.port} again"
+            self.port = free_port()
+        raise AssertionError("private redis-server found no free port")
+
+    def _answers(self) -> bool:
+        """Wait until this process answers on the port (False: it exited, e.g. the port was taken)."""
+        assert self.process is not None
         deadline = time.monotonic() + 10
-        while subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).stdout != b"PONG\n":
+        while self.process.poll() is None:
+            info = subprocess.run(["redis-cli", "-p", str(self.port), "info", "server"], capture_output=True, text=True)
+            if f"process_id:{self.process.pid}" in info.stdout:
+                return True
             assert time.monotonic() < deadline, "private redis-server did not start"
             time.sleep(0.05)
+        return False
 
     def pause(self, paused: bool) -> None:
         """SIGSTOP / SIGCONT: a Redis that hangs, its connections open but silent (as behind a cut network)."""
@@ -154,8 +175,11 @@ class PrivatePostgres:
         os.chown(self.home, user.pw_uid, user.pw_gid)
         self.data = self.home / "data"
         self.port = free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         self._frozen: list[int] = []
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def _run(self, *args: str, timeout: float = 60) -> None:
         result = subprocess.run([*self._as_postgres, *args], capture_output=True, text=True, timeout=timeout)
@@ -173,6 +197,18 @@ class PrivatePostgres:
         options = f"-p {self.port} -k {self.home} -c listen_addresses=127.0.0.1"
         self._run(str(self._bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.home / "server.log"),
                   "-o", options, "-w", "-t", "60", "start")
+
+    def start_on_a_free_port(self, attempts: int = 5) -> None:
+        """The first start: on a new free port while the chosen one turns out to be taken (by
+        another xdist worker, between :func:`free_port` and the postmaster's bind)."""
+        for attempt in range(attempts):
+            try:
+                self.start()
+                return
+            except RuntimeError as exc:
+                if "already in use" not in str(exc) or attempt == attempts - 1:
+                    raise
+                self.port = free_port()
 
     def stop(self, mode: str = "immediate") -> None:
         """Stop the server; ``immediate`` is a crash: no checkpoint, connections cut at once."""
@@ -232,7 +268,7 @@ def private_postgres() -> Iterator[PrivatePostgres]:
     cluster = PrivatePostgres(bin_dir, as_postgres)
     try:
         cluster.init()
-        cluster.start()
+        cluster.start_on_a_free_port()
         yield cluster
     finally:
         cluster.remove()

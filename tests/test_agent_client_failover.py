@@ -146,7 +146,7 @@ class FakeNode:
     """An HTTP server on a free port that answers every request with one fixed status and body."""
 
     def __init__(self, status: int, body: Any = None) -> None:
-        self.port = free_port()
+        self.port = 0  # the kernel's pick, known once entered
         self.requests = 0
         self._status, self._body = status, body
         self._runner: web.AppRunner | None = None
@@ -166,7 +166,9 @@ class FakeNode:
         app.router.add_route("*", "/{tail:.*}", self._answer)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
         return self
 
     async def __aexit__(self, *exc: object) -> None:

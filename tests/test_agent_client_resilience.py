@@ -19,7 +19,7 @@ import pytest
 from agent_client import (AgentClient, AgentDisabled, ConnectionLost, Message, RateLimited, SessionEnded,
                           TokenReused)
 
-from .support import PASSWORD, HQServer, free_port
+from .support import PASSWORD, HQServer
 from .test_agent_client import MakeClient, clients, wait_until  # noqa: F401  (fixture import)
 
 SHORT_TOKENS = {"access_ttl": 3, "expiry_warning": 1}
@@ -102,7 +102,7 @@ class CuttableProxy:
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
-        self.port = free_port()
+        self.port = 0  # until the first start: then the port the kernel picked, kept across cuts
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -112,6 +112,7 @@ class CuttableProxy:
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
 
     async def cut(self) -> None:
         assert self._server is not None

@@ -26,7 +26,9 @@ from hq.realtime.socket_server import SocketServer
 
 from .raw import RawPoller, RawWebSocket
 from .sio import RecordingClient
-from .support import HQServer, free_port, run_cli, write_config, base_config, PASSWORD
+from .cli import run_cli_in_process
+from .in_process import bind_listener
+from .support import HQServer, write_config, base_config, PASSWORD
 from .test_fanout import TaskCounter
 
 
@@ -78,16 +80,18 @@ def test_the_socketio_internals_hq_overrides_keep_their_shape() -> None:
 @pytest.fixture
 async def in_process(tmp_path: Path) -> AsyncIterator[tuple[str, web.Application]]:
     """HQ in this process (so its sockets and tasks can be inspected), agents made with the CLI."""
-    port = free_port()
+    listener = bind_listener()  # bound before the config names its port: no other process can take it
+    port = listener.getsockname()[1]
     config = tmp_path / "config.toml"
     write_config(config, base_config(port, limits={"events_per_second": 1e6, "events_burst": 1000000}))
     for codename, role in (("fox", "field-operative"), ("hank", "handler")):
-        result = run_cli(config, "agents", "add", codename, "--role", role, "--password-stdin", stdin=PASSWORD + "\n")
+        result = run_cli_in_process(config, "agents", "add", codename, "--role", role, "--password-stdin",
+                                    stdin=PASSWORD + "\n")
         assert result.returncode == 0, result.stderr
     app = create_app(load_settings(config), on_first_agent=lambda *_: None)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
+    site = web.SockSite(runner, listener)
     await site.start()
     yield f"http://127.0.0.1:{port}", app
     await runner.cleanup()

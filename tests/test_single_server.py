@@ -21,7 +21,7 @@ import pytest
 from hq.store.lock import StoreInUseError, lock_path, serving_lock
 
 from .sio import RecordingClient
-from .support import PASSWORD, HQServer, base_config, free_port, write_config
+from .support import PASSWORD, HQProcess, HQServer, base_config, write_config
 
 IN_USE = re.compile(r"hq: (.+) is already served by another HQ process \(pid (\d+)\)")
 
@@ -38,11 +38,11 @@ def _serve(config: Path, timeout: float = 15) -> tuple[subprocess.CompletedProce
     return result, time.monotonic() - started
 
 
-def _database(server: HQServer) -> Path:
+def _database(server: HQProcess) -> Path:
     return (server.workdir / "hq.sqlite3").resolve()
 
 
-def _assert_refused(result: subprocess.CompletedProcess[str], elapsed: float, server: HQServer) -> None:
+def _assert_refused(result: subprocess.CompletedProcess[str], elapsed: float, server: HQProcess) -> None:
     assert result.returncode == 3, (result.returncode, result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and result.stdout == "", result.stderr
@@ -69,7 +69,7 @@ async def test_second_serve_on_another_port_cannot_share_the_file(hq_factory: Ca
     other = tmp_path / "other"
     other.mkdir()
     config = other / "config.toml"
-    write_config(config, base_config(free_port(), storage={"url": f"sqlite:///{_database(hq)}"},
+    write_config(config, base_config(0, storage={"url": f"sqlite:///{_database(hq)}"},
                                      auth={"secret_file": str(hq.workdir / "hq.secret")}))
     _assert_refused(*_serve(config), hq)
     client = RecordingClient()

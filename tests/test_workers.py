@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import aiohttp
 import asyncpg
@@ -165,16 +165,32 @@ def _director(hq: Supervised) -> tuple[str, str]:
 async def cluster(tmp_path: Path, private_redis: PrivateRedis) -> AsyncIterator[Supervised]:
     """``serve --workers 2`` on an empty database and a private Redis, stopped and dropped afterwards."""
     url = await create_database()
-    port = free_port()
-    config = tmp_path / "config.toml"
-    write_config(config, base_config(port, storage={"url": url}, cluster={"redis_url": private_redis.url}))
-    hq = Supervised(tmp_path, port, config, url)
+    hq: Supervised | None = None
     try:
-        yield hq.start()
+        hq = start_supervised(tmp_path, url, storage={"url": url}, cluster={"redis_url": private_redis.url})
+        yield hq
     finally:
-        if hq.process is not None and hq.process.poll() is None:
+        if hq is not None and hq.process is not None and hq.process.poll() is None:
             hq.stop()
         await drop_database(url)
+
+
+def start_supervised(workdir: Path, database: str, attempts: int = 5, **sections: dict[str, Any]) -> Supervised:
+    """``serve --workers 2`` with ``sections``, started. It needs a fixed port (with port 0 each
+    worker would bind one of its own), so a free one is chosen here; should another process (an
+    xdist worker) bind it first, the supervisor exits naming EADDRINUSE and a new port is tried."""
+    config = workdir / "config.toml"
+    for attempt in range(attempts):
+        port = free_port()
+        write_config(config, base_config(port, **sections))
+        (workdir / "server.log").unlink(missing_ok=True)
+        hq = Supervised(workdir, port, config, database)
+        try:
+            return hq.start()
+        except AssertionError:
+            if "already in use" not in hq.log.lower() or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 async def test_two_workers_share_the_port_and_deliver_across_workers(cluster: Supervised) -> None:

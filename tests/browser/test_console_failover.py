@@ -22,7 +22,7 @@ from ..cluster import Cluster, start_cluster
 from ..proxy import RoundRobinProxy
 from ..services import REDIS_URL, ensure_redis
 from ..sio import RecordingClient
-from ..support import HQServer, free_port
+from ..support import HQServer
 from .console_page import ARTIFACTS, WAIT_MS, Console
 
 
@@ -30,15 +30,16 @@ from .console_page import ARTIFACTS, WAIT_MS, Console
 async def balanced(tmp_path: Path) -> AsyncIterator[tuple[RoundRobinProxy, Cluster]]:
     """Two nodes and a balancer in front of them; the nodes accept the balancer's origin only."""
     ensure_redis()
-    port = free_port()
-    origin = f"http://127.0.0.1:{port}"
-    async with start_cluster(tmp_path, 2, REDIS_URL, server={"allowed_origins": [origin]}) as cluster:
-        proxy = await RoundRobinProxy(port, [("127.0.0.1", node.port) for node in cluster]).start()
-        try:
+    # The balancer listens first (on a port of its own choosing), so the nodes can name its origin.
+    proxy = await RoundRobinProxy(0, []).start()
+    try:
+        origin = f"http://127.0.0.1:{proxy.port}"
+        async with start_cluster(tmp_path, 2, REDIS_URL, server={"allowed_origins": [origin]}) as cluster:
+            proxy.upstreams = [("127.0.0.1", node.port) for node in cluster]
             yield proxy, cluster
-        finally:
-            await proxy.close()
-        cluster.assert_clean_logs()
+            cluster.assert_clean_logs()
+    finally:
+        await proxy.close()
 
 
 async def _say(node: HQServer, text: str) -> int:
