@@ -4,13 +4,24 @@ VENV := .venv
 PY := $(VENV)/bin/python
 VENDOR := hq/web/vendor
 
-.PHONY: serve test setup setup-test python-deps js-deps vendor browser bench clean
+.PHONY: serve test test-fast setup setup-test python-deps js-deps vendor browser bench clean
 
 serve: setup
 	$(PY) -m hq serve
 
+# Tests run on TEST_WORKERS xdist workers (most tests wait on sockets more than they compute, so
+# more workers than cores pay off), a whole file per worker (--dist loadfile: modules share one
+# server and some tests read what an earlier one in the file left). Coverage of hq and agent_client
+# is reported at the end (in CI's output).
+TEST_WORKERS ?= 4
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile
+
 test: setup-test
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_PARALLEL) --cov=hq --cov=agent_client --cov-report=term
+
+# The inner loop: no browser, multi-node/outage/worker or packaging tests, no coverage.
+test-fast:
+	$(PY) -m pytest $(PYTEST_PARALLEL) -m "not browser and not cluster and not packaging"
 
 setup: python-deps js-deps
 

@@ -78,6 +78,14 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server.kill()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test under tests/browser is a ``browser`` test (``make test-fast`` leaves them out)."""
+    browser = Path(__file__).parent / "browser"
+    for item in items:
+        if browser in item.path.parents:
+            item.add_marker(pytest.mark.browser)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """With ``HQ_TESTS_NO_SKIPS=1`` (``.ci/run`` sets it) a skipped test fails the run: the skips are
     missing prerequisites (``initdb``/``pg_ctl``, ``runuser``, ``node_modules``, a git checkout), and

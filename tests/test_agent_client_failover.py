@@ -32,6 +32,9 @@ from .support import PASSWORD, ROOT, HQServer, free_port
 from .test_agent_client import wait_until
 from .test_agent_client_cli import agent_env, run_agent
 
+# Several nodes, outages or worker processes: `make test` runs it, `make test-fast` does not.
+pytestmark = pytest.mark.cluster
+
 StartCluster = Callable[..., Awaitable[Cluster]]
 SHORT_TOKENS = {"access_ttl": 3, "expiry_warning": 1}
 

@@ -16,6 +16,9 @@ from .services import REDIS_URL, ensure_redis
 from .sio import RecordingClient
 from .support import make_server
 
+# Several nodes, outages or worker processes: `make test` runs it, `make test-fast` does not.
+pytestmark = pytest.mark.cluster
+
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:

@@ -16,6 +16,9 @@ from .cluster import Cluster, start_cluster
 from .services import PrivateRedis
 from .sio import RecordingClient
 
+# Several nodes, outages or worker processes: `make test` runs it, `make test-fast` does not.
+pytestmark = pytest.mark.cluster
+
 PER_SENDER = 25
 #: Bursts of concurrent messages: far above the default 20 events/s of one socket.
 FAST_LIMITS = {"events_per_second": 1000.0, "events_burst": 1000}

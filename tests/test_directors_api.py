@@ -572,6 +572,7 @@ async def two_nodes(tmp_path: Path) -> AsyncIterator[tuple[HQServer, HQServer]]:
         yield cluster[0], cluster[1]
 
 
+@pytest.mark.cluster
 async def test_a_change_on_one_node_ends_sockets_on_the_other(two_nodes: tuple[HQServer, HQServer]) -> None:
     a, b = two_nodes
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:

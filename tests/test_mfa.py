@@ -531,6 +531,7 @@ async def test_directors_enrol_and_reset_other_agents(hq: HQServer, http: aiohtt
 
 
 # -- several nodes, and a key file that does not match ------------------------------------------------------
+@pytest.mark.cluster
 async def test_a_code_is_good_once_across_two_nodes(tmp_path: Path, http: aiohttp.ClientSession) -> None:
     """Two HQ nodes on one PostgreSQL database and one MFA key file: a step used on one node is refused
     on the other (the same guard, many concurrent attempts: test_a_step_and_a_recovery_code_...)."""

@@ -16,6 +16,9 @@ import pytest
 
 from .support import ROOT
 
+# Builds the sdist and wheel: `make test` runs it, `make test-fast` does not.
+pytestmark = pytest.mark.packaging
+
 CLIENT = "hq/web/vendor/socket.io.esm.min.js"
 NPM_CLIENT = ROOT / "node_modules/socket.io-client/dist/socket.io.esm.min.js"
 # The banner socket.io-client's build puts first in the file: "/*!\n * Socket.IO v4.8.4\n".

@@ -28,6 +28,9 @@ from .services import REDIS_URL, PrivatePostgres, ensure_redis, private_postgres
 from .sio import RecordingClient
 from .support import PASSWORD, HQServer, free_port, make_server
 
+# Several nodes, outages or worker processes: `make test` runs it, `make test-fast` does not.
+pytestmark = pytest.mark.cluster
+
 #: How late an ``unavailable`` may come: the store's budget plus scheduling slack.
 ANSWER_WITHIN = OPERATION_TIMEOUT + 2.0
 #: How long HQ may take to work again once the database is back.

@@ -131,6 +131,7 @@ async def nodes(request: pytest.FixtureRequest, tmp_path: Path, private_redis: P
         cluster.assert_clean_logs()
 
 
+@pytest.mark.cluster
 async def test_presence_shows_agents_on_every_node(nodes: Cluster) -> None:
     first, second, last = nodes[0], nodes[1], nodes[-1]
     lookers = [await connect(node, "dora") for node in nodes]  # they ask, from every node, without joining
@@ -155,6 +156,7 @@ async def test_presence_shows_agents_on_every_node(nodes: Cluster) -> None:
     await close_all(hank, *lookers)
 
 
+@pytest.mark.cluster
 async def test_a_crashed_nodes_agents_leave_presence_within_the_ttl(nodes: Cluster) -> None:
     survivors, crashed = nodes.nodes[:-1], nodes[-1]
     # A member on every node that stays (hank on the first, dora on the others), fox on the one that dies.
@@ -185,6 +187,7 @@ async def test_a_crashed_nodes_agents_leave_presence_within_the_ttl(nodes: Clust
     await close_all(*members)
 
 
+@pytest.mark.cluster
 async def test_a_redis_outage_never_breaks_join_leave_or_disconnect(nodes: Cluster,
                                                                    private_redis: PrivateRedis) -> None:
     first, others = nodes[0], nodes.nodes[1:]

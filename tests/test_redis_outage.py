@@ -40,6 +40,9 @@ from .services import PrivateRedis
 from .sio import RecordingClient
 from .support import PASSWORD, HQServer, make_server
 
+# Several nodes, outages or worker processes: `make test` runs it, `make test-fast` does not.
+pytestmark = pytest.mark.cluster
+
 WINDOW = 60.0
 ADDRESS = "192.0.2.7"
 

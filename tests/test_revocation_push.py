@@ -29,6 +29,9 @@ from .services import REDIS_URL, PrivateRedis, ensure_redis
 from .sio import RecordingClient
 from .support import HQServer, free_port, make_server
 
+# Several nodes, outages or worker processes: `make test` runs it, `make test-fast` does not.
+pytestmark = pytest.mark.cluster
+
 POLL = 2.0  # [storage] revocation_poll: far slower than what the push must achieve
 FAST = 1.0  # what "at once" is asserted as; the figures printed are what docs/scaling.md quotes
 

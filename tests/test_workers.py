@@ -27,6 +27,9 @@ from .sio import RecordingClient
 from .support import PASSWORD, base_config, free_port, write_config
 from .services import PrivateRedis
 
+# Several nodes, outages or worker processes: `make test` runs it, `make test-fast` does not.
+pytestmark = pytest.mark.cluster
+
 FIRST_AGENT = re.compile(r"HQ created the first agent: codename '([^']+)', password '([^']+)'")
 CLIENTS = 16  # sockets per check: the chance that the kernel puts them all on one of 2 workers is 2**-15
 
