@@ -151,11 +151,15 @@ def _login_limiter(settings: Settings, redis: aioredis.Redis | None, clock: Cloc
     return RedisLoginThrottle(redis, *counts, prefix=f"{settings.cluster.channel}:login-failures", clock=clock)
 
 
+def first_agent_notice(codename: str, password: str) -> str:
+    """The one line that tells the operator how to log in to a brand-new HQ."""
+    return (f"HQ created the first agent: codename {codename!r}, password {password!r}. "
+            "It is shown only this once; change it with `python -m hq agents passwd`.")
+
+
 def print_first_agent(codename: str, password: str) -> None:
-    """Tell the operator, once, how to log in to a brand-new HQ."""
-    print(f"HQ created the first agent: codename {codename!r}, password {password!r}. "
-          "It is shown only this once; change it with `python -m hq agents passwd`.",
-          file=sys.stdout, flush=True)
+    """Tell the operator, once, how to log in to a brand-new HQ (on standard output)."""
+    print(first_agent_notice(codename, password), file=sys.stdout, flush=True)
 
 
 def create_app(settings: Settings, on_first_agent: FirstAgentReporter = print_first_agent,

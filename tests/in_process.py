@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hq.app import create_app
+from hq.app import create_app, first_agent_notice
 from hq.config import Settings, load_settings
 from hq.ops.access_log import RedactingAccessLogger, RedactingFilter
 
@@ -116,8 +116,9 @@ class InProcessHQ(HQServer):
         return context
 
     def _report_first_agent(self, codename: str, password: str) -> None:
-        logging.getLogger("hq.first_agent").info("HQ created the first agent: codename %r, password %r",
-                                                 codename, password)
+        # serve prints it on standard output, which HQProcess sends to server.log too.
+        with open(self.log_path, "a", encoding="utf-8") as log:
+            log.write(first_agent_notice(codename, password) + "\n")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Shut down as ``serve`` does on SIGTERM (aiohttp's cleanup). A crash cannot be had in a

@@ -23,7 +23,7 @@ from hq.auth.passwords import PasswordHasher
 from hq.config import load_settings
 from hq.store import open_store
 
-from .cli import run_cli, run_cli_in_process
+from .cli import run_cli_in_process
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery staple"
@@ -229,10 +229,6 @@ class HQProcess(HQServer):
                 self.process.kill()
                 self.process.wait()
         self.process = None
-
-    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        """Run ``python -m hq ... --config`` as its own process against this server's data."""
-        return run_cli(self.config, *args, stdin=stdin)
 
 
 def write_server_config(workdir: Path, port: int, agents: dict[str, str] | None,

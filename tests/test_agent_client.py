@@ -16,8 +16,9 @@ from agent_client import (Agent, AgentClient, AgentClientError, AgentDisabled, B
                           ClientClosed, ConnectionRefused, Forbidden, LoginFailed, Message, NotConnected,
                           NotFound, NotLoggedIn, PayloadTooLarge, RateLimited, TooManyAttempts, Unavailable)
 
+from .in_process import make_in_process_server
 from .keys import write_self_signed
-from .support import PASSWORD, HQServer, free_port, make_server
+from .support import PASSWORD, HQServer, free_port
 
 MakeClient = Callable[..., Awaitable[AgentClient]]
 
@@ -305,7 +306,7 @@ async def test_unreachable_hq_raises_unavailable() -> None:
 def tls_hq(tmp_path: Path) -> Any:
     """HQ over TLS with a self-signed certificate made for the test (``ca_file`` trusts it)."""
     cert, key = write_self_signed(tmp_path)
-    server = make_server(tmp_path / "tls", {"fox": "field-operative", "hank": "handler"},
+    server = make_in_process_server(tmp_path / "tls", {"fox": "field-operative", "hank": "handler"},
                          server={"tls_cert": str(cert), "tls_key": str(key)})
     yield server.start()
     server.stop()

@@ -16,7 +16,8 @@ import pytest
 
 from agent_client import AgentClient, InvalidOtp, LoginFailed, MfaEnrollmentRequired, MfaRequired
 
-from .support import PASSWORD, ROOT, HQServer, make_server
+from .in_process import make_in_process_server
+from .support import PASSWORD, ROOT, HQServer
 from .terminal import run_on_terminal
 
 # HQ's default policy; 3-second tokens so that the client refreshes within the test.
@@ -26,7 +27,7 @@ CONFIG = {"auth": {"mfa_required": ["director"], "access_ttl": 3, "expiry_warnin
 
 @pytest.fixture(scope="module")
 def hq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HQServer]:
-    server = make_server(tmp_path_factory.mktemp("client-mfa"), {"gus": "handler", "dora": "director",
+    server = make_in_process_server(tmp_path_factory.mktemp("client-mfa"), {"gus": "handler", "dora": "director",
                                                                  "hank": "handler"}, **CONFIG).start()
     yield server
     server.stop()

@@ -15,8 +15,9 @@ from typing import Any, Iterator
 import aiohttp
 import pytest
 
+from .cli import run_cli
 from .sio import RecordingClient
-from .support import HQServer, make_server, run_cli, write_config
+from .support import HQServer, make_server, write_config
 from .terminal import run_on_terminal
 
 NEW_PASSWORD = "a brand new password"
@@ -25,7 +26,7 @@ FIRST_AGENT_LINE = re.compile(r"HQ created the first agent: codename '([^']+)', 
 
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HQServer]:
-    """An HQ started with no agents at all."""
+    """An HQ started with no agents at all; a real process: the first agent is announced on serve's output."""
     server = make_server(tmp_path_factory.mktemp("cli"), agents={}).start()
     yield server
     server.stop()
@@ -78,8 +79,10 @@ async def test_first_start_director_secret_and_restart(fresh: HQServer) -> None:
 
 @pytest.fixture(scope="module")
 def neo(fresh: HQServer) -> subprocess.CompletedProcess[str]:
-    """``agents add Neo.One`` (the refusals below need it to exist)."""
-    return fresh.cli("agents", "add", "Neo.One", "--role", "analyst", "--password-stdin", stdin="twelve chars\n")
+    """``agents add Neo.One`` (the refusals below need it to exist), as a process of its own: with
+    ``agents list`` below, the CLI's smoke test as a program (the other commands run in this process)."""
+    return run_cli(fresh.config, "agents", "add", "Neo.One", "--role", "analyst", "--password-stdin",
+                   stdin="twelve chars\n")
 
 
 async def test_add_and_list(fresh: HQServer, neo: subprocess.CompletedProcess[str]) -> None:
@@ -87,7 +90,7 @@ async def test_add_and_list(fresh: HQServer, neo: subprocess.CompletedProcess[st
     assert added.returncode == 0, added.stderr
     assert "Neo.One" in added.stdout and "analyst" in added.stdout
     assert "twelve chars" not in added.stdout + added.stderr
-    listed = fresh.cli("agents", "list")
+    listed = run_cli(fresh.config, "agents", "list")
     assert listed.returncode == 0 and listed.stderr == ""
     rows = [line.split() for line in listed.stdout.strip().splitlines()]
     assert rows[0] == ["CODENAME", "ROLE", "ENABLED", "CREATED", "LAST_LOGIN", "2FA"]

@@ -21,7 +21,8 @@ import pytest
 
 from hq.config import ChannelPolicy, ConfigError, find_config, load_settings
 
-from .support import free_port, run_cli, write_config
+from .cli import run_cli
+from .support import free_port, write_config
 
 SHORT_SECRET = "too-short-secret-xyz"  # 20 bytes: under the 32-byte minimum
 

@@ -24,9 +24,10 @@ from hq.http.guards import CHANGES_BURST
 from hq.store import Store
 
 from .cluster import start_cluster
+from .in_process import make_in_process_server
 from .services import REDIS_URL, ensure_redis
 from .sio import RecordingClient
-from .support import PASSWORD, HQServer, make_server
+from .support import PASSWORD, HQServer
 from .test_store import store  # noqa: F401  (the fixture: SQLite and PostgreSQL)
 
 AGENT_FIELDS = {"codename", "role", "enabled", "created", "last_login", "sockets", "mfa"}
@@ -39,8 +40,8 @@ _turn = iter(range(10**9))
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HQServer]:
     """One HQ for the module: fox, hank and the directors (tests take turns, each director's changes
     being limited)."""
-    hq = make_server(tmp_path_factory.mktemp("directors"),
-                     {"fox": "field-operative", "hank": "handler", **{d: "director" for d in DIRECTORS}}).start()
+    hq = make_in_process_server(tmp_path_factory.mktemp("directors"),
+                                {"fox": "field-operative", "hank": "handler", **{d: "director" for d in DIRECTORS}}).start()
     yield hq
     hq.stop()
 

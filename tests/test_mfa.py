@@ -28,11 +28,12 @@ from hq.auth.mfa import (MfaKeyError, OtpRejected, SecondFactor, SecretBox, hash
 from hq.config import ConfigError, load_settings
 from hq.store import Agent, Store, open_store
 
+from .in_process import make_in_process_server
 from .services import create_database, drop_database
 from .sio import RecordingClient
-from .test_admin_ui import AdminClient
 from .support import PASSWORD, HQServer, make_server
 from .terminal import run_on_terminal
+from .test_admin_ui import AdminClient
 
 NEW_PASSWORD = "a fresh password for mfa"
 # HQ's default policy, and a per-address limit no test here reaches (each test uses its own codenames).
@@ -538,8 +539,8 @@ async def test_a_code_is_good_once_across_two_nodes(tmp_path: Path, http: aiohtt
     url = await create_database()
     shared = {"storage": {"url": url}, "auth": {"mfa_required": ["director"], "mfa_key_file": str(tmp_path / "mfa.key"),
                                                 "secret": "a shared secret of at least thirty-two bytes"}}
-    a = make_server(tmp_path / "a", {"dora": "director"}, **shared)
-    b = make_server(tmp_path / "b", {}, **shared)
+    a = make_in_process_server(tmp_path / "a", {"dora": "director"}, **shared)
+    b = make_in_process_server(tmp_path / "b", {}, **shared)
     try:
         await asyncio.gather(asyncio.to_thread(a.start), asyncio.to_thread(b.start))
         secret, _, _ = await enrol(http, a, "dora")

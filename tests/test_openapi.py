@@ -45,8 +45,9 @@ from hq.config import Settings, load_settings
 from hq.http.guards import CHANGES_BURST
 from hq.http.openapi import build_document
 
+from .in_process import make_in_process_server
 from .services import PrivatePostgres, private_postgres
-from .support import PASSWORD, HQServer, make_server
+from .support import PASSWORD, HQServer
 
 DOCUMENT = build_document(Settings())
 METHODS = ("get", "post", "put", "patch", "delete", "options", "head")
@@ -125,7 +126,7 @@ def postgres() -> Iterator[PrivatePostgres]:
 
 @pytest.fixture(scope="module")
 def server(postgres: PrivatePostgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HQServer]:
-    hq = make_server(tmp_path_factory.mktemp("openapi"), {DIRECTORS[0]: "director"},
+    hq = make_in_process_server(tmp_path_factory.mktemp("openapi"), {DIRECTORS[0]: "director"},
                      storage={"url": postgres.url},
                      # a spent refresh token is reuse at once; analysts must enrol a second factor (the
                      # directors run the fuzzing, so they need none)

@@ -17,10 +17,11 @@ from hq.config import ConfigError, load_settings
 from hq.cluster.presence import EXPIRY, HEARTBEAT, Presence
 from hq.cluster.redis import redis_client
 
+from .cli import run_cli
 from .cluster import FAST_PRESENCE, Cluster, start_cluster
 from .services import REDIS_URL, PrivateRedis, ensure_redis
 from .sio import RecordingClient
-from .support import HQServer, free_port, run_cli, write_config
+from .support import HQServer, free_port, write_config
 
 #: The cluster tests' pace (tests/cluster.py): a dead node's entries expire in seconds, not 15 s.
 BEAT = FAST_PRESENCE["presence_heartbeat"]

@@ -28,7 +28,8 @@ from hq.clock import ManualClock, SystemClock
 from hq.config import AuthSettings
 from hq.errors import AuthError
 
-from .support import PASSWORD, HQServer, make_server
+from .in_process import make_in_process_server
+from .support import PASSWORD, HQServer
 
 REQUIRED = ("sub", "role", "sid", "jti", "iat", "exp", "iss", "aud")
 
@@ -248,7 +249,7 @@ def rsa_hq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[HQServer,
     public = key.public_key().public_bytes(serialization.Encoding.PEM,
                                            serialization.PublicFormat.SubjectPublicKeyInfo)
     (folder / "keys" / "signing.pub.pem").write_bytes(public)
-    server = make_server(folder / "hq", {"ana": "analyst"}, auth={
+    server = make_in_process_server(folder / "hq", {"ana": "analyst"}, auth={
         "algorithm": "RS256", "private_key": str(folder / "keys" / "signing.pem"),
         "public_key": str(folder / "keys" / "signing.pub.pem")}).start()
     yield server, public
