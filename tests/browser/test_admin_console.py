@@ -22,8 +22,9 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Page, Response, expect
 
+from ..in_process import make_in_process_server
 from ..sio import RecordingClient
-from ..support import PASSWORD, HQServer, free_port, make_server
+from ..support import PASSWORD, HQServer
 from .conftest import OpenConsole
 from .console_page import WAIT_MS, Console
 
@@ -34,7 +35,7 @@ EXTRA_AGENTS = {"kite": "handler", "lark": "field-operative"}
 @pytest.fixture(scope="module")
 def admin_hq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HQServer]:
     """One HQ for the module with the standard agents and a few of the tests' own (added over the API: quicker)."""
-    server = make_server(tmp_path_factory.mktemp("admin")).start()
+    server = make_in_process_server(tmp_path_factory.mktemp("admin")).start()
     for codename, role in EXTRA_AGENTS.items():
         status, body = api(server, "/api/agents", "POST", {"codename": codename, "role": role, "password": PASSWORD})
         assert status == 201, body
@@ -477,10 +478,8 @@ async def attacker() -> AsyncIterator[int]:
     app.router.add_get("/", page)
     runner = web.AppRunner(app)
     await runner.setup()
-    port = free_port()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    yield port
+    await web.TCPSite(runner, "127.0.0.1", 0).start()  # port 0: whichever port the kernel picks
+    yield runner.addresses[0][1]
     await runner.cleanup()
 
 
