@@ -22,7 +22,7 @@ import pytest
 from hq.config import ChannelPolicy, ConfigError, find_config, load_settings
 
 from .cli import run_cli
-from .support import free_port, write_config
+from .support import LISTENING, HQProcess, free_port, write_config
 
 SHORT_SECRET = "too-short-secret-xyz"  # 20 bytes: under the 32-byte minimum
 
@@ -262,3 +262,13 @@ def test_environment_overrides_reach_the_server(env_server: tuple[int, subproces
             time.sleep(0.05)
     assert _handshake(port, "https://hq.example") == 200
     assert _handshake(port, f"http://127.0.0.1:{port}") == 400  # a default origin, replaced by the env list
+
+
+def test_port_0_serves_on_a_port_the_kernel_picked_and_names_it(hq_process: HQProcess) -> None:
+    """``[server] port = 0`` (what make_server writes): serve binds a free port and its one line names it."""
+    config = load_settings(hq_process.config, environ={})
+    assert config.server.port == 0 and hq_process.port != 0
+    named = [int(match[3]) for match in LISTENING.finditer(hq_process.log_path.read_text())]
+    assert named == [hq_process.port], hq_process.log_path.read_text()
+    with urllib.request.urlopen(f"http://127.0.0.1:{hq_process.port}/healthz", timeout=5) as response:
+        assert json.loads(response.read()) == {"status": "ok"}
