@@ -360,3 +360,13 @@ def test_workers_must_be_at_least_one(tmp_path: Path) -> None:
     result, _ = _serve(config, "--workers", "0")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "--workers" in result.stderr
+
+
+def test_several_workers_need_a_fixed_port(tmp_path: Path) -> None:
+    """``[server] port = 0`` would give each worker a port of its own: refused in one line, before anything starts."""
+    config = tmp_path / "config.toml"
+    write_config(config, base_config(0, storage={"url": "postgresql://hq:a-password@127.0.0.1:1/hq"},
+                                     cluster={"redis_url": "redis://127.0.0.1:1/0"}))
+    result, _ = _serve(config, "--workers", "2")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("hq: --workers needs a fixed port"), result.stderr
