@@ -10,8 +10,8 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from .services import PrivateRedis
-from .in_process import make_in_process_server
 from .support import HQProcess, HQServer, make_server, seed_agents
+from .threaded_hq import make_in_process_server
 
 
 def server_maker(node: pytest.Item | pytest.Collector) -> Callable[..., HQServer]:

@@ -97,7 +97,7 @@ LISTENING = re.compile(r"HQ listening on (https?)://([^/\s]+):(\d+)/")
 @dataclass
 class HQServer:
     """What a test holds of one HQ node, whether a real process (:class:`HQProcess`) or an app in
-    this process (tests/in_process.py): its URL, folder, config, log, audit trail and CLI."""
+    this process (tests/threaded_hq.py): its URL, folder, config, log, audit trail and CLI."""
 
     workdir: Path
     port: int

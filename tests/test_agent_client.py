@@ -16,9 +16,9 @@ from agent_client import (Agent, AgentClient, AgentClientError, AgentDisabled, B
                           ClientClosed, ConnectionRefused, Forbidden, LoginFailed, Message, NotConnected,
                           NotFound, NotLoggedIn, PayloadTooLarge, RateLimited, TooManyAttempts, Unavailable)
 
-from .in_process import make_in_process_server
 from .keys import write_self_signed
 from .support import PASSWORD, HQServer, free_port
+from .threaded_hq import make_in_process_server
 
 MakeClient = Callable[..., Awaitable[AgentClient]]
 

@@ -16,9 +16,9 @@ import pytest
 
 from agent_client import AgentClient, InvalidOtp, LoginFailed, MfaEnrollmentRequired, MfaRequired
 
-from .in_process import make_in_process_server
 from .support import PASSWORD, ROOT, HQServer
 from .terminal import run_on_terminal
+from .threaded_hq import make_in_process_server
 
 # HQ's default policy; 3-second tokens so that the client refreshes within the test.
 CONFIG = {"auth": {"mfa_required": ["director"], "access_ttl": 3, "expiry_warning": 1},

@@ -19,6 +19,7 @@ import pytest
 from agent_client import (AgentClient, AgentDisabled, ConnectionLost, Message, RateLimited, SessionEnded,
                           TokenReused)
 
+from .cli import run_cli
 from .support import PASSWORD, HQServer
 from .test_agent_client import MakeClient, clients, wait_until  # noqa: F401  (fixture import)
 
@@ -237,7 +238,7 @@ async def test_disable_in_another_process_stops_the_client(hq: HQServer, clients
     received: list[Message] = []
     reader = asyncio.create_task(stream_until_error(fox, received))
     started = time.monotonic()
-    result = await asyncio.to_thread(hq.cli, "agents", "disable", "fox")
+    result = await asyncio.to_thread(run_cli, hq.config, "agents", "disable", "fox")
     cli_done = time.monotonic()
     assert result.returncode == 0, result.stderr
     error = await asyncio.wait_for(reader, 10)

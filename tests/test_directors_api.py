@@ -24,11 +24,11 @@ from hq.http.guards import CHANGES_BURST
 from hq.store import Store
 
 from .cluster import start_cluster
-from .in_process import make_in_process_server
 from .services import REDIS_URL, ensure_redis
 from .sio import RecordingClient
 from .support import PASSWORD, HQServer
 from .test_store import store  # noqa: F401  (the fixture: SQLite and PostgreSQL)
+from .threaded_hq import make_in_process_server
 
 AGENT_FIELDS = {"codename", "role", "enabled", "created", "last_login", "sockets", "mfa"}
 SOCKET_FIELDS = {"node", "address", "transport", "user_agent", "since", "exp"}

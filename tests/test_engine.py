@@ -25,11 +25,11 @@ from hq.realtime.engine import LeanEngineServer, LeanSocket
 from hq.realtime.socket_server import SocketServer
 
 from .cli import run_cli_in_process
-from .in_process import bind_listener
 from .raw import RawPoller, RawWebSocket
 from .sio import RecordingClient
 from .support import HQServer, write_config, base_config, PASSWORD
 from .test_fanout import TaskCounter
+from .threaded_hq import bind_listener
 
 
 @pytest.fixture

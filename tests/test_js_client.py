@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 import jwt
 import pytest
 
+from .cli import run_cli
 from .support import ROOT, HQServer
 
 DRIVER = ROOT / "tests" / "js" / "driver.mjs"
@@ -420,9 +421,10 @@ def test_refused_reauth_keeps_the_old_expiry(hq_factory: Callable[..., HQServer]
     js.wait("fox", "disconnect", timeout=10)
 
 
-def test_logout_ends_the_js_socket(hq: HQServer, js: JSDriver) -> None:
-    token = hq.login("fox")["access_token"]
-    other = hq.login("fox")["access_token"]
+def test_logout_ends_the_js_socket(shared_hq: HQServer, fresh_agent: str, js: JSDriver) -> None:
+    hq = shared_hq  # the logout ends sessions of this test's own agent only
+    token = hq.login(fresh_agent)["access_token"]
+    other = hq.login(fresh_agent)["access_token"]
     assert js.connect("fox", hq.url, auth={"token": token})["connected"]
     assert js.connect("other", hq.url, auth={"token": other})["connected"]
     assert js.emit("fox", "join", {"channel": "missions"})["ok"]
@@ -439,13 +441,14 @@ def test_logout_ends_the_js_socket(hq: HQServer, js: JSDriver) -> None:
     assert_refused(js.connect("again", hq.url, auth={"token": token}), "token_revoked")
 
 
-def test_cli_disable_in_another_process_ends_the_js_socket(hq: HQServer, js: JSDriver) -> None:
-    token = hq.login("fox")["access_token"]
+def test_cli_disable_in_another_process_ends_the_js_socket(shared_hq: HQServer, fresh_agent: str, js: JSDriver) -> None:
+    hq = shared_hq  # only this test's own agent is disabled
+    token = hq.login(fresh_agent)["access_token"]
     hank = hq.login("hank")["access_token"]
     assert js.connect("fox", hq.url, transports=["websocket"], auth={"token": token})["connected"]
     assert js.connect("hank", hq.url, auth={"token": hank})["connected"]
     launched_at = time.time()
-    result = hq.cli("agents", "disable", "fox")
+    result = run_cli(hq.config, "agents", "disable", fresh_agent)  # another process: HQ learns it from the store
     disabled_at = time.time()
     assert result.returncode == 0, result.stderr
     ended = js.wait("fox", "session_ended", timeout=10)

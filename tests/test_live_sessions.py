@@ -14,6 +14,7 @@ import aiohttp
 import jwt
 import pytest
 
+from .cli import run_cli
 from .inprocess import ClockedHQFactory, clocked_hq  # noqa: F401  (the in-process HQ on a manual clock)
 from .sio import RecordingClient
 from .support import HQServer
@@ -72,7 +73,7 @@ async def test_disable_from_another_process_ends_sockets(hq: HQServer) -> None:
     fox = await RecordingClient().connect(hq.url, fox_token)
     hank = await RecordingClient().connect(hq.url, hq.login("hank")["access_token"])
     started = time.monotonic()
-    result = hq.cli("agents", "disable", "fox")
+    result = run_cli(hq.config, "agents", "disable", "fox")
     done = time.monotonic()
     assert result.returncode == 0, result.stderr
     assert (await fox.wait_for("session_ended"))[0] == {"reason": "agent_disabled"}
@@ -93,7 +94,7 @@ async def test_disable_from_another_process_ends_sockets(hq: HQServer) -> None:
 async def test_passwd_from_another_process_ends_sessions(hq: HQServer) -> None:
     token = hq.login("fox")["access_token"]
     fox = await RecordingClient().connect(hq.url, token)
-    result = hq.cli("agents", "passwd", "fox", "--password-stdin", stdin="a brand new password\n")
+    result = run_cli(hq.config, "agents", "passwd", "fox", "--password-stdin", stdin="a brand new password\n")
     assert result.returncode == 0, result.stderr
     assert (await fox.wait_for("session_ended"))[0] == {"reason": "revoked"}
     again = RecordingClient()
@@ -107,7 +108,7 @@ async def test_role_change_from_another_process_takes_effect_at_once(hq: HQServe
     token = hq.login("hank")["access_token"]
     hank = await RecordingClient().connect(hq.url, token)
     assert (await hank.call("message", {"channel": "missions", "text": "as handler"}))["ok"]
-    result = hq.cli("agents", "role", "hank", "--role", "analyst")
+    result = run_cli(hq.config, "agents", "role", "hank", "--role", "analyst")
     assert result.returncode == 0, result.stderr
     assert (await hank.wait_for("session_ended"))[0] == {"reason": "revoked"}
     again = RecordingClient()

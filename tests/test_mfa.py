@@ -28,12 +28,12 @@ from hq.auth.mfa import (MfaKeyError, OtpRejected, SecondFactor, SecretBox, hash
 from hq.config import ConfigError, load_settings
 from hq.store import Agent, Store, open_store
 
-from .in_process import make_in_process_server
 from .services import create_database, drop_database
 from .sio import RecordingClient
 from .support import PASSWORD, HQServer, make_server
 from .terminal import run_on_terminal
 from .test_admin_ui import AdminClient
+from .threaded_hq import make_in_process_server
 
 NEW_PASSWORD = "a fresh password for mfa"
 # HQ's default policy, and a per-address limit no test here reaches (each test uses its own codenames).

@@ -45,9 +45,9 @@ from hq.config import Settings, load_settings
 from hq.http.guards import CHANGES_BURST
 from hq.http.openapi import build_document
 
-from .in_process import make_in_process_server
 from .services import PrivatePostgres, private_postgres
 from .support import PASSWORD, HQServer
+from .threaded_hq import make_in_process_server
 
 DOCUMENT = build_document(Settings())
 METHODS = ("get", "post", "put", "patch", "delete", "options", "head")

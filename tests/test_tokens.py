@@ -28,8 +28,8 @@ from hq.clock import ManualClock, SystemClock
 from hq.config import AuthSettings
 from hq.errors import AuthError
 
-from .in_process import make_in_process_server
 from .support import PASSWORD, HQServer
+from .threaded_hq import make_in_process_server
 
 REQUIRED = ("sub", "role", "sid", "jti", "iat", "exp", "iss", "aud")
 

@@ -22,9 +22,9 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Page, Response, expect
 
-from ..in_process import make_in_process_server
 from ..sio import RecordingClient
 from ..support import PASSWORD, HQServer
+from ..threaded_hq import make_in_process_server
 from .conftest import OpenConsole
 from .console_page import WAIT_MS, Console
 

@@ -10,6 +10,10 @@ lock, signals) is tested with real processes (``tests/support.py`` ``HQProcess``
 The port: the listening socket is bound here before the config is written, so the config names
 its real port in ``allowed_origins`` and no other process can take the port in between; it is
 handed to aiohttp as it is (``SockSite``).
+
+tests/inprocess.py serves HQ on the test's own loop instead, on a manual clock, for the tests of
+things that expire; this module's servers run on the real clock for tests written synchronously
+or against the ``hq`` fixtures.
 """
 
 from __future__ import annotations
