@@ -204,7 +204,10 @@ class HQProcess(HQServer):
                                             env=env, text=True)
         deadline = time.monotonic() + timeout
         process = self.process
-        exited = lambda: f"HQ exited with {process.returncode}" if process.poll() is not None else None
+
+        def exited() -> str | None:
+            return f"HQ exited with {process.returncode}" if process.poll() is not None else None
+
         while not self.port:
             reason = exited()
             if reason is not None or time.monotonic() > deadline:
