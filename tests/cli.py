@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -51,6 +52,13 @@ class InProcessCli:
         out, err = io.StringIO(), io.StringIO()
         saved_stdin = sys.stdin
         sys.stdin = io.StringIO(stdin or "")
+        # The CLI configures no logging: as a process, its warnings reach stderr through Python's
+        # last-resort handler (WARNING and up, the bare message). The same here, for its thread only.
+        warnings = logging.StreamHandler(err)
+        warnings.setLevel(logging.WARNING)
+        thread = threading.get_ident()
+        warnings.addFilter(lambda record: record.thread == thread)
+        logging.getLogger().addHandler(warnings)
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 try:
@@ -58,6 +66,7 @@ class InProcessCli:
                 except SystemExit as exit_:  # argparse's --help
                     code = exit_.code if isinstance(exit_.code, int) else 0
         finally:
+            logging.getLogger().removeHandler(warnings)
             sys.stdin = saved_stdin
         return subprocess.CompletedProcess(["python", "-m", "hq", *argv], code, out.getvalue(), err.getvalue())
 
