@@ -9,11 +9,11 @@ VENDOR := hq/web/vendor
 serve: setup
 	$(PY) -m hq serve
 
-# Tests run on TEST_WORKERS xdist workers, a whole file per worker (measured on 2 vCPUs under other
-# load: 229 tests took 60 s on 2 workers and 58 s on 4, which cost a third more CPU and made the
-# timing-sensitive cluster tests flakier) (--dist loadfile: modules share one
-# server and some tests read what an earlier one in the file left). Coverage of hq and agent_client
-# is reported at the end (in CI's output).
+# Tests run on TEST_WORKERS xdist workers, a whole file per worker (--dist loadfile: modules share
+# one server and some tests read what an earlier one in the file left). Measured on 2 vCPUs under
+# other load: 229 tests took 60 s on 2 workers and 58 s on 4, which cost a third more CPU and made
+# the timing-sensitive cluster tests flakier. Coverage of hq and agent_client is reported at the
+# end (in CI's output).
 TEST_WORKERS ?= 3
 PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile
 
