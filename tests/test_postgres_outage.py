@@ -159,7 +159,9 @@ async def test_a_crash_mid_batch_fails_every_caller_of_the_batch_and_the_next_ba
         queued = asyncio.gather(*(store.add_message("hq", "fox", f"queued {i}", "2024-01-01T00:00:01.000Z")
                                   for i in range(10)), return_exceptions=True)
         await asyncio.sleep(0.05)
-        assert store.queued_messages == 10, "the next batch accumulates while one is in flight"
+        # The first caller commits its batch itself (only its own message was pending then); every
+        # later one, the ten below included, waits for the next batch while that one is in flight.
+        assert store.queued_messages == 49, "the next batch accumulates while one is in flight"
 
         postgres.stop()  # a crash: the batch's statement is cut mid-way
         results = await asyncio.wait_for(asyncio.gather(in_flight, queued), ANSWER_WITHIN)
