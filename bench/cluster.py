@@ -7,8 +7,8 @@ on the machine's server (``127.0.0.1:5432``, trust auth, dropped at the end), a 
 (``python -m hq serve``, one process each, or ``serve --workers N``) sharing one configuration: the
 same auth secret, ``[storage] url`` and ``[cluster] redis_url``. The load comes from
 bench/cluster_loadgen.mjs (JS socket.io-client, websocket transport) and, for the failover,
-``agent_client.AgentClient``. Nothing is pinned: nodes, PostgreSQL, Redis and the load generators
-share the machine's cores (say how many when quoting the figures).
+``agent_client.AgentClient``. In phases 1-5 nothing is pinned: nodes, PostgreSQL, Redis and the load
+generators share the machine's cores (say how many when quoting the figures). Phase 6 pins.
 
 Phases, each bounded in count and time:
 
@@ -20,10 +20,20 @@ Phases, each bounded in count and time:
                 again (through B), and whether anything was lost, repeated or reordered
 5. workers      bench's ``messages`` load on ``serve --workers 1`` and ``--workers 2``: acknowledged
                 messages/s, and CPU per message of HQ, the PostgreSQL backends and Redis
+6. throughput   acknowledged messages/s of 1 SQLite node and of 1, 2 and 3 nodes on PostgreSQL + Redis
+                (``LAYOUTS``), each on one channel and on 8 with their listeners spread over the nodes:
+                fresh nodes per run, pinned together to core 0 (taskset), 100 clients per node each
+                keeping one message in flight, the load generator on core 1; ratios to the SQLite node;
+                CPU per message of each node (storing, member, and a non-member node added to every
+                PostgreSQL layout, on core 1), of the PostgreSQL backends and of Redis; a listener per
+                channel checks that every id arrives once and in order
 
 Usage: .venv/bin/python bench/cluster.py [--quick] [--phase NAME ...] [--idle-sockets N] [--reps N]
+                                         [--hq-ref GIT_REF | --hq-source DIR] [--output NAME]
 
-Writes bench/results/cluster.json and prints a markdown table.
+``--hq-ref`` runs the ``hq`` package of an earlier commit (bench/run.py's ``HQSource``: exported with
+``git archive`` into the run's temporary folder, first on the nodes' ``PYTHONPATH``), for a "before".
+Writes bench/results/cluster.json (or NAME.json) and prints markdown tables.
 """
 
 from __future__ import annotations
@@ -58,6 +68,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))  # agent_client, when run as a script
 
 from agent_client import AgentClient, Message, RateLimited  # noqa: E402
+from run import LOADGEN_CORE, SERVER_CORE, HQSource  # noqa: E402  (bench/, the script's own folder)
 
 RESULTS = BENCH / "results"
 LOADGEN = BENCH / "cluster_loadgen.mjs"
@@ -67,11 +78,57 @@ AGENTS = {"hank": "handler", "fox": "field-operative"}
 CREDENTIALS = {"handler": {"codename": "hank", "password": PASSWORD},
                "operative": {"codename": "fox", "password": PASSWORD}}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PHASES = ("delivery", "revocation", "idle", "failover", "workers")
+PHASES = ("delivery", "revocation", "idle", "failover", "workers", "throughput")
 # The second shape of the workers phase: the same load spread over 8 channels. Each message takes its
 # channel's row lock in PostgreSQL (the per-channel id counter) until its commit, so one channel's
 # messages are stored one commit after the other whatever the number of workers.
 MANY_CHANNELS = tuple(f"c{n}" for n in range(8))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the throughput phase puts nodes, senders and listeners.
+
+    ``nodes`` measured nodes, pinned together to one core; ``clients`` senders on each (or on the
+    first only); one listener per channel, the listener of channel j on node (nodes - 1 + j) % nodes,
+    so that with several nodes most deliveries cross nodes (or, ``listeners_on_last``, all on the
+    last node). A PostgreSQL layout also has a non-member node: no member in any channel of the load.
+    """
+
+    name: str
+    store: str  # "sqlite": the node's own SQLite file, no Redis; "pg": PostgreSQL + Redis
+    nodes: int
+    description: str
+    senders_on_first: bool = False
+    listeners_on_last: bool = False
+
+    def listener_node(self, channel_index: int) -> int:
+        return self.nodes - 1 if self.listeners_on_last else (self.nodes - 1 + channel_index) % self.nodes
+
+    def role(self, index: int, channels: tuple[str, ...]) -> str:
+        """What node ``index`` does with the load on ``channels``: stores it (senders on it), delivers
+        it (a listener on it), both, or neither."""
+        stores = index == 0 or not self.senders_on_first
+        member = any(self.listener_node(j) == index for j in range(len(channels)))
+        return {(True, True): "storing+member", (True, False): "storing", (False, True): "member",
+                (False, False): "non-member"}[stores, member]
+
+
+LAYOUTS = (
+    Layout("sqlite", "sqlite", 1, "1 node on SQLite, no Redis (the baseline)"),
+    Layout("pg1", "pg", 1, "1 node on PostgreSQL + Redis"),
+    Layout("pg2", "pg", 2, "2 nodes on PostgreSQL + Redis"),
+    Layout("pg3", "pg", 3, "3 nodes on PostgreSQL + Redis"),
+    Layout("roles", "pg", 2, "2 nodes: senders on the first only, every listener on the second",
+           senders_on_first=True, listeners_on_last=True),
+)
+BASELINE = LAYOUTS[0]
+SHAPES = {"1ch": ("hq",), "8ch": MANY_CHANNELS}
+ROLES = ("storing", "member", "storing+member", "non-member")
+THROUGHPUT_MEDIANS = ("msgs_per_s", "p50_ms", "p99_ms", "loadgen_cpu", "server_core_cpu", "nodes_us_per_msg",
+                      "storing_us_per_msg", "member_us_per_msg", "storing+member_us_per_msg",
+                      "non-member_us_per_msg", "non-member_net_us_per_msg", "postgres_cpu", "postgres_us_per_msg",
+                      "redis_cpu", "redis_us_per_msg", "drain_ms")
 
 FULL: dict[str, dict[str, Any]] = {
     "delivery": {"members_per_url": 50, "messages": 1000, "interval_ms": 10},
@@ -80,6 +137,8 @@ FULL: dict[str, dict[str, Any]] = {
     "idle": {"sockets": 10_000, "holders_per_node": 2, "settle_s": 3, "idle_cpu_s": 10, "revocations": 60},
     "failover": {"reps": 5, "send_interval_s": 0.02},
     "workers": {"clients": 100, "window": 1, "warmup_s": 2, "duration_s": 5, "reps": 3},
+    "throughput": {"clients": 100, "window": 1, "idle_s": 2, "warmup_s": 2, "duration_s": 5, "drain_s": 10,
+                   "reps": 3},
 }
 QUICK: dict[str, dict[str, Any]] = {
     "delivery": {"members_per_url": 5, "messages": 50, "interval_ms": 20},
@@ -88,6 +147,8 @@ QUICK: dict[str, dict[str, Any]] = {
     "idle": {"sockets": 40, "holders_per_node": 1, "settle_s": 1, "idle_cpu_s": 1, "revocations": 4},
     "failover": {"reps": 1, "send_interval_s": 0.05},
     "workers": {"clients": 10, "window": 1, "warmup_s": 0.5, "duration_s": 1, "reps": 1},
+    "throughput": {"clients": 100, "window": 1, "idle_s": 0.5, "warmup_s": 0.5, "duration_s": 1.5, "drain_s": 5,
+                   "reps": 1},
 }
 
 
@@ -244,11 +305,20 @@ def postgres_version() -> str:
 
 
 # HQ ----------------------------------------------------------------------------------------------
-def hq_config(database: str, redis_url: str) -> str:
+def hq_config(database: str | None, redis_url: str | None) -> str:
     """The one configuration every node uses (written into each node's folder): the default channels
-    and ``MANY_CHANNELS`` more like ``hq`` (read handler, write field-operative)."""
+    and ``MANY_CHANNELS`` more like ``hq`` (read handler, write field-operative). Without a database
+    and Redis: a single node on its own SQLite file (``hq.sqlite3`` in its folder)."""
     extra_channels = "".join(f'\n[channels.{name}]\nread = "handler"\nwrite = "field-operative"\n'
                              for name in MANY_CHANNELS)
+    shared = "" if database is None or redis_url is None else f"""
+[storage]
+url = "{database}"
+
+[cluster]
+redis_url = "{redis_url}"
+channel = "hq-bench-{uuid.uuid4().hex[:8]}"
+"""
     return f"""\
 [server]
 host = "127.0.0.1"
@@ -261,14 +331,7 @@ secret = "{secrets.token_hex(32)}"
 [limits]
 events_per_second = 1000000.0
 events_burst = 1000000
-
-[storage]
-url = "{database}"
-
-[cluster]
-redis_url = "{redis_url}"
-channel = "hq-bench-{uuid.uuid4().hex[:8]}"
-
+{shared}
 [audit]
 path = "audit.log"
 
@@ -282,8 +345,12 @@ write = "field-operative"
 {extra_channels}"""
 
 
-def hq_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("HQ_")}
+def working_tree() -> HQSource:
+    """The ``hq`` package of the tree this bench is in, first on the nodes' ``PYTHONPATH`` (the venv's
+    editable install may point at another checkout)."""
+    source = HQSource(f"working tree {ROOT} on {sys.executable}", ROOT)
+    source.check()
+    return source
 
 
 @dataclass
@@ -293,7 +360,9 @@ class Node:
     name: str
     workdir: Path
     config_text: str
+    source: HQSource
     workers: int | None = None  # None: plain `serve`; N: `serve --workers N`
+    cpus: str | None = None  # pinned to these cores with taskset (it execs: the pid stays the node's)
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
 
@@ -306,15 +375,25 @@ class Node:
         return self.workdir / "server.log"
 
     def start(self, timeout: float = 60) -> "Node":
+        self.launch()
+        return self.wait_serving(timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to serve (see ``start_all``)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "config.toml").write_text(self.config_text)
         self.port = free_port()
-        command = [sys.executable, "-m", "hq", "serve", "--config", "config.toml", "--port", str(self.port)]
+        command = [self.source.python, "-m", "hq", "serve", "--config", "config.toml", "--port", str(self.port)]
         if self.workers is not None:
             command += ["--workers", str(self.workers)]
+        if self.cpus is not None:
+            command = ["taskset", "-c", self.cpus, *command]
         with open(self.log, "ab") as out:
             self.process = PROCESSES.popen(command, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT,
-                                           env=hq_env())
+                                           env=self.source.env())
+
+    def wait_serving(self, timeout: float = 60) -> "Node":
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while not self._serving():
             if self.process.poll() is not None:
@@ -353,22 +432,32 @@ class Node:
     def cli(self, *args: str, stdin: str = "") -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "config.toml").write_text(self.config_text)
-        result = subprocess.run([sys.executable, "-m", "hq", *args, "--config", "config.toml"], input=stdin,
-                                capture_output=True, text=True, cwd=self.workdir, env=hq_env(), timeout=120)
+        result = subprocess.run([self.source.python, "-m", "hq", *args, "--config", "config.toml"], input=stdin,
+                                capture_output=True, text=True, cwd=self.workdir, env=self.source.env(), timeout=120)
         if result.returncode != 0:
             raise RuntimeError(f"hq {' '.join(args)} failed: {result.stderr.strip()}")
 
 
+def start_all(nodes: list[Node], timeout: float = 60) -> None:
+    """Start nodes side by side (their database's schema must exist already), then wait for each."""
+    for node in nodes:
+        node.launch()
+    for node in nodes:
+        node.wait_serving(timeout)
+
+
 # the load generator ------------------------------------------------------------------------------
-def loadgen_command(scenario: str, params: dict[str, Any]) -> list[str]:
-    return ["node", str(LOADGEN), "--scenario", scenario, "--params", json.dumps({**params, **CREDENTIALS})]
+def loadgen_command(scenario: str, params: dict[str, Any], cpus: str | None = None) -> list[str]:
+    command = ["node", str(LOADGEN), "--scenario", scenario, "--params", json.dumps({**params, **CREDENTIALS})]
+    return command if cpus is None else ["taskset", "-c", cpus, *command]
 
 
 def run_loadgen(scenario: str, params: dict[str, Any], timeout: float = 240,
-                on_line: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Run one scenario to its end; ``on_line`` sees every JSON line printed before the result."""
-    process = PROCESSES.popen(loadgen_command(scenario, params), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, cwd=BENCH)
+                on_line: Callable[[dict[str, Any]], None] | None = None, cpus: str | None = None) -> dict[str, Any]:
+    """Run one scenario to its end (pinned to ``cpus`` if given); ``on_line`` sees every JSON line
+    printed before the result."""
+    process = PROCESSES.popen(loadgen_command(scenario, params, cpus), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=BENCH)
     deadline = time.monotonic() + timeout
     result: dict[str, Any] | None = None
     try:
@@ -405,13 +494,15 @@ class Bench:
     redis: PrivateRedis
     database: str
     config_text: str
+    source: HQSource
     a: Node | None = None
     b: Node | None = None
     results: dict[str, Any] = field(default_factory=dict)
 
-    def node(self, name: str, workers: int | None = None) -> Node:
+    def node(self, name: str, workers: int | None = None, cpus: str | None = None,
+             config_text: str | None = None) -> Node:
         folder = self.workdir / f"{name}-{uuid.uuid4().hex[:6]}"
-        return Node(name, folder, self.config_text, workers)
+        return Node(name, folder, config_text or self.config_text, self.source, workers, cpus)
 
     def start_pair(self) -> None:
         self.a = self.node("A").start()
@@ -594,6 +685,116 @@ class Bench:
         return out
 
 
+    def throughput(self) -> dict[str, Any]:
+        p = self.params["throughput"]
+        runs: list[dict[str, Any]] = []
+        for rep in range(p["reps"]):
+            order = [(layout, shape) for layout in LAYOUTS for shape in SHAPES]
+            for layout, shape in (order if rep % 2 == 0 else order[::-1]):
+                runs.append({"layout": layout.name, "shape": shape, "rep": rep + 1,
+                             **self._throughput_run(layout, SHAPES[shape], p)})
+                print(f"  throughput {layout.name} {shape} rep {rep + 1}: {json.dumps(runs[-1])[:900]}",
+                      file=sys.stderr, flush=True)
+        out: dict[str, Any] = {"params": p, "hq_source": self.source.description, "runs": runs,
+                               "layouts": {layout.name: layout.description for layout in LAYOUTS}}
+        for layout in LAYOUTS:
+            for shape in SHAPES:
+                mine = [r for r in runs if r["layout"] == layout.name and r["shape"] == shape]
+                out[f"{layout.name}_{shape}"] = {
+                    key: _median([r.get(key) for r in mine]) for key in THROUGHPUT_MEDIANS}
+                for key in ("lost", "duplicates", "out_of_order", "errors"):
+                    out[f"{layout.name}_{shape}"][key] = sum(r[key] for r in mine)
+        for layout in LAYOUTS:
+            for shape in SHAPES:
+                baseline = out[f"{BASELINE.name}_{shape}"]["msgs_per_s"]
+                rate = out[f"{layout.name}_{shape}"]["msgs_per_s"]
+                out[f"{layout.name}_{shape}"]["ratio_to_sqlite"] = \
+                    round(rate / baseline, 3) if rate is not None and baseline else None
+        return out
+
+    def _throughput_run(self, layout: Layout, channels: tuple[str, ...], p: dict[str, Any]) -> dict[str, Any]:
+        """One layout and shape on fresh nodes: the measured nodes pinned together to the server core,
+        the non-member node and the load generator to the other core."""
+        if layout.store == "sqlite":
+            config_text = hq_config(None, None)
+            nodes = [self.node(f"{layout.name}-{i}", cpus=SERVER_CORE, config_text=config_text)
+                     for i in range(layout.nodes)]
+            for node in nodes:  # each its own SQLite file
+                for codename, role in AGENTS.items():
+                    node.cli("agents", "add", codename, "--role", role, "--password-stdin", stdin=PASSWORD + "\n")
+            nonmember = None
+        else:
+            nodes = [self.node(f"{layout.name}-{i}", cpus=SERVER_CORE) for i in range(layout.nodes)]
+            nonmember = self.node(f"{layout.name}-nonmember", cpus=LOADGEN_CORE)
+        everyone = nodes + ([nonmember] if nonmember else [])
+        start_all(everyone)
+        try:
+            pid_of = {node.name: node.process.pid for node in everyone}  # type: ignore[union-attr]
+            # Each node's own background work with no load (heartbeats, feeds, catch-up), subtracted from
+            # the non-member node's figure below.
+            idle_start, t = cpu_sample(list(pid_of.values())), time.monotonic()
+            time.sleep(p["idle_s"])
+            idle_end, idle_seconds = cpu_sample(list(pid_of.values())), time.monotonic() - t
+            idle = {name: (idle_end[pid] - idle_start[pid]) / idle_seconds for name, pid in pid_of.items()}
+
+            def pids() -> dict[str, list[int]]:
+                groups = {name: [pid] for name, pid in pid_of.items()}
+                if layout.store == "pg":
+                    groups["postgres"] = backend_pids(self.database)
+                    groups["redis"] = [self.redis.process.pid]
+                return groups
+
+            samples: dict[str, dict[str, dict[int, float]]] = {}
+            wall: dict[str, float] = {}
+
+            def on_line(data: dict[str, Any]) -> None:
+                which = data.get("window")
+                if which in ("start", "end"):
+                    wall[which] = time.monotonic()
+                    samples[which] = {role: cpu_sample(group) for role, group in pids().items()}
+
+            listeners = [{"url": nodes[layout.listener_node(j)].url, "channel": channel}
+                         for j, channel in enumerate(channels)]
+            if nonmember is not None:  # a member of a channel the load does not use
+                listeners.append({"url": nonmember.url, "channel": "missions", "agent": "operative"})
+            senders = nodes[:1] if layout.senders_on_first else nodes
+            params = {k: p[k] for k in ("clients", "window", "warmup_s", "duration_s", "drain_s")}
+            result = check(run_loadgen("throughput", {**params, "sender_urls": [n.url for n in senders],
+                                                      "channels": list(channels), "listeners": listeners},
+                                       on_line=on_line, cpus=LOADGEN_CORE))
+        finally:
+            for node in everyone:
+                node.stop()
+        seconds = wall["end"] - wall["start"]
+        acked = max(1, result["acked"])
+        used = {role: cpu_used(samples["start"][role], samples["end"][role]) for role in samples["start"]}
+        per_node = {}
+        for index, node in enumerate(everyone):
+            per_node[node.name] = {
+                "role": layout.role(index, channels) if index < len(nodes) else "non-member",
+                "acked_through": result["acked_per_url"].get(node.url, 0),
+                "cpu": round(used[node.name] / seconds, 3), "idle_cpu": round(idle[node.name], 3),
+                "us_per_msg": round(1e6 * used[node.name] / acked, 1),
+                "net_us_per_msg": round(1e6 * (used[node.name] - idle[node.name] * seconds) / acked, 1)}
+        tallies = result["listeners"]
+        out = {k: result[k] for k in ("msgs_per_s", "p50_ms", "p99_ms", "acked", "loadgen_cpu", "errors",
+                                      "first_error", "drain_ms")}
+        out.update({"nodes": per_node, "listeners": tallies,
+                    "server_core_cpu": round(sum(used[n.name] for n in nodes) / seconds, 3),
+                    "lost": sum(t["lost"] for t in tallies), "duplicates": sum(t["duplicates"] for t in tallies),
+                    "out_of_order": sum(t["out_of_order"] for t in tallies),
+                    "nodes_us_per_msg": round(1e6 * sum(used[n.name] for n in nodes) / acked, 1)})
+        for role in ROLES:
+            names = [name for name, n in per_node.items() if n["role"] == role]
+            out[f"{role}_us_per_msg"] = per_node[names[0]]["us_per_msg"] if names else None
+        if nonmember is not None:
+            out["non-member_net_us_per_msg"] = per_node[nonmember.name]["net_us_per_msg"]
+        for backend in ("postgres", "redis"):
+            out[f"{backend}_cpu"] = round(used[backend] / seconds, 3) if backend in used else None
+            out[f"{backend}_us_per_msg"] = round(1e6 * used[backend] / acked, 1) if backend in used else None
+        return out
+
+
 def _read_json_line(process: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
     """The next JSON line a holder prints (bounded in time: the holder has its own hard limit too)."""
     assert process.stdout is not None
@@ -760,6 +961,32 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def throughput_table(t: dict[str, Any]) -> str:
+    """The throughput phase: one row per layout and shape (medians), rates as ratios to SQLite."""
+    p = t["params"]
+    rows = [f"Throughput: {p['clients']} clients per sending node, one `message` in flight each, {p['duration_s']} s "
+            f"after {p['warmup_s']} s of warm-up, medians of {p['reps']}; the layout's nodes pinned together to core "
+            f"{SERVER_CORE}, the non-member node and the load generator to core {LOADGEN_CORE}, PostgreSQL (the "
+            f"machine's server) and Redis (private) not pinned. CPU µs per acknowledged message of the run; "
+            f"lost / duplicated / out of order summed over every listener of every run.", "",
+            "| layout | channels | acked msg/s | × SQLite | ack p50 / p99 ms | core of the nodes busy | "
+            "µs/msg: nodes / storing / member / storing+member | non-member (net of idle) | PostgreSQL | Redis | "
+            "lost / dup / ooo |",
+            "| --- | --- | ---: | ---: | --- | ---: | --- | --- | ---: | ---: | --- |"]
+    for name in t["layouts"]:
+        for shape in SHAPES:
+            m = t[f"{name}_{shape}"]
+            rows.append(
+                f"| {name} | {shape} | {_fmt(m['msgs_per_s'])} | {_fmt(m['ratio_to_sqlite'])}× | "
+                f"{_fmt(m['p50_ms'])} / {_fmt(m['p99_ms'])} | {_fmt(m['server_core_cpu'])} | "
+                f"{_fmt(m['nodes_us_per_msg'])} / {_fmt(m['storing_us_per_msg'])} / {_fmt(m['member_us_per_msg'])} / "
+                f"{_fmt(m['storing+member_us_per_msg'])} | {_fmt(m['non-member_us_per_msg'])} "
+                f"({_fmt(m['non-member_net_us_per_msg'])}) | {_fmt(m['postgres_us_per_msg'])} | "
+                f"{_fmt(m['redis_us_per_msg'])} | {m['lost']} / {m['duplicates']} / {m['out_of_order']} |")
+    rows += ["", *(f"- {name}: {description}" for name, description in t["layouts"].items())]
+    return "\n".join(rows)
+
+
 def machine(database_version: str | None) -> dict[str, Any]:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
@@ -778,7 +1005,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a few sockets and messages (smoke run, ~1 min)")
     parser.add_argument("--phase", action="append", choices=PHASES, help="run only this phase (repeatable)")
     parser.add_argument("--idle-sockets", type=int, help="idle sockets over the two nodes (default 10000)")
-    parser.add_argument("--reps", type=int, help="failover and workers repetitions")
+    parser.add_argument("--reps", type=int, help="failover, workers and throughput repetitions")
+    parser.add_argument("--output", default="cluster", help="results file name in bench/results (default cluster)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--hq-ref", metavar="GIT_REF", help="run the hq package of this commit (a \"before\")")
+    source.add_argument("--hq-source", metavar="DIR", type=Path, help="run the hq package found in DIR/hq")
     return parser.parse_args(argv)
 
 
@@ -789,7 +1020,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.idle_sockets:
         params["idle"]["sockets"] = args.idle_sockets
     if args.reps:
-        params["failover"]["reps"] = params["workers"]["reps"] = args.reps
+        params["failover"]["reps"] = params["workers"]["reps"] = params["throughput"]["reps"] = args.reps
     for tool in ("redis-server", "redis-cli", "node"):
         if shutil.which(tool) is None:
             print(f"cluster bench: needs {tool}", file=sys.stderr)
@@ -806,18 +1037,21 @@ def main(argv: list[str] | None = None) -> int:
     load_before = load_average()
     database = None
     version = None
+    source: HQSource | None = None
     results: dict[str, Any] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="hq-cluster-bench-") as tmp:
             workdir = Path(tmp)
+            source = HQSource.resolve(args.hq_ref, args.hq_source, None, workdir) \
+                if args.hq_ref or args.hq_source else working_tree()
             redis = PrivateRedis(workdir)
             database = create_database()
             config_text = hq_config(database, redis.url)
-            bench = Bench(workdir, params, redis, database, config_text, results=results)
+            bench = Bench(workdir, params, redis, database, config_text, source, results=results)
             setup = bench.node("setup")
             for codename, role in AGENTS.items():
                 setup.cli("agents", "add", codename, "--role", role, "--password-stdin", stdin=PASSWORD + "\n")
-            pair_phases = [phase for phase in phases if phase != "workers"]
+            pair_phases = [phase for phase in phases if phase not in ("workers", "throughput")]
             if pair_phases:
                 bench.start_pair()
             for phase in phases:
@@ -835,19 +1069,22 @@ def main(argv: list[str] | None = None) -> int:
         PROCESSES.stop_all()
         if database is not None:
             drop_database(database)
-    report = {"started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "load_before": load_before, "load_after": load_average(), "quick": args.quick,
+    report = {"hq_source": source.description if source else None, "started": started,
+              "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "load_before": load_before,
+              "load_after": load_average(), "quick": args.quick,
               "fd_limit": fd_limit, "machine": machine(version), "results": results}
     m = report["machine"]
     markdown = "\n".join([
         f"HQ cluster on one machine, {started}{' (--quick)' if args.quick else ''}: {m['cores']} cores "
         f"({m['cpu']}) shared by every HQ node, PostgreSQL {m['postgresql']}, Redis {m['redis'].split(' ')[2].removeprefix('v=')} "
         f"and the load generators; Python {m['python']}, Node {m['node']}. Load average before "
-        f"{load_before}, after {report['load_after']}.", "", table(results)])
+        f"{load_before}, after {report['load_after']}. HQ from the {report['hq_source']}.",
+        *(["", table(results)] if set(results) - {"throughput"} else []),
+        *(["", throughput_table(results["throughput"])] if "throughput" in results else [])])
     print(markdown)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "cluster.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "cluster.md").write_text(markdown + "\n")
+    (RESULTS / f"{args.output}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{args.output}.md").write_text(markdown + "\n")
     return 0
 
 

@@ -7,8 +7,10 @@
 // Scenarios:
 //   delivery    a sender on one node, members on several: send -> receive latency per node, order
 //   revocation  log in, connect to the other node, log out on the first: logout -> session_ended
-//   messages    bench's `messages` load (N clients, one message in flight each) on one URL, with the
-//               window's start and end printed as lines so that the runner samples CPU of any process
+//   throughput  N clients per node, one message in flight each, spread over channels, with listeners
+//               checking every channel's ids; the window's start and end printed as lines so that the
+//               runner samples CPU of any process
+//   messages    the same on one URL with no listener (bench's `messages` load)
 //   hold        N idle authenticated sockets until "stop" on stdin (or hold_s), counting drops
 import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
@@ -130,13 +132,52 @@ async function scenarioRevocation() {
   return { ...summary(delays), min_ms: round(delays.length ? Math.min(...delays) : null), timeouts, reasons };
 }
 
-// bench's `messages` load: `clients` sockets each keep `window` messages in flight to a channel
-// nobody has joined (client i to channels[i % channels.length]). Prints {"window":"start"} and {"window":"end"} lines so that the runner can
-// sample the CPU time of every process involved (workers, PostgreSQL backends, Redis).
-async function scenarioMessages() {
-  const { url, clients = 100, window = 1, warmup_s = 2, duration_s = 5, channels = ["hq"], text_bytes = 64 } = P;
-  const token = await login(url, P.operative);
-  const sockets = await connectMany(url, token, clients);
+// A listener: one socket of `agent` on `url` joined to `channel`, checking what it receives: every id
+// of the channel once and in order (ids are per channel, so gapless).
+async function listen(url, agent, channel) {
+  const socket = await connect(url, await login(url, agent));
+  await ack(socket, "join", { channel });
+  const state = { url, channel, socket, seen: new Set(), received: 0, duplicates: 0, outOfOrder: 0, last: 0 };
+  socket.on("message", (m) => {
+    if (m.channel !== channel) return;
+    state.received += 1;
+    if (state.seen.has(m.id)) state.duplicates += 1;
+    else state.seen.add(m.id);
+    if (m.id <= state.last) state.outOfOrder += 1;
+    state.last = Math.max(state.last, m.id);
+  });
+  return state;
+}
+
+// The listener's tally against the ids acknowledged on its channel (all of them, warm-up included:
+// the listener joined before the first send, and only this run's senders write to the channel).
+function tally(listener, acked) {
+  const ids = acked.get(listener.channel) ?? { min: null, max: null };
+  let expected = 0;
+  let lost = 0;
+  if (ids.min !== null) {
+    expected = ids.max - ids.min + 1;
+    for (let id = ids.min; id <= ids.max; id += 1) if (!listener.seen.has(id)) lost += 1;
+  }
+  return { url: listener.url, channel: listener.channel, expected, received: listener.received, lost,
+           duplicates: listener.duplicates, out_of_order: listener.outOfOrder };
+}
+
+// The throughput load: `clients` sockets on each of `sender_urls` each keep `window` messages in flight
+// (client i of a URL to channels[i % channels.length]); `listeners` ([{url, channel, agent?}]) joined
+// first. Prints {"window":"start"} and {"window":"end"} lines so that the runner can sample the CPU
+// time of every process involved (nodes, PostgreSQL backends, Redis); after the window, waits up to
+// `drain_s` for every listener to have its channel's last acknowledged id.
+async function scenarioThroughput() {
+  const { sender_urls, clients = 100, window = 1, warmup_s = 2, duration_s = 5, channels = ["hq"],
+          text_bytes = 64, listeners = [], drain_s = 10 } = P;
+  const listening = [];
+  for (const l of listeners) listening.push(await listen(l.url, P[l.agent ?? "handler"], l.channel));
+  const senders = [];
+  for (const url of sender_urls) {
+    const sockets = await connectMany(url, await login(url, P.operative), clients);
+    sockets.forEach((socket, index) => senders.push({ url, socket, channel: channels[index % channels.length] }));
+  }
   const text = "x".repeat(text_bytes);
   const start = now();
   const windowStart = start + warmup_s * 1000;
@@ -144,14 +185,21 @@ async function scenarioMessages() {
   let own = null;
   setTimeout(() => { own = process.cpuUsage(); console.log(JSON.stringify({ window: "start" })); }, warmup_s * 1000);
   const latencies = [];
+  const ackedPerUrl = Object.fromEntries(sender_urls.map((url) => [url, 0]));
+  const acked = new Map(); // channel -> {min, max} of the ids acknowledged
   let errors = 0;
   let firstError = null;
-  async function sender(socket, channel) {
+  async function send({ url, socket, channel }) {
     while (now() < end) {
       const t = now();
       try {
-        await ack(socket, "message", { channel, text });
-        if (t >= windowStart) latencies.push(now() - t);
+        const answer = await ack(socket, "message", { channel, text });
+        const ids = acked.get(channel) ?? { min: answer.id, max: answer.id };
+        acked.set(channel, { min: Math.min(ids.min, answer.id), max: Math.max(ids.max, answer.id) });
+        if (t >= windowStart) {
+          latencies.push(now() - t);
+          ackedPerUrl[url] += 1;
+        }
       } catch (err) {
         errors += 1;
         firstError ??= String(err.message);
@@ -160,22 +208,35 @@ async function scenarioMessages() {
     }
   }
   const loops = [];
-  sockets.forEach((socket, index) => {
-    for (let i = 0; i < window; i += 1) loops.push(sender(socket, channels[index % channels.length]));
-  });
+  for (const sender of senders) for (let i = 0; i < window; i += 1) loops.push(send(sender));
   await Promise.all(loops);
   const used = process.cpuUsage(own);
   console.log(JSON.stringify({ window: "end" }));
-  for (const socket of sockets) socket.close();
+  const caughtUp = () => listening.every((l) => l.last >= (acked.get(l.channel)?.max ?? 0));
+  const drainStart = now();
+  while (!caughtUp() && now() - drainStart < drain_s * 1000) await sleep(20);
+  const drainMs = now() - drainStart;
+  for (const { socket } of senders) socket.close();
+  for (const { socket } of listening) socket.close();
   return {
     msgs_per_s: round(latencies.length / duration_s, 1),
     p50_ms: round(percentile(latencies, 0.5)),
     p99_ms: round(percentile(latencies, 0.99)),
     acked: latencies.length,
+    acked_per_url: ackedPerUrl,
     loadgen_cpu: round((used.user + used.system) / 1e6 / ((now() - windowStart) / 1000), 2),
     errors,
     first_error: firstError,
+    drain_ms: round(drainMs, 1),
+    listeners: listening.map((l) => tally(l, acked)),
   };
+}
+
+// bench's `messages` load on one URL: the throughput load with no listener (nobody has joined the
+// channels, so no fan-out).
+async function scenarioMessages() {
+  P.sender_urls = [P.url];
+  return scenarioThroughput();
 }
 
 // `clients` idle authenticated sockets on `url`; prints {"connected": n} once all are up, then holds
@@ -205,6 +266,7 @@ async function scenarioHold() {
 const SCENARIOS = {
   delivery: scenarioDelivery,
   revocation: scenarioRevocation,
+  throughput: scenarioThroughput,
   messages: scenarioMessages,
   hold: scenarioHold,
 };
