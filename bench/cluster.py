@@ -779,7 +779,7 @@ class Bench:
         tallies = result["listeners"]
         out = {k: result[k] for k in ("msgs_per_s", "p50_ms", "p99_ms", "acked", "loadgen_cpu", "errors",
                                       "first_error", "drain_ms")}
-        out.update({"nodes": per_node, "listeners": tallies,
+        out.update({"load_average": load_average(), "nodes": per_node, "listeners": tallies,
                     "server_core_cpu": round(sum(used[n.name] for n in nodes) / seconds, 3),
                     "lost": sum(t["lost"] for t in tallies), "duplicates": sum(t["duplicates"] for t in tallies),
                     "out_of_order": sum(t["out_of_order"] for t in tallies),
