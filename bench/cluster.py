@@ -704,12 +704,16 @@ class Bench:
                     key: _median([r.get(key) for r in mine]) for key in THROUGHPUT_MEDIANS}
                 for key in ("lost", "duplicates", "out_of_order", "errors"):
                     out[f"{layout.name}_{shape}"][key] = sum(r[key] for r in mine)
+        # Each repetition's rate against the SQLite node's of the same repetition (the machine's load moves
+        # both), then the median of those ratios.
+        baseline = {(r["shape"], r["rep"]): r["msgs_per_s"] for r in runs if r["layout"] == BASELINE.name}
+        for r in runs:
+            base = baseline.get((r["shape"], r["rep"]))
+            r["ratio_to_sqlite"] = round(r["msgs_per_s"] / base, 3) if base else None
         for layout in LAYOUTS:
             for shape in SHAPES:
-                baseline = out[f"{BASELINE.name}_{shape}"]["msgs_per_s"]
-                rate = out[f"{layout.name}_{shape}"]["msgs_per_s"]
-                out[f"{layout.name}_{shape}"]["ratio_to_sqlite"] = \
-                    round(rate / baseline, 3) if rate is not None and baseline else None
+                out[f"{layout.name}_{shape}"]["ratio_to_sqlite"] = _median(
+                    [r["ratio_to_sqlite"] for r in runs if r["layout"] == layout.name and r["shape"] == shape], 3)
         return out
 
     def _throughput_run(self, layout: Layout, channels: tuple[str, ...], p: dict[str, Any]) -> dict[str, Any]:
@@ -808,9 +812,9 @@ def _read_json_line(process: subprocess.Popen[str], timeout: float) -> dict[str,
     return {"error": "timeout"}
 
 
-def _median(values: list[Any]) -> float | None:
+def _median(values: list[Any], digits: int = 2) -> float | None:
     numbers = [v for v in values if isinstance(v, (int, float))]
-    return round(statistics.median(numbers), 2) if numbers else None
+    return round(statistics.median(numbers), digits) if numbers else None
 
 
 async def _failover_once(a: Node, b: Node, interval: float) -> dict[str, Any]:
@@ -965,8 +969,9 @@ def throughput_table(t: dict[str, Any]) -> str:
     """The throughput phase: one row per layout and shape (medians), rates as ratios to SQLite."""
     p = t["params"]
     rows = [f"Throughput: {p['clients']} clients per sending node, one `message` in flight each, {p['duration_s']} s "
-            f"after {p['warmup_s']} s of warm-up, medians of {p['reps']}; the layout's nodes pinned together to core "
-            f"{SERVER_CORE}, the non-member node and the load generator to core {LOADGEN_CORE}, PostgreSQL (the "
+            f"after {p['warmup_s']} s of warm-up, medians of {p['reps']} (× SQLite: of each repetition's ratio); "
+            f"the layout's nodes pinned together to core {SERVER_CORE}, the non-member node and the load generator "
+            f"to core {LOADGEN_CORE}, PostgreSQL (the "
             f"machine's server) and Redis (private) not pinned. CPU µs per acknowledged message of the run; "
             f"lost / duplicated / out of order summed over every listener of every run.", "",
             "| layout | channels | acked msg/s | × SQLite | ack p50 / p99 ms | core of the nodes busy | "
