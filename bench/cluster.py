@@ -978,7 +978,8 @@ def throughput_table(t: dict[str, Any]) -> str:
             f"machine's server) and Redis (private) not pinned. CPU µs per acknowledged message of the run; "
             f"lost / duplicated / out of order summed over every listener of every run.", "",
             "| layout | channels | acked msg/s | × SQLite | ack p50 / p99 ms | core of the nodes busy | "
-            "µs/msg: nodes / storing / member / storing+member | non-member (net of idle) | PostgreSQL | Redis | "
+            "µs/msg: nodes / storing / member / storing+member | non-member (net of idle), ± 1 tick | PostgreSQL | "
+            "Redis | "
             "lost / dup / ooo |",
             "| --- | --- | ---: | ---: | --- | ---: | --- | --- | ---: | ---: | --- |"]
     for name in t["layouts"]:
@@ -989,7 +990,8 @@ def throughput_table(t: dict[str, Any]) -> str:
                 f"{_fmt(m['p50_ms'])} / {_fmt(m['p99_ms'])} | {_fmt(m['server_core_cpu'])} | "
                 f"{_fmt(m['nodes_us_per_msg'])} / {_fmt(m['storing_us_per_msg'])} / {_fmt(m['member_us_per_msg'])} / "
                 f"{_fmt(m['storing+member_us_per_msg'])} | {_fmt(m['non-member_us_per_msg'])} "
-                f"({_fmt(m['non-member_net_us_per_msg'])}) | {_fmt(m['postgres_us_per_msg'])} | "
+                f"({_fmt(m['non-member_net_us_per_msg'])}), ± {_fmt(m.get('cpu_tick_us_per_msg'))} | "
+                f"{_fmt(m['postgres_us_per_msg'])} | "
                 f"{_fmt(m['redis_us_per_msg'])} | {m['lost']} / {m['duplicates']} / {m['out_of_order']} |")
     rows += ["", *(f"- {name}: {description}" for name, description in t["layouts"].items())]
     return "\n".join(rows)
