@@ -195,3 +195,50 @@ async def test_a_join_waits_for_its_subscription_so_nothing_after_its_last_id_is
         assert member.bus.confirmed(member.manager.topic("/", channel_room(channel)))
         sent = await sender.send(channel, "right after the join")
         await until(lambda: member.ids(channel) == [[sent]], f"the message sent right after joining {channel}")
+
+
+async def test_publishing_shares_round_trips_and_holds_no_pool_connection_per_message(
+        nodes: NodeFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """150 messages in flight at once (more than redis-py's 100 pooled connections) are published in a
+    few pipelines over one connection; every member receives every one, in order."""
+    sender, member = await nodes(), await nodes()
+    await member.join("missions")
+    from hq.cluster import routing
+    pipelines: list[int] = []
+    send_all = routing._publish_all
+
+    async def counting(redis: aioredis.Redis, batch: list[tuple[str, bytes]]) -> list[int]:
+        pipelines.append(len(batch))
+        return await send_all(redis, batch)
+    monkeypatch.setattr(routing, "_publish_all", counting)
+    sent = await asyncio.gather(*(sender.send("missions", f"m{n}") for n in range(150)))
+    await until(lambda: member.ids("missions") == [sorted(sent)], "all 150 messages on the member")
+    assert sum(pipelines) == 150 and len(pipelines) <= 3, pipelines
+    pool = sender.redis.connection_pool
+    # Every connection the sender's pool ever opened is idle or in use now: one publisher, one pubsub.
+    assert len(pool._available_connections) + len(pool._in_use_connections) <= 2
+    assert sender.bus.dropped == 0
+
+
+async def test_a_failed_publish_is_sent_again_not_left_to_the_safety_round(
+        nodes: NodeFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A publish Redis refuses while every subscription stays up (no outage the members could notice)
+    is sent again once the publisher has rested: the member receives it without reading the store."""
+    clock = ManualClock(start=1_000_000.0)  # the member's safety round never runs by itself
+    sender, member = await nodes(), await nodes(clock=clock)
+    await member.join("missions")
+    from hq.cluster import routing
+    send_all = routing._publish_all
+    failures = [ConnectionError("refused once")]
+
+    async def failing_once(redis: aioredis.Redis, batch: list[tuple[str, bytes]]) -> list[int]:
+        if failures:
+            raise failures.pop()
+        return await send_all(redis, batch)
+    monkeypatch.setattr(routing, "_publish_all", failing_once)
+    sender.bus._publisher.pause = 0.05  # the breaker's rest, short for the test
+    reads_before = len(member.store.queries)
+    last = await sender.send("missions", "the last message of a quiet channel")
+    await until(lambda: member.ids("missions") == [[last]], "the message sent again")
+    assert not failures and sender.bus.unsent == 0
+    assert len(member.store.queries) == reads_before, "it came through Redis, not from the store"

@@ -15,9 +15,17 @@ owner keeps the truth elsewhere (the store) and is told what it may have missed 
 back, and every subscription Redis confirms, a topic's first and every one after a reconnection.
 
 Every payload is framed as ``<node>\\n<body>``: a node subscribed to a topic it publishes on skips
-its own messages (it delivered them locally already) without parsing them. Publishing goes through
-a :class:`~hq.cluster.redis.RedisBreaker`: never raises, never waits longer than its deadline, and
-rests for a second after a failure (one warning per outage).
+its own messages (it delivered them locally already) without parsing them.
+
+Publishing never holds up the caller (an acknowledgement does not wait on Redis): :meth:`TopicBus.publish`
+queues, and one task sends what is queued in one pipeline per round trip, in order, over one pooled
+connection. Under load many messages share a round trip (the group commit hands them over together),
+and a node never needs more Redis connections than it has publishers: one (with a publish per message,
+100 messages in flight exhausted redis-py's pool of 100 connections, and the messages whose publish
+failed reached other nodes only at their next safety round). A batch that fails is sent again once
+the :class:`~hq.cluster.redis.RedisBreaker` has rested (one warning per outage); while Redis stays
+away the queue keeps at most :data:`OUTBOX_LIMIT` messages, the oldest dropped first — the nodes
+that miss them read them from the store when their subscription comes back.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from typing import Awaitable, Callable
 
 import redis.asyncio as aioredis
@@ -43,6 +52,10 @@ SubscribedHandler = Callable[[str], None]
 PING_EVERY = 5.0
 #: Waits between attempts to subscribe again while Redis is away, doubling up to the maximum.
 RESUBSCRIBE_FIRST, RESUBSCRIBE_MAX = 0.1, 2.0
+#: Publications sent in one pipeline (one round trip) at the most.
+PUBLISH_BATCH = 512
+#: Publications kept while Redis is away; past this the oldest are dropped (the store has them).
+OUTBOX_LIMIT = 10_000
 
 
 class TopicBus:
@@ -76,6 +89,11 @@ class TopicBus:
         publishing = Outage(log, "cluster routing: cannot publish to Redis (%s); other nodes catch up from the "
                             "store", "cluster routing: publishing to Redis again")
         self._publisher = RedisBreaker(client, publishing)
+        self._outbox: deque[tuple[str, bytes]] = deque()
+        self._outbox_filled = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
+        #: Publications dropped because the queue was full during an outage (for tests and measurements).
+        self.dropped = 0
 
     def listen(self, on_message: MessageHandler, on_subscribed: SubscribedHandler, *,
                on_lost: Callable[[], None], on_back: Callable[[], None]) -> None:
@@ -154,24 +172,68 @@ class TopicBus:
                 log.debug("cluster routing: could not change subscriptions (%s)", error)
 
     # publishing ---------------------------------------------------------------------------------
-    async def publish(self, topic: str, body: bytes) -> bool:
-        """Send ``body`` to the nodes that want ``topic``; never raises. Whether Redis took it."""
-        payload = self._frame + body
-        return await self._publisher.ask(lambda redis: redis.publish(topic, payload)) is not None
+    async def publish(self, topic: str, body: bytes) -> None:
+        """Queue ``body`` for the nodes that want ``topic``; never waits on Redis, never raises.
+
+        Sent in order by the publishing task (see the module's docstring)."""
+        if len(self._outbox) >= OUTBOX_LIMIT:
+            self._outbox.popleft()
+            self.dropped += 1
+        self._outbox.append((topic, self._frame + body))
+        self._outbox_filled.set()
+
+    @property
+    def unsent(self) -> int:
+        """Publications queued and not yet taken by Redis."""
+        return len(self._outbox)
+
+    async def _send_forever(self) -> None:
+        """Send what is queued, a pipeline at a time; a failed batch again after the breaker's rest."""
+        while True:
+            await self._outbox_filled.wait()
+            self._outbox_filled.clear()
+            while self._outbox:
+                rest = self._publisher.seconds_until_retry()
+                if rest:
+                    await asyncio.sleep(rest)
+                batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), PUBLISH_BATCH))]
+                if await self._publisher.ask(lambda redis: _publish_all(redis, batch)) is None:
+                    # Not taken (or not known to be): in front again, for the next try. A batch that
+                    # timed out may have reached Redis: receivers drop the duplicates by message id.
+                    room = OUTBOX_LIMIT - len(self._outbox)
+                    kept = batch[-room:] if room > 0 else []
+                    self.dropped += len(batch) - len(kept)
+                    self._outbox.extendleft(reversed(kept))
+
+    async def _flush(self, timeout: float) -> None:
+        """Give what is queued up to ``timeout`` seconds to reach Redis (at stop)."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self._outbox and not self._publisher.resting:
+                    await asyncio.sleep(0.01)
+        except TimeoutError:
+            pass
 
     # receiving ----------------------------------------------------------------------------------
     def start(self) -> None:
         """Start following (not awaited: a Redis that is down at start-up must not stop HQ)."""
         if self._task is None:
             self._task = asyncio.create_task(self._follow(), name="routing-follow")
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send_forever(), name="routing-publish")
+            if self._outbox:
+                self._outbox_filled.set()
 
     async def stop(self) -> None:
-        """Stop following (the Redis client is the process's: its owner closes it)."""
-        for task in (self._task, self._changes):
+        """Stop following and publishing, after giving what is queued a deadline to reach Redis (the
+        Redis client is the process's: its owner closes it)."""
+        if self._sender is not None:
+            await self._flush(REDIS_DEADLINE)
+        for task in (self._task, self._changes, self._sender):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        self._task = self._changes = None
+        self._task = self._changes = self._sender = None
 
     async def _follow(self) -> None:
         wait = RESUBSCRIBE_FIRST
@@ -250,6 +312,14 @@ class TopicBus:
                 if not waiter.done():
                     waiter.set_result(False)
         self._waiting.clear()
+
+
+async def _publish_all(redis: aioredis.Redis, batch: list[tuple[str, bytes]]) -> list[int]:
+    """Every publication of ``batch`` in one pipeline: one round trip, one pooled connection."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for topic, payload in batch:
+            pipe.publish(topic, payload)
+        return await pipe.execute()
 
 
 async def _close_quietly(pubsub: PubSub) -> None:
