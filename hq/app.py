@@ -43,6 +43,7 @@ from .cluster.redis import redis_client
 from .cluster.routing import TopicBus
 from .cluster.revocation import RevocationBus, RevocationWatcher, revocation_channel
 from .cluster.socket_registry import ConnectionRegistry
+from .realtime.plainws.endpoint import PlainWebSockets
 from .realtime.realtime import Realtime
 from .auth.sessions import SessionService
 from .auth.mfa import SecondFactor, SecretBox
@@ -68,6 +69,8 @@ class HQ:
     sessions: SessionService
     authenticator: Authenticator
     realtime: Realtime
+    #: The plain WebSocket endpoint (``/ws``, ``/ws/{channel}``, ``/missions``) over the same events.
+    plain: PlainWebSockets
     admin: AgentAdmin
     watcher: RevocationWatcher
     presence: Presence
@@ -131,6 +134,7 @@ def build(settings: Settings, clock: Clock | None = None) -> HQ:
     routes = TopicBus(redis, cluster.channel, node) if redis is not None else None
     realtime = Realtime(settings, authenticator, policy, store, audit, addresses, presence, connections, tasks, routes,
                         clock=clock)
+    plain = PlainWebSockets(realtime, settings, addresses)
     bus = RevocationBus(redis, revocation_channel(cluster.channel), node) if redis is not None else None
     watcher = RevocationWatcher(store, realtime.end_sessions, settings.storage.revocation_poll, bus)
     # Ends this process's sockets and publishes to the other nodes; the CLI builds the same parts.
@@ -139,7 +143,7 @@ def build(settings: Settings, clock: Clock | None = None) -> HQ:
     mfa = MfaAdmin(store, second_factor, sessions, audit)
     pruner = Pruner(store, Retention.from_auth(settings.auth), clock)
     return HQ(settings, store, hasher, keys, tokens, policy, audit, credentials, sessions, authenticator, realtime,
-              admin, watcher, presence, mfa, node, tasks, pruner, redis)
+              plain, admin, watcher, presence, mfa, node, tasks, pruner, redis)
 
 
 def _login_limiter(settings: Settings, redis: aioredis.Redis | None, clock: Clock) -> LoginLimiter:
@@ -164,7 +168,7 @@ def print_first_agent(codename: str, password: str) -> None:
 
 def create_app(settings: Settings, on_first_agent: FirstAgentReporter = print_first_agent,
                clock: Clock | None = None) -> web.Application:
-    """The aiohttp application serving the HTTP API and Socket.IO on one port (``clock``: see :func:`build`)."""
+    """The aiohttp application serving the HTTP API, Socket.IO and the plain WebSocket on one port (``clock``: see :func:`build`)."""
     hq = build(settings, clock)
     addresses = AddressResolver(settings.server.trusted_proxies)
     # The error boundary first (outermost): it answers every refusal, the origin allow-list's included.
@@ -181,7 +185,9 @@ def create_app(settings: Settings, on_first_agent: FirstAgentReporter = print_fi
     app.add_routes(OpenApi(settings).routes())
     app.add_routes(AsyncApi(settings).routes())
     hq.realtime.sio.attach(app, socketio_path="socket.io")
+    app.add_routes(hq.plain.routes())
     app.on_shutdown.append(hq.realtime.shutdown)
+    app.on_shutdown.append(hq.plain.shutdown)
     admin_ui = add_console_and_monitoring(app, hq)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -46,7 +46,8 @@ VOCABULARY: dict[str, frozenset[str]] = {
     "reason": frozenset({"token_expired", "logged_out", "revoked", "agent_disabled", "password_changed",
                          "role_changed", "client disconnect", "server disconnect", "ping timeout",
                          "transport close", "transport error", "disconnected"}),
-    "transport": frozenset({"http", "websocket", "polling", "unknown"}),
+    # Socket.IO's websocket and polling, and the plain WebSocket endpoint (``/ws``, ``/missions``).
+    "transport": frozenset({"http", "websocket", "polling", "plain_websocket", "unknown"}),
     "scope": frozenset({"session", "agent"}),
     "interface": frozenset({"admin_ui", "console", "api", "cli", "startup"}),
     "action": frozenset({"add", "enable", "disable", "role", "passwd", "end_session",

@@ -11,4 +11,6 @@ FAULT_KINDS = frozenset({
     "bad_engineio_packet", "unexpected_engineio_packet", "bad_polling_payload", "too_large",
     "bad_socketio_packet", "unexpected_socketio_packet", "bad_event", "repeated_connect",
     "binary_frame", "slow_consumer", "bad_request",
+    # The plain WebSocket: a frame aiohttp refused as RFC 6455 (bad UTF-8, a bad opcode...).
+    "bad_websocket_frame",
 })

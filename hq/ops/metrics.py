@@ -17,8 +17,9 @@ from prometheus_client.exposition import choose_encoder
 from ..vocab import FAULT_KINDS
 
 OTHER = "other"
-EVENTS = frozenset({"join", "leave", "message", "history", "reauth", "presence", "unknown"})
-TRANSPORTS = frozenset({"polling", "websocket"})
+EVENTS = frozenset({"join", "leave", "message", "history", "reauth", "presence", "unknown", "malformed"})
+#: Socket.IO's two transports and the plain WebSocket (``/ws``, ``/ws/{channel}``, ``/missions``).
+TRANSPORTS = frozenset({"polling", "websocket", "plain_websocket"})
 TOKEN_CODES = frozenset({"token_missing", "token_invalid", "token_expired", "token_revoked", "token_reused",
                          "agent_disabled", "origin_not_allowed", "unavailable", "mfa_enrollment_required"})
 EVENT_CODES = frozenset({"bad_request", "forbidden", "not_found", "rate_limited", "payload_too_large",
@@ -49,14 +50,14 @@ class Metrics:
         self._event_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._message_children: dict[str, Any] = {}
         reg = self.registry
-        self.live = Gauge("hq_connections_live", "Authenticated Socket.IO connections open on this node",
+        self.live = Gauge("hq_connections_live", "Authenticated real-time sockets open on this node (both endpoints)",
                           registry=reg)
         self.live.set_function(lambda: float(live_connections()))
-        self.accepted = Counter("hq_connections_accepted", "Socket.IO connections accepted", ["transport"],
+        self.accepted = Counter("hq_connections_accepted", "Real-time sockets accepted, by transport", ["transport"],
                                 registry=reg)
-        self.refused = Counter("hq_connections_refused", "Socket.IO connections refused, by code", ["code"],
+        self.refused = Counter("hq_connections_refused", "Real-time sockets refused, by code", ["code"],
                                registry=reg)
-        self.ended = Counter("hq_connections_ended", "Socket.IO connections ended, by reason", ["reason"],
+        self.ended = Counter("hq_connections_ended", "Real-time sockets ended, by reason", ["reason"],
                              registry=reg)
         self.logins = Counter("hq_logins", "Password logins, by outcome", ["outcome"], registry=reg)
         self.refreshes = Counter("hq_token_refreshes", "Refresh-token exchanges, by outcome", ["outcome"],
@@ -66,9 +67,12 @@ class Metrics:
         self.sessions_ended = Counter("hq_sessions_ended", "Sockets told session_ended, by reason", ["reason"],
                                       registry=reg)
         self.messages = Counter("hq_messages", "Messages stored, by channel", ["channel"], registry=reg)
-        self.events = Counter("hq_events", "Socket.IO client events handled, by event and outcome",
+        self.events = Counter("hq_events", "Client events handled (both endpoints), by event and outcome",
                               ["event", "outcome"], registry=reg)
-        self.latency = Histogram("hq_event_duration_seconds", "Time to handle a Socket.IO client event",
+        self.events_by_transport = Counter("hq_transport_events", "Client events handled, by transport",
+                                           ["transport"], registry=reg)
+        self._transport_children: dict[str, Any] = {}
+        self.latency = Histogram("hq_event_duration_seconds", "Time to handle a client event (both endpoints)",
                                  ["event"], buckets=LATENCY_BUCKETS, registry=reg)
         self.rate_limited = Counter("hq_rate_limit_hits", "Requests refused by a rate limit, by limit",
                                     ["limit"], registry=reg)
@@ -90,6 +94,9 @@ class Metrics:
             self.rate_limited.labels(limit)
         for kind in FAULT_KINDS:
             self.faults.labels(kind)
+        for transport in TRANSPORTS:
+            self.accepted.labels(transport)
+            self.events_by_transport.labels(transport)
 
     # audit listener ---------------------------------------------------------------------------
     def audit_event(self, event: str, fields: dict[str, Any]) -> None:
@@ -115,8 +122,8 @@ class Metrics:
             self.revoked.labels(bounded(fields.get("reason"), SESSION_REASONS)).inc()
 
     # realtime observer ------------------------------------------------------------------------
-    def event_handled(self, event: str, seconds: float, code: str | None) -> None:
-        """Record one client event's duration and outcome (``code`` None when it succeeded)."""
+    def event_handled(self, event: str, seconds: float, code: str | None, transport: str = OTHER) -> None:
+        """Record one client event's duration and outcome (``code`` None when it succeeded) and transport."""
         name = bounded(event, EVENTS)
         outcome = "ok" if code is None else bounded(code, EVENT_CODES)
         # Bound children are cached: .labels() costs more than the observation on the hot path.
@@ -126,6 +133,11 @@ class Metrics:
                                                                 self.events.labels(name, outcome))
         children[0].observe(seconds)
         children[1].inc()
+        by_transport = self._transport_children.get(transport)
+        if by_transport is None:
+            by_transport = self._transport_children[transport] = self.events_by_transport.labels(
+                bounded(transport, TRANSPORTS))
+        by_transport.inc()
         if code == "rate_limited":
             self.rate_limited.labels("events").inc()
 

@@ -107,6 +107,22 @@ def websocket_text_frame(text: str) -> bytes:
 PING_FRAME = websocket_text_frame(str(eio_packet.PING))
 
 
+def write_frame_capped(transport: asyncio.Transport, frame: bytes, cap: int) -> bool:
+    """Write a whole WebSocket frame to ``transport`` at once; False (nothing written) if the
+    transport already buffers more than ``cap`` bytes for a slow reader: the caller closes it.
+
+    Never waits for a slow reader (a broadcast would wait with it) and never buffers without
+    bound; the client reconnects and catches up from history. The check is before a write, so one
+    frame larger than the cap (a big history) still goes. One write of a whole frame: nothing
+    aiohttp writes (pings, pongs, a close) can interleave with it, and as the transport's
+    high-water mark is the cap, no aiohttp writer is ever parked on drain().
+    """
+    if transport.get_write_buffer_size() > cap:
+        return False
+    transport.write(frame)
+    return True
+
+
 class LeanSocket(AsyncSocket):
     """An Engine.IO socket without per-frame Tasks, a writer Task, a queue on websocket or ping Tasks."""
 
@@ -215,18 +231,11 @@ class LeanSocket(AsyncSocket):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        if transport.get_write_buffer_size() > self.server.max_buffered_bytes:
-            # Never wait for a slow reader (a broadcast would wait with it) and never buffer
-            # without bound: close it; the client reconnects and catches up from history. (The
-            # check is before a write, so one frame larger than the cap, a big history, still goes.)
+        if not write_frame_capped(transport, frame, self.server.max_buffered_bytes):
             self.ws = None
             self.server.faults.report("slow_consumer")
             transport.abort()
             self.server.background.spawn(self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_ERROR))
-            return
-        # One write of a whole frame: nothing aiohttp writes can interleave with it, and as the
-        # transport's high-water mark is the cap, no writer is ever parked on drain().
-        transport.write(frame)
 
     # receiving ----------------------------------------------------------------------------------
     async def receive(self, pkt: eio_packet.Packet) -> None:

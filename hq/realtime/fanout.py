@@ -7,6 +7,13 @@ Engine.IO text and as one WebSocket frame, and hands it to each recipient's
 :class:`~hq.realtime.engine.LeanSocket` in a plain loop: on a websocket that is one ``transport.write`` of
 the same bytes (no queue, no writer task, no await), on long-polling a queue entry.
 
+The room table is python-socketio's, and it is the one membership table of the node for every
+transport: a plain WebSocket (hq/realtime/plainws/) enters the same rooms as a
+:class:`DirectMember` filed under its own socket id. A broadcast is then one :class:`Broadcast`
+that each transport encodes at most once, on first need (``42["message",{...}]`` for Socket.IO,
+``{"type":"message",...}`` for plain sockets), whatever mix of members a room has; a channel's
+routing between nodes (below) counts both kinds of member, as both sit in the same room.
+
 In a cluster, :class:`ClusterManager` routes each room's broadcasts to the nodes with a member in
 it (hq/cluster/routing.py) and delivers what it receives the same direct way;
 tests/test_fanout.py fails if a broadcast to 100 members creates a task or reaches the fallback.
@@ -19,7 +26,7 @@ the python-socketio range is pinned in pyproject.toml.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import socketio
 from engineio import packet as eio_packet
@@ -36,12 +43,65 @@ from ..tasks import BackgroundTasks
 log = logging.getLogger(__name__)
 
 
+class Broadcast:
+    """One event for many recipients, encoded at most once per wire format, when first needed."""
+
+    __slots__ = ("event", "data", "_encoded")
+
+    def __init__(self, event: str, data: Any) -> None:
+        self.event = event
+        self.data = data
+        self._encoded: dict[Callable[[str, Any], Any], Any] = {}
+
+    def encoded(self, encode: Callable[[str, Any], Any]) -> Any:
+        """``encode(event, data)``, computed for the first recipient that asks and reused after."""
+        value = self._encoded.get(encode)
+        if value is None:
+            value = self._encoded[encode] = encode(self.event, self.data)
+        return value
+
+
+class DirectMember(Protocol):
+    """A room member that is not a Socket.IO socket (a plain WebSocket), written to directly."""
+
+    def write_broadcast(self, broadcast: Broadcast) -> bool:
+        """Write ``broadcast`` now without waiting; False if it must go :meth:`send_broadcast`'s way."""
+
+    async def send_broadcast(self, broadcast: Broadcast) -> None:
+        """Write ``broadcast`` where that needs a wait (a compressed WebSocket)."""
+
+
 class DirectFanout:
-    """Mixin for a python-socketio async manager: broadcasts without per-recipient tasks."""
+    """Mixin for a python-socketio async manager: broadcasts without per-recipient tasks.
+
+    Rooms also hold :class:`DirectMember` s (:meth:`enter_direct`): they are filed in the room
+    table under their own socket id as their "Engine.IO id" (python-socketio's rooms map a socket
+    id to one), which no Engine.IO socket has, so the delivery loop tells the two kinds apart.
+    """
 
     server: Any
     rooms: Any
     get_participants: Any  # BaseManager's
+    enter_room: Any
+    leave_room: Any
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: The plain WebSockets of this node that are in a room, by socket id.
+        self.direct_members: dict[str, DirectMember] = {}
+
+    async def enter_direct(self, socket_id: str, room: str, member: DirectMember) -> None:
+        """Put a direct member in ``room`` of HQ's namespace (as ``enter_room`` does a Socket.IO socket)."""
+        self.direct_members[socket_id] = member
+        await self.enter_room(socket_id, "/", room, eio_sid=socket_id)
+
+    async def leave_direct(self, socket_id: str, room: str) -> None:
+        """Take a direct member out of ``room``."""
+        await self.leave_room(socket_id, "/", room)
+
+    def forget_direct(self, socket_id: str) -> None:
+        """The direct member is gone (call after it left its rooms)."""
+        self.direct_members.pop(socket_id, None)
 
     def channel_joined(self, channel: str, last_id: int) -> None:
         """A member of this node joined ``channel`` whose last stored id was ``last_id``."""
@@ -67,9 +127,15 @@ class DirectFanout:
         if namespace not in self.rooms:
             return
         skip = set(skip_sid) if isinstance(skip_sid, list) else {skip_sid}
-        recipients = [eio_sid for sid, eio_sid in self.get_participants(namespace, room) if sid not in skip]
-        if not recipients:
+        participants = [(sid, eio_sid) for sid, eio_sid in self.get_participants(namespace, room) if sid not in skip]
+        if not participants:
             return  # nothing to encode
+        direct = self.direct_members
+        recipients = [eio_sid for sid, eio_sid in participants if sid not in direct]
+        if len(recipients) < len(participants):
+            await self._deliver_direct(Broadcast(event, data), [direct[sid] for sid, _ in participants if sid in direct])
+            if not recipients:
+                return
         args = list(data) if isinstance(data, tuple) else ([] if data is None else [data])
         pkt = self.server.packet_class(packet.EVENT, namespace=namespace, data=[event, *args])
         if namespace == "/" and not pkt.data_is_binary(args):
@@ -91,6 +157,14 @@ class DirectFanout:
                     await socket.send_encoded(text)
             elif socket is not None:  # not adopted yet (mid-handshake): the ordinary way
                 await socket.send(eio_packet.Packet(eio_packet.MESSAGE, encoded))
+
+
+    @staticmethod
+    async def _deliver_direct(broadcast: Broadcast, members: list[DirectMember]) -> None:
+        """Each direct member gets the broadcast, encoded once for all of them, in a plain loop."""
+        for member in members:
+            if not member.write_broadcast(broadcast):
+                await member.send_broadcast(broadcast)
 
 
 class LocalManager(DirectFanout, socketio.AsyncManager):

@@ -1,8 +1,18 @@
-"""The Socket.IO server: connect (identify and attach), then join, leave, message, history, reauth, presence.
+"""The real-time events, written once for every transport: join, leave, message, history, reauth,
+presence, and what happens to live sockets (expiry warnings, session ends, presence, audit, metrics).
 
 Handlers stay thin: they parse the payload, ask the authenticator, the clearance policy and the
-store, and answer with the contract's ack shape. Every connection knows its token's expiry and its
-login session, so expiry, logout and revocation end live sockets too.
+store, and answer with the contract's ack shape. They work on a transport-neutral
+:class:`~hq.realtime.peers.Connection` whose :class:`~hq.realtime.peers.Peer` is a Socket.IO socket
+(hq/realtime/socketio_transport.py) or a plain WebSocket (hq/realtime/plainws/): a transport admits
+a socket (:meth:`Realtime.identify`, then :meth:`Realtime.accept` or :meth:`Realtime.refused`),
+hands it each client event (:meth:`Realtime.handle`), and reports it gone (:meth:`Realtime.release`);
+everything else is decided here, once. Every connection knows its token's expiry and its login
+session, so expiry, logout and revocation end live sockets of both transports.
+
+Delivery goes through one room table, the Socket.IO server's manager (hq/realtime/fanout.py): a
+plain WebSocket enters the same rooms, so a broadcast to a channel reaches the members of both
+transports on this node, and a cluster routes a channel to every node with a member of either kind.
 """
 
 from __future__ import annotations
@@ -11,18 +21,13 @@ import asyncio
 import functools
 import logging
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.cookies import CookieError, SimpleCookie
 from typing import Any, Awaitable, Callable, Coroutine, Protocol
-from urllib.parse import parse_qs
-
-import socketio
 
 from ..addresses import AddressResolver
 from ..audit import AuditLog, clip_free_text
 from ..auth.clearance import ClearancePolicy
-from ..clock import Clock, SystemClock, TimerHandle
+from ..clock import Clock, SystemClock
 from ..config import Settings
 from ..errors import AuthError, EventError, UnavailableError
 from .engine import ProtocolFaults
@@ -32,65 +37,28 @@ from ..auth.limits import TokenBucket
 from ..cluster.presence import Presence
 from ..cluster.routing import TopicBus
 from ..cluster.socket_registry import ConnectionRegistry
+from .peers import Ack, Connection, Peer, SocketIndex
 from .schemas import PayloadSchemas
-from .socket_server import REFUSED_EVENT, SocketServer
+from .socket_server import SocketServer
+from .socketio_transport import SocketIOTransport
 from ..store import Store
 from ..tasks import BackgroundTasks
 from .wire import SocketJSON
 
 log = logging.getLogger(__name__)
 
-Ack = dict[str, Any]
-#: Why python-socketio says a socket went away; anything else is recorded as "disconnected".
-DISCONNECT_REASONS = frozenset({"client disconnect", "server disconnect", "ping timeout", "transport close",
-                                "transport error"})
-
-
-@dataclass
-class Connection:
-    """What HQ knows about one live socket."""
-
-    principal: Principal
-    address: str
-    transport: str
-    user_agent: str
-    bucket: TokenBucket
-    channels: set[str] = field(default_factory=set)
-    timer: TimerHandle | None = None
-    end_reason: str | None = None
-
-
-class SocketIndex:
-    """Socket ids by a key (a login session id, a lower-case codename), for lookups without a scan."""
-
-    def __init__(self) -> None:
-        self._sockets: dict[str, set[str]] = {}
-
-    def add(self, key: str, socket_id: str) -> None:
-        """File ``socket_id`` under ``key``."""
-        self._sockets.setdefault(key, set()).add(socket_id)
-
-    def discard(self, key: str, socket_id: str) -> None:
-        """Take ``socket_id`` out from under ``key`` (a key left empty is forgotten)."""
-        sockets = self._sockets.get(key)
-        if sockets is not None:
-            sockets.discard(socket_id)
-            if not sockets:
-                del self._sockets[key]
-
-    def get(self, key: str) -> list[str]:
-        """The socket ids filed under ``key`` (a copy: ending them changes the index)."""
-        return list(self._sockets.get(key, ()))
-
-    def __len__(self) -> int:
-        return len(self._sockets)
+#: Handler of one client event: the socket's id, its connection and the payload, to the answer.
+Handler = Callable[[str, Connection, Any], Awaitable[Ack]]
+#: The pseudo-events every transport may hand :meth:`Realtime.handle`: a name HQ does not serve
+#: (``not_found``) and a frame that is no event at all (``bad_request``; the plain WebSocket's).
+UNKNOWN_EVENT, MALFORMED_EVENT = "unknown", "malformed"
 
 
 class RealtimeObserver(Protocol):
-    """Told what the Socket.IO layer does (metrics listen); calls must be quick and never raise."""
+    """Told what the real-time layer does (metrics listen); calls must be quick and never raise."""
 
-    def event_handled(self, event: str, seconds: float, code: str | None) -> None:
-        """A client event was answered, ``code`` None when it succeeded."""
+    def event_handled(self, event: str, seconds: float, code: str | None, transport: str) -> None:
+        """A client event was answered on ``transport``, ``code`` None when it succeeded."""
 
     def message_stored(self, channel: str) -> None:
         """A message was durably stored on ``channel``."""
@@ -104,38 +72,14 @@ def channel_room(channel: str) -> str:
     return f"channel:{channel}"
 
 
-def token_from_environ(environ: dict[str, Any], auth: Any) -> str | None:
-    """The first token source present: ``auth.token``, Bearer header, ``jwt`` cookie, ``token`` query.
-
-    Only that one is judged; a present but non-string ``auth.token`` is returned as "" (invalid).
-    """
-    if isinstance(auth, dict) and "token" in auth:
-        token = auth["token"]
-        return token if isinstance(token, str) else "\x00"
-    header = environ.get("HTTP_AUTHORIZATION", "")
-    if header:
-        scheme, _, value = header.partition(" ")
-        return value.strip() if scheme.lower() == "bearer" else "\x00"
-    cookie_header = environ.get("HTTP_COOKIE", "")
-    if cookie_header:
-        try:
-            cookies = SimpleCookie(cookie_header)
-        except CookieError:
-            cookies = SimpleCookie()
-        if "jwt" in cookies:
-            return cookies["jwt"].value
-    query = parse_qs(environ.get("QUERY_STRING", ""))
-    if "token" in query:
-        return query["token"][0]
-    return None
-
-
 class Realtime:
-    """Owns the python-socketio ``AsyncServer`` and the live connections of this HQ node.
+    """The live sockets of this HQ node, of both transports, and the events they may send.
 
-    ``tasks`` runs its fire-and-forget work (expiry timers' work, handlers that wait, socket closes);
-    ``bus`` (a cluster's: :class:`~hq.cluster.routing.TopicBus` over the process's Redis client, under
-    its node id) carries each channel's broadcasts to the nodes with members in it.
+    ``sio`` is the python-socketio server: the Socket.IO transport, and the node's one room table
+    and fan-out (hq/realtime/fanout.py) that the plain WebSocket shares. ``tasks`` runs its
+    fire-and-forget work (expiry timers' work, handlers that wait, socket closes); ``bus`` (a
+    cluster's: :class:`~hq.cluster.routing.TopicBus` over the process's Redis client, under its node
+    id) carries each channel's broadcasts to the nodes with members in it.
     """
 
     def __init__(self, settings: Settings, authenticator: Authenticator, policy: ClearancePolicy,
@@ -149,7 +93,6 @@ class Realtime:
         self._policy = policy
         self._store = store
         self._audit = audit
-        self._addresses = addresses
         self._schemas = PayloadSchemas(settings.limits.history_max)
         self._presence = presence if presence is not None else Presence(settings.channels)
         self._presence.on_change(self._announce_presence)
@@ -163,14 +106,34 @@ class Realtime:
         self._observers: list[RealtimeObserver] = []
         self.faults = ProtocolFaults()
         self.sio = self._create_server(settings, self.faults, store, self._tasks, bus, self._clock)
-        self._register()
+        self._handlers: dict[str, Handler] = {
+            "join": self._join, "leave": self._leave, "message": self._message, "history": self._history,
+            "reauth": self._reauth, "presence": self._who_is_online}
+        assert self._handlers.keys() == self.CLIENT_EVENTS
+        #: The Socket.IO transport (``/socket.io/``); the plain WebSocket is built beside it (hq/app.py).
+        self.socketio = SocketIOTransport(self, self.sio, addresses)
 
     def observe(self, observer: RealtimeObserver) -> None:
         """Report handled events, stored messages and ended sessions to ``observer``."""
         self._observers.append(observer)
 
-    #: The events a client can reach; every other name is refused at the boundary (socket_server.py).
+    #: The events a client can reach; every other name answers ``not_found`` (both transports).
     CLIENT_EVENTS = frozenset({"join", "leave", "message", "history", "reauth", "presence"})
+
+    @property
+    def clock(self) -> Clock:
+        """The clock live sockets' timers run on (a :class:`~hq.clock.ManualClock` in tests)."""
+        return self._clock
+
+    @property
+    def schemas(self) -> PayloadSchemas:
+        """The one validation of every client payload (the plain WebSocket's ``auth`` frame included)."""
+        return self._schemas
+
+    @property
+    def tasks(self) -> BackgroundTasks:
+        """Where fire-and-forget work of the real-time layer runs (ended at shutdown)."""
+        return self._tasks
 
     @classmethod
     def _create_server(cls, settings: Settings, faults: ProtocolFaults, store: Store, tasks: BackgroundTasks,
@@ -199,37 +162,38 @@ class Realtime:
             engineio_logger=False,
         )
 
-    def _register(self) -> None:
-        self.sio.on("connect", self._on_connect)
-        self.sio.on("disconnect", self._on_disconnect)
-        handlers = {"join": self._join, "leave": self._leave, "message": self._message,
-                    "history": self._history, "reauth": self._reauth, "presence": self._who_is_online}
-        assert handlers.keys() == self.CLIENT_EVENTS
-        for name, handler in handlers.items():
-            self.sio.on(name, self._event(name, handler))
-        self.sio.on(REFUSED_EVENT, self._event("unknown", self._unknown_event))
+    # admitting and releasing sockets (every transport) -----------------------------------------
+    async def identify(self, token: str | None) -> Principal:
+        """Who ``token`` belongs to, for a socket about to be accepted.
 
-    # connect / disconnect ---------------------------------------------------------------------
-    async def _on_connect(self, socket_id: str, environ: dict[str, Any], auth: Any = None) -> None:
-        request = environ.get("aiohttp.request")
-        address = self._addresses.client_address(request) if request is not None else "unknown"
-        transport = self.sio.transport(socket_id)
-        user_agent = environ.get("HTTP_USER_AGENT", "")
+        Raises :class:`~hq.errors.AuthError` (the contract's token codes) or
+        :class:`~hq.errors.UnavailableError` (the store is down: the token may be fine, so never
+        ``token_invalid``, which a client would drop). Anything else is logged and refused as
+        ``token_invalid``: a connect that fails in any way refuses the socket.
+        """
         try:
-            principal = await self._auth.identify(token_from_environ(environ, auth))
-        except AuthError as exc:
-            self._refuse(exc.code, exc.message, address, transport, user_agent)
-        except UnavailableError:
-            # The store is down: the token may be fine, so not token_invalid (a client would drop it).
-            self._refuse("unavailable", "a backend is down; retry later", address, transport, user_agent)
+            principal = await self._auth.identify(token)
+        except (AuthError, UnavailableError):
+            raise
         except Exception:
-            log.exception("connect handler failed")
-            self._refuse("token_invalid", "could not verify the token", address, transport, user_agent)
+            log.exception("identifying a socket failed")
+            raise AuthError("could not verify the token", "token_invalid") from None
         if principal.exp <= self._clock.time():
             # The verifier's leeway is for clock skew on HTTP; a socket would be ended at once.
-            self._refuse("token_expired", "token has expired", address, transport, user_agent)
+            raise AuthError("token has expired", "token_expired")
+        return principal
+
+    def refused(self, code: str, address: str, transport: str, user_agent: str, **fields: Any) -> None:
+        """Record a socket refused with ``code`` (audit, and through it metrics)."""
+        self._audit.record("connection_refused", code=code, address=address, transport=transport,
+                           user_agent=user_agent, **fields)
+
+    def accept(self, peer: Peer, principal: Principal, address: str, user_agent: str) -> Connection:
+        """Count an identified socket as live: indexed for revocation, registered for the directors'
+        API, its expiry timed, audited. Its events are handled from now on."""
         limits = self._settings.limits
-        connection = Connection(principal, address, transport, user_agent,
+        socket_id, transport = peer.socket_id, peer.transport
+        connection = Connection(peer, principal, address, transport, user_agent,
                                 TokenBucket(limits.events_per_second, limits.events_burst))
         self._remember(socket_id, connection)
         self.connections.add(socket_id, session_id=principal.session_id, codename=principal.codename, address=address,
@@ -237,24 +201,27 @@ class Realtime:
         self._schedule_expiry(socket_id, connection)
         self._audit.record("connection_accepted", codename=principal.codename, address=address,
                            transport=transport, user_agent=user_agent)
+        return connection
 
-    def _refuse(self, code: str, message: str, address: str, transport: str, user_agent: str) -> None:
-        self._audit.record("connection_refused", code=code, address=address, transport=transport,
-                           user_agent=user_agent)
-        raise socketio.exceptions.ConnectionRefusedError(f"Unauthorized: {message}", {"code": code})
-
-    async def _on_disconnect(self, socket_id: str, reason: Any = None) -> None:
+    async def release(self, socket_id: str, reason: str) -> None:
+        """The socket is gone (``reason``: the transport's word for why, unless HQ ended its session):
+        out of its rooms, presence, indexes and registry; audited."""
         connection = self._forget(socket_id)
         if connection is None:
             return
         self.connections.remove(socket_id)
         if connection.timer is not None:
             connection.timer.cancel()
+        for channel in connection.channels:
+            await connection.peer.leave(channel_room(channel))
         await self._presence.left(socket_id, connection.principal.codename, connection.channels)
         self._audit.record("connection_ended", codename=connection.principal.codename,
                            address=connection.address, transport=connection.transport,
-                           user_agent=connection.user_agent,
-                           reason=connection.end_reason or (reason if reason in DISCONNECT_REASONS else "disconnected"))
+                           user_agent=connection.user_agent, reason=connection.end_reason or reason)
+
+    def connection(self, socket_id: str) -> Connection | None:
+        """The live connection of ``socket_id`` (None once it is gone)."""
+        return self._connections.get(socket_id)
 
     def _remember(self, socket_id: str, connection: Connection) -> None:
         """Count a live socket, found from now on by its session and its agent."""
@@ -282,7 +249,7 @@ class Realtime:
         else:
             connection.timer = self._clock.call_later(max(0.0, exp - now), self._spawn, self._expire, socket_id, exp)
             if self._settings.auth.expiry_warning and exp > now:
-                self._tasks.spawn(self.sio.emit("token_expiring", {"exp": exp}, to=socket_id), name="token-expiring")
+                self._tasks.spawn(connection.peer.send("token_expiring", {"exp": exp}), name="token-expiring")
 
     def _spawn(self, start: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         # The coroutine is made only when the timer fires: a cancelled timer leaves no
@@ -293,7 +260,7 @@ class Realtime:
         connection = self._connections.get(socket_id)
         if connection is None or connection.principal.exp != exp:
             return
-        await self.sio.emit("token_expiring", {"exp": exp}, to=socket_id)
+        await connection.peer.send("token_expiring", {"exp": exp})
         connection.timer = self._clock.call_later(max(0.0, exp - self._clock.time()), self._spawn, self._expire,
                                                   socket_id, exp)
 
@@ -304,7 +271,7 @@ class Realtime:
 
     # ending sockets -----------------------------------------------------------------------------
     async def end_socket(self, socket_id: str, reason: str) -> None:
-        """Tell one socket why its session ended, then disconnect it."""
+        """Tell one socket why its session ended, then close it (its transport's way)."""
         connection = self._connections.get(socket_id)
         if connection is None or connection.end_reason is not None:
             return
@@ -312,13 +279,8 @@ class Realtime:
         connection.end_reason = reason
         for observer in self._observers:
             observer.session_ended(reason)
-        await self.sio.emit("session_ended", {"reason": reason}, to=socket_id)
-        engineio_id = self.sio.manager.eio_sid_from_sid(socket_id, "/")
-        await self.sio.disconnect(socket_id)
-        if engineio_id is not None:
-            # python-socketio leaves the Engine.IO connection for the client to close; a client that
-            # ignores the DISCONNECT packet must not keep it (HQ serves one namespace).
-            await self.sio.eio.disconnect(engineio_id)
+        await connection.peer.send("session_ended", {"reason": reason})
+        await connection.peer.end(reason)
 
     async def end_sessions(self, codename: str, session_id: str | None, reason: str) -> int:
         """End this node's sockets of one login session, or of every session of ``codename``."""
@@ -328,7 +290,7 @@ class Realtime:
         return len(targets)
 
     def start(self) -> None:
-        """Start the Socket.IO layer's background work (a cluster's catch-up from the store)."""
+        """Start the real-time layer's background work (a cluster's catch-up from the store)."""
         self.sio.manager.start()
 
     async def stop(self) -> None:
@@ -336,52 +298,71 @@ class Realtime:
         await self.sio.manager.stop()
 
     async def shutdown(self, app: object = None) -> None:
-        """Close every Engine.IO session of this node, so that a graceful stop (SIGTERM) does not
-        wait for live websockets and long-polls to time out (aiohttp's on_shutdown signal)."""
-        sockets = list(self.sio.eio.sockets.values())
-        if sockets:
-            # HQ's lean sockets write the CLOSE packet, end a pending long-poll and close a websocket
-            # at once (hq/realtime/engine.py); tests/test_shutdown.py fails if a client can hold the stop up.
-            reason = self.sio.eio.reason.SERVER_DISCONNECT
-            # A close still running after the wait is cancelled with the other background tasks.
-            await asyncio.wait([self._tasks.spawn(s.close(wait=False, reason=reason)) for s in sockets], timeout=5)
+        """Close this node's Socket.IO sockets at once (aiohttp's on_shutdown signal; the plain
+        WebSocket closes its own with 1001)."""
+        await self.socketio.shutdown()
 
     def _current_transport(self, socket_id: str) -> str | None:
-        """The socket's transport now (it may have upgraded from polling since it connected)."""
+        """The socket's transport now (a Socket.IO socket may have upgraded from polling since it connected)."""
+        connection = self._connections.get(socket_id)
+        if connection is None:
+            return None
         try:
-            return self.sio.transport(socket_id)
+            return connection.peer.transport
         except (KeyError, TypeError):  # gone meanwhile
             return None
 
     @property
     def connection_count(self) -> int:
-        """Live authenticated sockets on this node."""
+        """Live authenticated sockets on this node (both transports)."""
         return len(self._connections)
 
     # events -------------------------------------------------------------------------------------
-    def _event(self, name: str, handler: Callable[[str, Connection, Any], Awaitable[Ack]]
-               ) -> Callable[..., Awaitable[Ack]]:
+    async def handle(self, socket_id: str, event: str, payload: Any) -> Ack:
+        """Answer one client event of a live socket (any transport): the event budget, the handler,
+        the contract's error answers, metrics. ``event`` may be any name (unknown ones answer
+        ``not_found``) or :data:`MALFORMED_EVENT` (``payload`` then says what was wrong)."""
+        if event == MALFORMED_EVENT:
+            return await self._run(MALFORMED_EVENT, self._malformed, socket_id, payload)
+        handler = self._handlers.get(event)
+        if handler is None:
+            return await self._run(UNKNOWN_EVENT, self._unknown_event, socket_id, payload)
+        return await self._run(event, handler, socket_id, payload)
+
+    def event(self, name: str) -> Callable[..., Awaitable[Ack]]:
+        """``name``'s handler in python-socketio's calling convention (``socket_id, *args``)."""
+        handler = self._handlers.get(name, self._unknown_event)
+        label = name if name in self._handlers else UNKNOWN_EVENT
+
         @functools.wraps(handler)
         async def run(socket_id: str, *args: Any) -> Ack:
-            started = time.perf_counter()
-            connection = self._connections.get(socket_id)
-            try:
-                if connection is None or connection.end_reason is not None:
-                    raise EventError("not connected", "forbidden")
-                if not connection.bucket.take():
-                    raise EventError("too many events; slow down", "rate_limited")
-                ack = await handler(socket_id, connection, args[0] if len(args) == 1 else None)
-                code = None
-            except (EventError, AuthError, UnavailableError) as exc:
-                # UnavailableError: a backend (the database) is down; the socket stays, the client retries.
-                ack, code = {"ok": False, "error": {"code": exc.code, "message": exc.message}}, exc.code
-            except Exception:
-                log.exception("%s handler failed", name)
-                ack, code = {"ok": False, "error": {"code": "internal", "message": "internal error"}}, "internal"
-            for observer in self._observers:
-                observer.event_handled(name, time.perf_counter() - started, code)
-            return ack
+            return await self._run(label, handler, socket_id, args[0] if len(args) == 1 else None)
         return run
+
+    async def _run(self, name: str, handler: Handler, socket_id: str, payload: Any) -> Ack:
+        started = time.perf_counter()
+        connection = self._connections.get(socket_id)
+        transport = "unknown"
+        try:
+            if connection is None or connection.end_reason is not None:
+                raise EventError("not connected", "forbidden")
+            transport = connection.transport
+            if not connection.bucket.take():
+                raise EventError("too many events; slow down", "rate_limited")
+            ack = await handler(socket_id, connection, payload)
+            code = None
+        except (EventError, AuthError, UnavailableError) as exc:
+            # UnavailableError: a backend (the database) is down; the socket stays, the client retries.
+            ack, code = {"ok": False, "error": {"code": exc.code, "message": exc.message}}, exc.code
+        except Exception:
+            log.exception("%s handler failed", name)
+            ack, code = {"ok": False, "error": {"code": "internal", "message": "internal error"}}, "internal"
+        for observer in self._observers:
+            observer.event_handled(name, time.perf_counter() - started, code, transport)
+        return ack
+
+    async def _malformed(self, socket_id: str, connection: Connection, payload: Any) -> Ack:
+        raise EventError(str(payload), "bad_request")
 
     async def _unknown_event(self, socket_id: str, connection: Connection, payload: Any) -> Ack:
         raise EventError("no such event", "not_found")
@@ -400,7 +381,7 @@ class Realtime:
         self._require_read(connection, channel)
         # In the room before last_id is read: a message stored in between is delivered live (its id
         # is at most last_id, which clients take as a duplicate), never lost between the two.
-        await self.sio.enter_room(socket_id, channel_room(channel))
+        await connection.peer.enter(channel_room(channel))
         connection.channels.add(channel)
         await self._presence.joined(channel, socket_id, connection.principal.codename, connection.principal.role)
         try:
@@ -413,7 +394,7 @@ class Realtime:
 
     async def _leave(self, socket_id: str, connection: Connection, payload: Any) -> Ack:
         channel = self._channel(self._schemas.decode("leave", payload).channel)
-        await self.sio.leave_room(socket_id, channel_room(channel))
+        await connection.peer.leave(channel_room(channel))
         connection.channels.discard(channel)
         await self._presence.left(socket_id, connection.principal.codename, [channel])
         return {"ok": True}
@@ -456,7 +437,7 @@ class Realtime:
         self.connections.update_expiry(socket_id, principal.exp)
         demoted = [c for c in connection.channels if not self._policy.may_read(principal.role, c)]
         for channel in demoted:
-            await self.sio.leave_room(socket_id, channel_room(channel))
+            await connection.peer.leave(channel_room(channel))
             connection.channels.discard(channel)
         await self._presence.left(socket_id, principal.codename, demoted)
         self._schedule_expiry(socket_id, connection)

@@ -26,16 +26,14 @@ tests/test_engine.py fails if they change shape or stop being called).
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import sys
-import types
-from typing import Any, Coroutine, Generator
+from typing import Any, Coroutine
 
 import socketio
 from socketio import packet as sio_packet
 
 from ..tasks import BackgroundTasks
+from .eager import _resume, run_eagerly  # noqa: F401  (_resume: tests/test_engine.py checks it here)
 from .engine import LeanEngineServer, LeanSocket, ProtocolFaults
 
 #: Socket.IO's reserved event names: a client may never emit them (socket.io-parser refuses them).
@@ -44,9 +42,6 @@ RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "disconne
 #: The name a refused event is dispatched under; its handler answers ``not_found``.
 REFUSED_EVENT = "hq:refused"
 log = logging.getLogger(__name__)
-
-#: Python 3.12+ starts a Task eagerly itself.
-EAGER_START = sys.version_info >= (3, 12)
 
 #: HQ's events take one payload; python-socketio reassembles this many binary attachments at most.
 MAX_ATTACHMENTS = 4
@@ -159,29 +154,9 @@ class SocketServer(socketio.AsyncServer):
                                                               data=[ack]))
 
     def run_eagerly(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run ``coro`` now, up to its first wait; only if it waits, finish it in a Task.
-
-        On Python 3.12+ this is asyncio's own ``eager_start``; on 3.11 the coroutine is started by
-        hand and handed to a Task at its first wait (:func:`_resume`). Until that wait it runs in
-        the socket's reading task, so a handler must not tie anything to ``current_task()``
-        (``asyncio.timeout``) before its first ``await``; HQ's handlers do not.
-        """
-        if EAGER_START:
-            task = asyncio.Task(coro, loop=asyncio.get_running_loop(), eager_start=True)  # type: ignore[call-arg]
-            if task.done():
-                if not task.cancelled() and task.exception() is not None:
-                    log.error("event handler failed: %r", task.exception())
-                return
-        else:
-            try:
-                waiting_on = coro.send(None)
-            except StopIteration:
-                return
-            except Exception:  # HQ's handlers answer every error themselves; this is a last resort
-                log.exception("event handler failed")
-                return
-            task = asyncio.ensure_future(_resume(waiting_on, coro))
-        self.background.keep(task)
+        """Run ``coro`` now, up to its first wait; only if it waits, finish it in a background Task
+        (:func:`hq.realtime.eager.run_eagerly`)."""
+        run_eagerly(coro, self.background)
 
     def _may_emit(self, namespace: str, event: str) -> bool:
         """HQ's namespace takes exactly its client events; the Admin UI's own namespace keeps its
@@ -197,22 +172,3 @@ class SocketServer(socketio.AsyncServer):
         socket = self.eio.sockets.get(eio_sid)
         if socket is not None:
             await socket.close(wait=False, abort=False, reason=self.reason.CLIENT_DISCONNECT)
-
-
-@types.coroutine
-def _resume(waiting_on: Any, coro: Coroutine[Any, Any, Any]) -> Generator[Any, Any, Any]:
-    """Continue a coroutine that was started by hand and stopped at ``waiting_on``.
-
-    The Task waits for what the coroutine was waiting on (``yield``); the result, or the error
-    (the Task throws a failed future's exception, or a cancellation, in here), goes back into the
-    coroutine, and from then on ``yield from`` drives it as if the Task had run it from the start.
-    """
-    try:
-        yield waiting_on
-    except BaseException as exc:
-        try:
-            waiting_on = coro.throw(exc)
-        except StopIteration as done:
-            return done.value
-        return (yield from _resume(waiting_on, coro))
-    return (yield from coro)  # type: ignore[misc]
