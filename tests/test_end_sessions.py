@@ -59,8 +59,10 @@ class CountingConnections(dict):  # type: ignore[type-arg]
 
 
 def connection(codename: str, session_id: str) -> Connection:
+    """A live connection whose peer is never used (``end_socket`` is replaced in these tests)."""
     principal = Principal(codename, "handler", session_id, int(time.time()) + 3600)
-    return Connection(principal, "192.0.2.1", "websocket", "test", TokenBucket(10, 10))
+    return Connection(None, principal, "192.0.2.1", "websocket", "test",  # type: ignore[arg-type]
+                      TokenBucket(10, 10))
 
 
 async def test_ending_sessions_looks_only_at_the_targets_sockets(realtime: Realtime,
@@ -88,7 +90,7 @@ async def test_ending_sessions_looks_only_at_the_targets_sockets(realtime: Realt
 async def test_the_index_follows_disconnect_and_reauth(realtime: Realtime, monkeypatch: pytest.MonkeyPatch) -> None:
     realtime._remember("fox-1", connection("Fox", "fox-a"))
     realtime._remember("fox-2", connection("fox", "fox-a"))
-    await realtime._on_disconnect("fox-1")
+    await realtime.release("fox-1", "client disconnect")
     # A reauth with a token of another of fox's login sessions moves the socket to that session.
     renewed = Principal("fox", "handler", "fox-b", int(time.time()) + 7200)
 
@@ -103,5 +105,5 @@ async def test_the_index_follows_disconnect_and_reauth(realtime: Realtime, monke
     monkeypatch.setattr(realtime, "end_socket", end_socket)
     assert await realtime.end_sessions("fox", "fox-a", "logout") == 0
     assert await realtime.end_sessions("fox", "fox-b", "logout") == 1 and ended == ["fox-2"]
-    await realtime._on_disconnect("fox-2")
+    await realtime.release("fox-2", "client disconnect")
     assert len(realtime._by_session) == 0 and len(realtime._by_codename) == 0  # nothing left behind
