@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 import aiohttp
@@ -17,9 +18,12 @@ import pytest
 from hq.app import HQ_KEY, METRICS_KEY
 from hq.realtime.plainws.endpoint import AUTH_TIMEOUT
 
+from .cluster import start_cluster
 from .inprocess import ClockedHQ, ClockedHQFactory, clocked_hq  # noqa: F401  (the in-process HQ)
 from .plain import PlainClient, gather_pushes
+from .services import REDIS_URL
 from .sio import RecordingClient
+from .support import HQServer
 
 MESSAGE_KEYS = {"id", "channel", "from", "text", "ts"}
 
@@ -45,10 +49,12 @@ async def open_plain(hq: ClockedHQ, http: aiohttp.ClientSession, codename: str, 
     return await PlainClient.open(http, ws_url(hq, path), headers={"Authorization": f"Bearer {token}"}, **kwargs)
 
 
-async def audit_line(hq: ClockedHQ, event: str) -> dict[str, Any]:
-    """The newest audit line of ``event``, waiting for one (a socket's end is audited once it closed)."""
+async def audit_line(hq: ClockedHQ, event: str, **fields: str) -> dict[str, Any]:
+    """The newest audit line of ``event`` (with ``fields``), waiting for one (a socket's end is audited
+    once it closed)."""
     deadline = asyncio.get_running_loop().time() + 10
-    while not (lines := [line for line in hq.audit_lines() if line["event"] == event]):
+    while not (lines := [line for line in hq.audit_lines()
+                         if line["event"] == event and all(line.get(k) == v for k, v in fields.items())]):
         assert asyncio.get_running_loop().time() < deadline, f"no {event} in the audit log"
         await asyncio.sleep(0.02)
     return lines[-1]
@@ -392,3 +398,85 @@ async def test_metrics_and_audit_name_the_plain_transport(clocked_hq: ClockedHQF
     accepted = [line for line in hq.audit_lines() if line["event"] == "connection_accepted"]
     assert accepted[-1]["transport"] == "plain_websocket" and accepted[-1]["codename"] == "hank"
     await client.close()
+
+
+async def test_hq_pings_and_closes_a_socket_that_stops_answering(clocked_hq: ClockedHQFactory,
+                                                                 http: aiohttp.ClientSession) -> None:
+    # aiohttp's heartbeat runs on the event loop's own clock: a short interval, waited for by events.
+    hq = await clocked_hq(server={"ping_interval": 0.3})
+    answering = await open_plain(hq, http, "hank")  # aiohttp's client answers pings itself
+    silent = await open_plain(hq, http, "fox", autoping=False)
+    msg = await silent.ws.receive(timeout=10)
+    assert msg.type is aiohttp.WSMsgType.PING  # an RFC 6455 ping frame
+
+    async def dropped() -> None:
+        message = msg
+        while message.type is not aiohttp.WSMsgType.CLOSED:  # no pong: HQ drops the connection
+            message = await silent.ws.receive(timeout=10)
+    silent_dropped = asyncio.ensure_future(dropped())
+    while not silent_dropped.done():
+        # aiohttp's client answers a ping while it reads: the answering socket keeps reading.
+        assert (await answering.call("presence", channel="hq"))["ok"] is True
+        await asyncio.sleep(0.05)
+    await silent_dropped
+    ended = await audit_line(hq, "connection_ended", codename="fox")
+    assert ended["reason"] == "ping timeout"
+    assert (await answering.call("join", channel="hq"))["ok"] is True  # pinged all along, still served
+    assert not [line for line in hq.audit_lines() if line["event"] == "connection_ended" and line["codename"] == "hank"]
+    await answering.close()
+
+
+# real processes: the access log, two nodes ---------------------------------------------------------
+async def test_the_query_token_never_reaches_a_log(shared_hq: HQServer, http: aiohttp.ClientSession) -> None:
+    body = shared_hq.login("hank")
+    token = body["access_token"]
+    url = shared_hq.url.replace("http://", "ws://")
+    for path in ("/ws", "/ws/hq", "/missions"):
+        client = await PlainClient.open(http, f"{url}{path}?token={token}&x=1")
+        if path == "/ws":
+            assert (await client.call("join", channel="hq"))["ok"] is True
+        await client.close()
+    deadline = asyncio.get_running_loop().time() + 10
+    # aiohttp writes a request's access log line when its handler returns (the socket's end).
+    while (log := shared_hq.log_path.read_text(errors="replace")).count("/missions?token=[redacted]") < 1:
+        assert asyncio.get_running_loop().time() < deadline, log[-2000:]
+        await asyncio.sleep(0.05)
+    assert "GET /ws?token=[redacted]&x=1" in log and "GET /ws/hq?token=[redacted]&x=1" in log
+    audit = (shared_hq.workdir / "audit.log").read_text()
+    for piece in (token, token[-24:], token[:40]):
+        assert piece not in log and piece not in audit
+
+
+async def test_messages_reach_both_endpoints_on_every_node_once_and_in_order(tmp_path: Path) -> None:
+    async with start_cluster(tmp_path, 2, REDIS_URL) as cluster, aiohttp.ClientSession() as http:
+        node_a, node_b = cluster
+        tokens = {name: node_a.login(name)["access_token"] for name in ("hank", "dora")}
+
+        async def plain_on(node: HQServer, codename: str) -> PlainClient:
+            url = node.url.replace("http://", "ws://") + "/ws/hq"
+            client = await PlainClient.open(http, url, headers={"Authorization": f"Bearer {tokens[codename]}"})
+            assert (await client.ack(None))["ok"] is True
+            return client
+        plain_a, plain_b = await plain_on(node_a, "hank"), await plain_on(node_b, "dora")
+        sio_b = await RecordingClient().connect(node_b.url, tokens["hank"])
+        try:
+            assert (await sio_b.call("join", {"channel": "hq"}))["ok"]
+            sent: list[int] = []
+            for number in range(10):  # interleaved: plain on A, Socket.IO on B
+                sent.append((await plain_a.call("message", channel="hq", text=f"a{number}"))["id"])
+                sent.append((await sio_b.call("message", {"channel": "hq", "text": f"b{number}"}))["id"])
+            assert sent == list(range(sent[0], sent[0] + 20))
+            on_b = [m["id"] for m in await gather_pushes(plain_b, "message", 20)]  # every one, both origins
+            assert on_b == sent
+            on_sio = [m["id"] for m in await sio_b.wait_for("message", 10)]
+            assert on_sio == sent[0::2]  # the plain socket's on node A; not its own
+            on_a = [m["id"] for m in await gather_pushes(plain_a, "message", 10)]
+            assert on_a == sent[1::2]
+            for client in (plain_a, plain_b):
+                assert not [p for p in client.pushed if p["type"] == "message"]  # nothing twice
+            assert len(sio_b.received("message")) == 10
+        finally:
+            await sio_b.sio.disconnect()
+            await plain_a.close()
+            await plain_b.close()
+        cluster.assert_clean_logs()

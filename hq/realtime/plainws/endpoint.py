@@ -147,6 +147,8 @@ class PlainWebSockets:
         try:
             reason = await self._serve(socket, ws, request)
         finally:
+            if isinstance(ws.exception(), TimeoutError):  # aiohttp's heartbeat cut it (and cancelled us)
+                reason = "ping timeout"
             del self._open[socket.socket_id]
             # aiohttp cancels this handler once the connection is gone (a close HQ started ends
             # with it): the release runs in its own task, so it is never cut short.
@@ -209,7 +211,7 @@ class PlainWebSockets:
             while True:
                 msg = await ws.receive()
                 if msg.type is not WSMsgType.TEXT and msg.type is not WSMsgType.BINARY:
-                    self._report_error(msg)
+                    self._report_error(ws, msg)
                     return None
                 ref, event, payload = None, None, None
                 if msg.type is WSMsgType.TEXT:
@@ -281,7 +283,7 @@ class PlainWebSockets:
                 run_eagerly(self._answer(socket, strikes, None, MALFORMED_EVENT,
                                          "binary frames are not read: send JSON text frames"), tasks)
             else:
-                return self._report_error(msg) if socket.closing is None else "server disconnect"
+                return self._report_error(ws, msg) if socket.closing is None else "server disconnect"
 
     async def _answer(self, socket: PlainSocket, strikes: TokenBucket, ref: Any, event: str, payload: Any) -> None:
         answer = await self._realtime.handle(socket.socket_id, event, payload)
@@ -289,11 +291,11 @@ class PlainWebSockets:
         if not answer["ok"] and answer["error"]["code"] == "rate_limited" and not strikes.take():
             await socket.close(frames.RATE_LIMITED)
 
-    def _report_error(self, msg: Any) -> str:
+    def _report_error(self, ws: web.WebSocketResponse, msg: Any) -> str:
         """Why the read loop ended, as an audit ``reason``; an oversize frame is counted as a fault."""
+        if isinstance(ws.exception(), TimeoutError):  # aiohttp's heartbeat: no pong in time
+            return "ping timeout"
         if msg.type is WSMsgType.ERROR:
-            if isinstance(msg.data, TimeoutError):
-                return "ping timeout"
             self._realtime.faults.report("too_large" if getattr(msg.data, "code", None) == 1009
                                          else "bad_websocket_frame")
             return "transport error"
