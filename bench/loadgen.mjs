@@ -1,7 +1,9 @@
 // One load generator for both servers (HQ and the Node reference), using the JS socket.io-client.
 //
 // Usage: node loadgen.mjs --url http://127.0.0.1:PORT --scenario NAME --params '{"...": ...}' [--pid PID]
+//                         [--transport socketio|plain]
 // Prints one JSON object on stdout. Every loop is bounded in count and time; loopback only.
+// --transport plain speaks HQ's plain WebSocket endpoint (/ws, JSON frames) instead of Socket.IO.
 //
 // Scenarios:
 //   connections  authenticated connections per second (connect with a JWT, then disconnect)
@@ -11,7 +13,9 @@
 //   login_storm  p99 ack latency of paced clients while concurrent logins run, against without
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { LOOPBACK, armHardStop, now, percentile, round, runScenario, sleep, socketClient } from "./loadgen_common.mjs";
+import {
+  LOOPBACK, armHardStop, now, percentile, plainClient, round, runScenario, sleep, socketClient,
+} from "./loadgen_common.mjs";
 
 const { values: cli } = parseArgs({
   options: {
@@ -19,6 +23,7 @@ const { values: cli } = parseArgs({
     scenario: { type: "string" },
     params: { type: "string", default: "{}" },
     pid: { type: "string" },
+    transport: { type: "string", default: "socketio" },
   },
 });
 
@@ -34,7 +39,7 @@ const HARD_LIMIT_MS = (P.hard_limit_s ?? 120) * 1000;
 armHardStop(cli.scenario, HARD_LIMIT_MS);
 
 // The shared client, bound to the one URL this generator loads.
-const client = socketClient(ACK_TIMEOUT_MS);
+const client = cli.transport === "plain" ? plainClient(ACK_TIMEOUT_MS) : socketClient(ACK_TIMEOUT_MS);
 const login = (agent) => client.login(URL_BASE, agent);
 const connect = (token) => client.connect(URL_BASE, token);
 const connectMany = (token, count, concurrency) => client.connectMany(URL_BASE, token, count, concurrency);

@@ -10,6 +10,11 @@ Usage: .venv/bin/python bench/run.py [--quick] [--scenario NAME ...] [--reps N] 
                                      [--hq-ref GIT_REF | --hq-source DIR] [--hq-python PYTHON]
                                      [--profile [--native]]
 
+The ``plain_messages`` and ``plain_fanout`` scenarios run ``messages`` and ``fanout`` against HQ's
+plain WebSocket endpoint (``/ws``, JSON frames; ``loadgen.mjs --transport plain``) in the same run;
+Node has no such endpoint, so their ratio is to HQ's own Socket.IO figures (the plain endpoint has
+no Engine.IO/Socket.IO framing, so it should be at least as fast).
+
 ``--hq-ref`` measures the ``hq`` package of an earlier commit (exported with ``git archive`` into a
 temporary folder put first on ``PYTHONPATH``) instead of the working tree, e.g. for a "before" table;
 ``--hq-source DIR`` measures a copy in DIR/hq (an experiment), ``--hq-python`` another interpreter.
@@ -83,6 +88,11 @@ QUICK: dict[str, dict[str, Any]] = {
     "idle_memory": {"clients": 100, "settle_s": 1},
     "login_storm": {"busy": 10, "interval_ms": 50, "warmup_s": 0.5, "base_s": 1, "logins": 5},
 }
+#: Scenarios run on HQ's plain WebSocket endpoint: each is the Socket.IO scenario it is compared with,
+#: with the same parameters (HQ only: the Node reference has no plain endpoint).
+PLAIN = {"plain_messages": "messages", "plain_fanout": "fanout"}
+for _params in (FULL, QUICK):
+    _params.update({plain: _params[socketio] for plain, socketio in PLAIN.items()})
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,8 @@ class Metric:
     key: str
     label: str
     target: str
+    #: For a plain WebSocket row: the ratio is to HQ's Socket.IO figure of this scenario, not to Node's.
+    versus: str | None = None
 
 
 METRICS = (
@@ -108,6 +120,15 @@ METRICS = (
     Metric("fanout", "deliveries_per_server_cpu_s", "deliveries per server CPU-second", "≥ 1.0×"),
     Metric("fanout", "server_cpu", "server CPU use until all have all (cores)", ""),
     Metric("fanout", "all_have_all_ms", "time until all have all, ms", ""),
+    Metric("plain_messages", "msgs_per_s", "plain WebSocket: acknowledged messages/s", "≥ 1.0× Socket.IO",
+           versus="messages"),
+    Metric("plain_messages", "msgs_per_server_cpu_s", "plain WebSocket: messages per server CPU-second",
+           "≥ 1.0× Socket.IO", versus="messages"),
+    Metric("plain_messages", "p50_ms", "plain WebSocket: ack latency p50 ms", "", versus="messages"),
+    Metric("plain_fanout", "deliveries_per_s", "plain WebSocket: fan-out deliveries/s", "≥ 1.0× Socket.IO",
+           versus="fanout"),
+    Metric("plain_fanout", "deliveries_per_server_cpu_s", "plain WebSocket: deliveries per server CPU-second",
+           "≥ 1.0× Socket.IO", versus="fanout"),
     Metric("idle_memory", "kb_per_conn", "memory per idle connection, KB", "≤ 1.0×"),
     Metric("login_storm", "p99_base_ms", "p99 ack ms, 50 paced clients, no logins", ""),
     Metric("login_storm", "p99_storm_ms", "p99 ack ms during 30 concurrent logins", ""),
@@ -273,8 +294,10 @@ def start_node(workdir: Path) -> Running:
 def run_loadgen(server: Running, scenario: str, params: dict[str, Any]) -> dict[str, Any]:
     """Run one scenario against a running server; returns the generator's JSON result."""
     full = {**params, **CREDENTIALS}
+    transport = "plain" if scenario in PLAIN else "socketio"
     command = ["taskset", "-c", LOADGEN_CORE, "node", str(BENCH / "loadgen.mjs"), "--url", server.url,
-               "--scenario", scenario, "--params", json.dumps(full), "--pid", str(server.process.pid)]
+               "--scenario", PLAIN.get(scenario, scenario), "--transport", transport, "--params", json.dumps(full),
+               "--pid", str(server.process.pid)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=BENCH)
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if not lines:
@@ -390,13 +413,16 @@ def table(medians: dict[str, dict[str, dict[str, float | None]]], scenarios: lis
         hq = medians[metric.scenario]["hq"][metric.key]
         node = medians[metric.scenario]["node"][metric.key]
         ratio = f"{hq / node:.2f}×" if hq is not None and node else "–"
+        if metric.versus is not None:  # the plain endpoint against HQ's own Socket.IO figure
+            socketio = medians.get(metric.versus, {}).get("hq", {}).get(metric.key)
+            ratio = f"{hq / socketio:.2f}× Socket.IO" if hq is not None and socketio else "–"
         rows.append(f"| {metric.scenario} | {metric.label} | {_fmt(hq)} | {_fmt(node)} | {ratio} | {metric.target} |")
     return "\n".join(rows)
 
 
 def ensure_node_modules() -> None:
     """Install the bench's npm packages from its lock file when they are missing."""
-    if not (BENCH / "node_modules" / "socket.io").is_dir():
+    if not all((BENCH / "node_modules" / package).is_dir() for package in ("socket.io", "ws")):
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=BENCH, check=True)
 
 
@@ -440,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
             order = servers if rep % 2 == 0 else servers[::-1]
             for scenario in scenarios:
                 for name in order:
+                    if name != "hq" and scenario in PLAIN:
+                        continue  # the Node reference has no plain WebSocket endpoint
                     workdir = Path(tempfile.mkdtemp(dir=tmp))
                     result = run_once(name, scenario, params[scenario], template, workdir, profile_dir,
                                       args.native)
