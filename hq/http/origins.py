@@ -1,4 +1,10 @@
-"""The origin allow-list: Engine.IO requests from browser origins HQ does not serve, refused before python-engineio."""
+"""The origin allow-list: Engine.IO requests from browser origins HQ does not serve, refused before python-engineio.
+
+The plain WebSocket endpoints (``/ws``, ``/ws/{channel}``, ``/missions``) check the same
+``[server] allowed_origins`` themselves (hq/realtime/plainws/endpoint.py): they complete the
+upgrade and close ``4003 Forbidden: Origin Not Allowed``, a refusal a browser can read (an HTTP
+status answered to a WebSocket upgrade reaches a page only as an unexplained 1006).
+"""
 
 from __future__ import annotations
 
