@@ -16,12 +16,16 @@ import aiohttp
 import pytest
 
 from hq.app import HQ_KEY, METRICS_KEY
+from hq.realtime.engine import websocket_text_frame
+from hq.realtime.fanout import Broadcast, LocalManager
+from hq.realtime.plainws import frames
 from hq.realtime.plainws.endpoint import AUTH_TIMEOUT
 
 from .cluster import start_cluster
 from .inprocess import ClockedHQ, ClockedHQFactory, clocked_hq  # noqa: F401  (the in-process HQ)
 from .plain import PlainClient, gather_pushes
 from .services import REDIS_URL
+from .test_fanout import TaskCounter, server_with_members
 from .sio import RecordingClient
 from .support import HQServer
 
@@ -480,3 +484,46 @@ async def test_messages_reach_both_endpoints_on_every_node_once_and_in_order(tmp
             await plain_a.close()
             await plain_b.close()
         cluster.assert_clean_logs()
+
+
+# fan-out: the direct path ---------------------------------------------------------------------------
+class RecordingMember:
+    """A direct member of a room that records the frames written to it."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def write_broadcast(self, broadcast: Broadcast) -> bool:
+        self.frames.append(broadcast.encoded(frames.event_frame))
+        return True
+
+    async def send_broadcast(self, broadcast: Broadcast) -> None:
+        raise AssertionError("an uncompressed member is written to directly")
+
+
+async def test_a_broadcast_to_100_plain_members_is_encoded_once_and_creates_no_task(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    sio, sockets = await server_with_members(LocalManager())  # 100 Socket.IO members of channel:x
+    members = [RecordingMember() for _ in range(100)]
+    for number, member in enumerate(members):
+        await sio.manager.enter_direct(f"ws-{number}", "channel:x", member)
+    encoded: list[str] = []
+    original = frames.event_text
+
+    def counting(event: str, payload: dict[str, Any]) -> str:
+        encoded.append(event)
+        return original(event, payload)
+    monkeypatch.setattr(frames, "event_text", counting)
+    with TaskCounter() as tasks:
+        await sio.emit("message", {"id": 1, "text": "to all"}, room="channel:x", skip_sid="ws-0")
+    assert tasks.count == 0 and encoded == ["message"]
+    assert members[0].frames == []  # the sender
+    frame = members[1].frames[0]
+    assert all(member.frames == [frame] for member in members[1:])
+    assert frame == websocket_text_frame('{"type":"message","id":1,"text":"to all"}')
+    assert all(socket.queue.qsize() == 1 for socket in sockets)  # the Socket.IO members too
+    for number in range(100):  # out of the room with the last one; nothing left behind
+        await sio.manager.leave_direct(f"ws-{number}", "channel:x")
+        sio.manager.forget_direct(f"ws-{number}")
+    assert sio.manager.direct_members == {}
+    assert [sid for sid, _ in sio.manager.get_participants("/", "channel:x") if sid.startswith("ws-")] == []

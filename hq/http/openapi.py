@@ -150,7 +150,7 @@ def _components(settings: Settings) -> dict[str, Any]:
         "type": "string", "description": "Only when HQ generated it: shown this once, never again."}}}
     socket = _object({
         "node": {"type": "string", "description": "The HQ node (process) holding it: host:pid:random."},
-        "address": {"type": "string"}, "transport": {"type": "string", "enum": ["websocket", "polling"]},
+        "address": {"type": "string"}, "transport": {"type": "string", "enum": ["websocket", "polling", "plain_websocket"]},
         "user_agent": {"type": "string", "maxLength": 257}, "since": timestamp,
         "exp": {"type": "integer", "description": "Expiry (Unix time) of the token it is authenticated with."}})
     session = _object({"sid": {"type": "string", "pattern": "^[0-9a-f]{32}$"}, "codename": {"type": "string"},

@@ -1,1 +1,2 @@
-"""Socket.IO: the Engine.IO and Socket.IO servers, the event handlers, fan-out and ordering."""
+"""Real-time: the events written once (realtime.py) over two transports, Socket.IO (Engine.IO and Socket.IO
+servers, socketio_transport.py) and the plain WebSocket (plainws/), with one room table, fan-out and ordering."""

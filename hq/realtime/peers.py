@@ -20,8 +20,8 @@ from ..clock import TimerHandle
 #: An event's answer: ``{"ok": true, ...}`` or ``{"ok": false, "error": {"code", "message"}}``.
 Ack = dict[str, Any]
 
-#: The transports, as audit lines, metrics and the directors' API name them.
-SOCKETIO_TRANSPORTS = frozenset({"websocket", "polling"})
+#: The plain WebSocket's transport, as audit lines, metrics and the directors' API name it (Socket.IO's
+#: are ``websocket`` and ``polling``).
 PLAIN_WEBSOCKET = "plain_websocket"
 
 
