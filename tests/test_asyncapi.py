@@ -124,7 +124,7 @@ def test_the_document_describes_every_event_answer_and_close_code(document: dict
             assert channel["bindings"]["ws"]["query"]["properties"].keys() == {"token"}
             assert [(c["code"], c["reason"]) for c in channel["x-close-codes"]] == [c[:2] for c in CLOSE_CODES]
     codes = {code for code, _, _ in CLOSE_CODES}
-    assert codes == {4001, 4003, 4004, 4008, 1009, 1001}
+    assert codes == {4001, 4003, 4004, 4008, 1009, 1001, 1013}
     error_codes = document["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["enum"]
     assert {"bad_request", "forbidden", "not_found", "rate_limited", "payload_too_large", "unavailable",
             "internal", "token_invalid"} <= set(error_codes)

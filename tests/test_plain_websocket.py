@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from hq.app import HQ_KEY, METRICS_KEY
+from hq.http.asyncapi import CLOSE_CODES
 from hq.realtime.engine import websocket_text_frame
 from hq.realtime.fanout import Broadcast, LocalManager
 from hq.realtime.plainws import frames
@@ -527,3 +528,11 @@ async def test_a_broadcast_to_100_plain_members_is_encoded_once_and_creates_no_t
         sio.manager.forget_direct(f"ws-{number}")
     assert sio.manager.direct_members == {}
     assert [sid for sid, _ in sio.manager.get_participants("/", "channel:x") if sid.startswith("ws-")] == []
+
+
+def test_every_close_the_endpoint_sends_is_documented_in_the_asyncapi_document() -> None:
+    sent = {frames.ORIGIN_NOT_ALLOWED, frames.CLEARANCE, frames.NO_CHANNEL, frames.RATE_LIMITED,
+            frames.MESSAGE_TOO_BIG, frames.GOING_AWAY, frames.TRY_AGAIN_LATER, frames.INVALID_TOKEN,
+            *frames.TOKEN_REFUSED.values(), *frames.SESSION_ENDED.values()}
+    documented = {(code, reason) for code, reason, _ in CLOSE_CODES}
+    assert {(close.code, close.reason) for close in sent} <= documented

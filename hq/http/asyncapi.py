@@ -32,7 +32,8 @@ Schema = dict[str, Any]
 SCHEMA_REF = "#/components/schemas/{name}"
 WS_BINDING_VERSION = "0.1.0"
 
-#: Contract §8: how HQ closes a plain WebSocket (code, reason, when).
+#: Contract §8: how HQ closes a plain WebSocket (code, reason, when); 1013 is HQ's own addition (RFC 6455's
+#: registered "Try Again Later"). tests/test_plain_websocket.py checks every close the endpoint sends is here.
 CLOSE_CODES: tuple[tuple[int, str, str], ...] = (
     (4001, "Unauthorized: Token Missing", "no token at the upgrade and no `auth` frame within 5 seconds"),
     (4001, "Unauthorized: Invalid Token", "bad signature, algorithm, `typ`, claims, issuer or audience; "
@@ -49,6 +50,8 @@ CLOSE_CODES: tuple[tuple[int, str, str], ...] = (
     (4008, "Policy Violation: Rate Limited", "too many events (the per-socket rate limit, repeatedly)"),
     (1009, "Message Too Big", "a frame over `[server] max_packet_bytes`"),
     (1001, "Going Away", "HQ stopping"),
+    (1013, "Try Again Later", "the database did not answer while the socket was being admitted (the token may "
+                              "be fine: retry later)"),
 )
 
 _ERROR_CODES = ("`bad_request` (a missing or wrongly typed payload), `forbidden`, `not_found`, `rate_limited`, "
