@@ -267,7 +267,8 @@ class Drivers:
 
     def url(self, path: str, missing: bool = False) -> str:
         codename = "nobody-here" if missing else "fox"
-        return self.server.url + path.replace("{codename}", codename).replace("{sid}", "0" * 32)
+        return self.server.url + (path.replace("{codename}", codename).replace("{sid}", "0" * 32)
+                                   .replace("{channel}", "hq"))
 
 
 def _forge_expired(server: HQServer, codename: str, role: str, sid: str) -> str:

@@ -408,13 +408,35 @@ def _socketio_paths() -> dict[str, Any]:
                             for method in ("get", "post", "options", "put", "delete", "patch")}}
 
 
+def _plain_websocket_paths() -> dict[str, Any]:
+    description = ("The plain WebSocket endpoint (RFC 6455, JSON text frames; contract §8): only a WebSocket "
+                   "upgrade is served, not a JSON API. The token is the `token` query parameter, "
+                   "`Authorization: Bearer`, the `jwt` cookie, or a first `auth` frame within 5 s; every "
+                   "refusal is a close code after the upgrade. Frames, acks and close codes: "
+                   "`GET /api/asyncapi.json` and the README's Plain WebSocket section.")
+    responses = {
+        "101": {"description": "Switching Protocols: the WebSocket is open (refusals follow as close codes)"},
+        "426": {"description": "Upgrade Required: the request was not a WebSocket upgrade",
+                "headers": {"Upgrade": {"description": "`websocket`", "schema": {"type": "string"}}},
+                "content": {JSON: {"schema": error_schema(["bad_request"])}}}}
+    channel = path_parameter("channel", "A channel to join as soon as the socket opens (4004 if there is none, "
+                                        "4003 below its read clearance).")
+    return {
+        "/ws": {"get": operation("Plain WebSocket", "websocket", responses, description=description)},
+        "/ws/{channel}": {"get": operation("Plain WebSocket, joined to a channel on open", "websocket", responses,
+                                           parameters=[channel], description=description)},
+        "/missions": {"get": operation("Plain WebSocket joined to `missions` (the original design's address)",
+                                       "websocket", responses, description=description)},
+    }
+
+
 def build_document(settings: Settings) -> dict[str, Any]:
     """The whole document for these settings."""
     paths: dict[str, Any] = {}
     # The second factor's routes after the directors': the error-code tests run in this order, and
     # theirs depend on a per-director limit that refills with time.
     for section in (_auth_paths(), _directors_paths(), _mfa_paths(), _console_paths(), _ops_paths(),
-                    _socketio_paths()):
+                    _socketio_paths(), _plain_websocket_paths()):
         paths.update(section)
     return {
         "openapi": "3.1.0",
@@ -424,7 +446,8 @@ def build_document(settings: Settings) -> dict[str, Any]:
             "is answered 503 `unavailable`.")},
         "tags": [{"name": "auth"}, {"name": "mfa", "description": "The TOTP second factor."},
                  {"name": "directors", "description": "Director clearance by stored role."},
-                 {"name": "console"}, {"name": "operations"}, {"name": "socket.io"}],
+                 {"name": "console"}, {"name": "operations"}, {"name": "socket.io"},
+                 {"name": "websocket", "description": "The plain WebSocket endpoint (see the AsyncAPI document)."}],
         "paths": paths,
         "components": _components(settings),
     }
