@@ -100,10 +100,10 @@ class AgentAdmin:
         """Login sessions not revoked that have an unspent, unexpired refresh token or, for the ids in
         ``with_sockets``, a live socket; oldest first."""
         sessions = {s.session_id: s for s in await self._store.live_sessions(time.time())}
-        for sid in with_sockets - sessions.keys():
-            session = await self._store.get_session(sid)
+        for session_id in with_sockets - sessions.keys():
+            session = await self._store.get_session(session_id)
             if session is not None and not session.revoked:
-                sessions[sid] = session
+                sessions[session_id] = session
         return sorted(sessions.values(), key=lambda s: (s.created, s.session_id))
 
     async def set_password(self, codename: str, password: str | None = None, *,
@@ -133,16 +133,16 @@ class AgentAdmin:
             await self._sessions.revoke(agent.codename, "agent_disabled")
         return agent
 
-    async def end_session(self, sid: str, *, actor: Actor = CLI_ACTOR) -> LoginSession:
+    async def end_session(self, session_id: str, *, actor: Actor = CLI_ACTOR) -> LoginSession:
         """Revoke one live login session; its sockets get ``session_ended {reason: "revoked"}`` on every node."""
-        session = await self._store.get_session(sid)
+        session = await self._store.get_session(session_id)
         if session is None or session.revoked:
-            raise UnknownSessionError(sid)
+            raise UnknownSessionError(session_id)
         agent = await self._store.get_agent(session.codename)
         codename = agent.codename if agent is not None else session.codename
         self._audit.record("admin_action", actor=actor.name, interface=actor.interface, action="end_session",
-                           target=codename, sid=sid)
-        await self._sessions.revoke(codename, "revoked", sid)
+                           target=codename, sid=session_id)
+        await self._sessions.revoke(codename, "revoked", session_id)
         return session
 
     async def ensure_first_agent(self) -> tuple[str, str] | None:

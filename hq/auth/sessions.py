@@ -59,7 +59,8 @@ class SessionService:
         self._listeners: list[RevocationListener] = []
 
     def on_revoke(self, listener: RevocationListener) -> None:
-        """Call ``listener(codename, sid, reason)`` whenever this node revokes sessions."""
+        """Call ``listener(codename, session_id, reason)`` whenever this node revokes sessions (``session_id``
+        None: every session of ``codename``)."""
         self._listeners.append(listener)
 
     async def login(self, codename: str, password: str, address: str, otp: str | None = None) -> TokenPair:
@@ -83,13 +84,13 @@ class SessionService:
     async def _open(self, agent: Agent, address: str, scope: str | None = None, factor: str = "password",
                     recovery_codes_left: int | None = None) -> TokenPair:
         """A new login session and its tokens (an enrolment-only one with ``scope``)."""
-        sid = new_session_id()
-        await self._store.create_session(sid, agent.codename)
+        session_id = new_session_id()
+        await self._store.create_session(session_id, agent.codename)
         if scope is None:
-            pair = await self._issue(agent, sid)
+            pair = await self._issue(agent, session_id)
         else:
             lifetime = min(self._auth.access_ttl, ENROLLMENT_TOKEN_TTL)
-            pair = TokenPair(agent, self._tokens.issue(agent.codename, agent.role, sid, scope=scope,
+            pair = TokenPair(agent, self._tokens.issue(agent.codename, agent.role, session_id, scope=scope,
                                                        lifetime=lifetime), None, 0, scope)
         self._audit.record("login_succeeded", codename=agent.codename, address=address, factor=factor,
                            enrollment_only=True if scope else None, recovery_codes_left=recovery_codes_left)
@@ -127,20 +128,20 @@ class SessionService:
         access = self._tokens.issue(agent.codename, agent.role, result.session_id)
         return TokenPair(agent, access, new_token, self._auth.refresh_ttl)
 
-    async def revoke(self, codename: str, reason: str, sid: str | None = None, address: str | None = None) -> None:
+    async def revoke(self, codename: str, reason: str, session_id: str | None = None, address: str | None = None) -> None:
         """Revoke one session (or all of an agent's) everywhere and end local sockets at once."""
-        await self._store.revoke_sessions(codename, reason, sid)
+        await self._store.revoke_sessions(codename, reason, session_id)
         self._audit.record("session_revoked", codename=codename, reason=reason, address=address,
-                           scope="session" if sid else "agent")
-        await self._notify(codename, sid, reason)
+                           scope="session" if session_id else "agent")
+        await self._notify(codename, session_id, reason)
 
-    async def _issue(self, agent: Agent, sid: str) -> TokenPair:
+    async def _issue(self, agent: Agent, session_id: str) -> TokenPair:
         refresh_token, refresh_hash = new_refresh_token()
-        await self._store.add_refresh_token(refresh_hash, sid, self._clock.time() + self._auth.refresh_ttl)
-        access = self._tokens.issue(agent.codename, agent.role, sid)
+        await self._store.add_refresh_token(refresh_hash, session_id, self._clock.time() + self._auth.refresh_ttl)
+        access = self._tokens.issue(agent.codename, agent.role, session_id)
         return TokenPair(agent, access, refresh_token, self._auth.refresh_ttl)
 
-    async def _notify(self, codename: str, sid: str | None, reason: str) -> None:
+    async def _notify(self, codename: str, session_id: str | None, reason: str) -> None:
         for listener in self._listeners:
-            await listener(codename, sid, reason)
+            await listener(codename, session_id, reason)
 

@@ -34,7 +34,7 @@ SCOPES = frozenset({ENROLL_SCOPE})
 
 @dataclass(frozen=True)
 class AccessClaims:
-    """The verified claims of an access token."""
+    """The verified claims of an access token, under their JWT names (``sid`` is the login session's id)."""
 
     sub: str
     role: str
@@ -139,14 +139,14 @@ class TokenService:
     def keys(self) -> KeyRing:
         return self._keys
 
-    def issue(self, codename: str, role: str, sid: str, now: float | None = None, scope: str | None = None,
+    def issue(self, codename: str, role: str, session_id: str, now: float | None = None, scope: str | None = None,
               lifetime: int | None = None) -> IssuedToken:
         """Sign an access token for one agent's login session (``scope``: a restricted one)."""
         assert scope is None or scope in SCOPES, scope
         iat = int(now if now is not None else self._clock.time())
         lifetime = self._auth.access_ttl if lifetime is None else lifetime
         exp = iat + lifetime
-        claims: dict[str, Any] = {"sub": codename, "role": role, "sid": sid, "jti": uuid.uuid4().hex, "iat": iat,
+        claims: dict[str, Any] = {"sub": codename, "role": role, "sid": session_id, "jti": uuid.uuid4().hex, "iat": iat,
                                   "exp": exp, "iss": self._auth.issuer, "aud": self._auth.audience}
         if scope is not None:
             claims["scope"] = scope
