@@ -98,9 +98,8 @@ async def test_a_cluster_broadcast_is_delivered_directly_too(fallback: list[str]
     bus = TopicBus(redis_client("redis://127.0.0.1:9/0"), "hq-test", "this-node")
     published: list[tuple[str, dict]] = []
 
-    async def publish(topic: str, body: bytes) -> bool:
+    async def publish(topic: str, body: bytes, resend: bool = False) -> None:
         published.append((topic, json.loads(body)))
-        return True
     monkeypatch.setattr(bus, "publish", publish)
     manager = ClusterManager(bus, prefix="hq-test", store=None,  # type: ignore[arg-type]
                              room_of=lambda channel: f"channel:{channel}")

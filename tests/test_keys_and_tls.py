@@ -108,3 +108,19 @@ async def test_tls_serves_https_and_wss(hq_factory, tmp_path: Path) -> None:
     with pytest.raises(aiohttp.ClientConnectorCertificateError):
         await untrusting.get(f"{hq.url}/healthz")
     await untrusting.close()
+
+
+def test_a_generated_key_file_is_never_read_half_written(tmp_path: Path) -> None:
+    """Processes starting at once on one folder all get the one complete key (hq/key_files.py): the
+    file appears only once written whole, and the first to link it wins."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hq.auth.mfa import load_or_create_key
+    from hq.auth.tokens import load_or_create_secret
+    for load, name in ((load_or_create_secret, "hq.secret"), (load_or_create_key, "hq.mfa-key")):
+        path = tmp_path / name
+        with ThreadPoolExecutor(16) as pool:
+            keys = list(pool.map(lambda _: load(path), range(64)))
+        assert len(set(keys)) == 1 and keys[0] == load(path)
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

@@ -207,7 +207,7 @@ async def test_publishing_shares_round_trips_and_holds_no_pool_connection_per_me
     pipelines: list[int] = []
     send_all = routing._publish_all
 
-    async def counting(redis: aioredis.Redis, batch: list[tuple[str, bytes]]) -> list[int]:
+    async def counting(redis: aioredis.Redis, batch: list[tuple[str, bytes, bool]]) -> list[int]:
         pipelines.append(len(batch))
         return await send_all(redis, batch)
     monkeypatch.setattr(routing, "_publish_all", counting)
@@ -231,7 +231,7 @@ async def test_a_failed_publish_is_sent_again_not_left_to_the_safety_round(
     send_all = routing._publish_all
     failures = [ConnectionError("refused once")]
 
-    async def failing_once(redis: aioredis.Redis, batch: list[tuple[str, bytes]]) -> list[int]:
+    async def failing_once(redis: aioredis.Redis, batch: list[tuple[str, bytes, bool]]) -> list[int]:
         if failures:
             raise failures.pop()
         return await send_all(redis, batch)

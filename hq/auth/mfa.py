@@ -33,6 +33,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..errors import UnavailableError
+from ..key_files import read_or_create
 from ..store import Agent, MfaRecord, Store
 
 log = logging.getLogger(__name__)
@@ -105,17 +106,7 @@ def _associated(codename: str) -> bytes:
 
 def load_or_create_key(path: Path) -> bytes:
     """Read the MFA key file, creating it (32 random bytes, base64, mode 0600) on first use."""
-    try:
-        text = path.read_bytes().strip()
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = base64.urlsafe_b64encode(secrets.token_bytes(_KEY_BYTES))
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first: use theirs
-            return load_or_create_key(path)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(text + b"\n")
+    text = read_or_create(path, lambda: base64.urlsafe_b64encode(secrets.token_bytes(_KEY_BYTES)))
     try:
         key = base64.urlsafe_b64decode(text)
     except ValueError:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from jwt.algorithms import get_default_algorithms
 from ..clock import Clock, SystemClock
 from ..config import AuthSettings, Settings
 from ..errors import AuthError
+from ..key_files import read_or_create
 
 ACCESS_TOKEN_TYPE = "at+jwt"
 REQUIRED_CLAIMS = ("sub", "role", "sid", "jti", "iat", "exp", "iss", "aud")
@@ -107,17 +107,7 @@ def _thumbprint(pem: bytes) -> str:
 
 def load_or_create_secret(path: Path) -> bytes:
     """Read the generated HMAC secret, creating it (owner read/write only) on first start."""
-    try:
-        secret = path.read_bytes().strip()
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        secret = base64.urlsafe_b64encode(secrets.token_bytes(48)).rstrip(b"=")
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return load_or_create_secret(path)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(secret + b"\n")
+    secret = read_or_create(path, lambda: base64.urlsafe_b64encode(secrets.token_bytes(48)).rstrip(b"="))
     if len(secret) < 32:
         raise ValueError(f"the secret in {path} is shorter than 32 bytes")
     return secret

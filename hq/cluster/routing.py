@@ -22,10 +22,12 @@ queues, and one task sends what is queued in one pipeline per round trip, in ord
 connection. Under load many messages share a round trip (the group commit hands them over together),
 and a node never needs more Redis connections than it has publishers: one (with a publish per message,
 100 messages in flight exhausted redis-py's pool of 100 connections, and the messages whose publish
-failed reached other nodes only at their next safety round). A batch that fails is sent again once
-the :class:`~hq.cluster.redis.RedisBreaker` has rested (one warning per outage); while Redis stays
-away the queue keeps at most :data:`OUTBOX_LIMIT` messages, the oldest dropped first — the nodes
-that miss them read them from the store when their subscription comes back.
+failed reached other nodes only at their next safety round). What a failed batch held is sent again
+once the :class:`~hq.cluster.redis.RedisBreaker` has rested (one warning per outage) if it was
+published with ``resend`` (a channel message, which receivers take once by its id), and dropped
+otherwise, as is what is published without it while Redis is away (a stale presence change is no news); while Redis stays away the queue keeps at most
+:data:`OUTBOX_LIMIT` messages, the oldest dropped first — the nodes that miss them read them from
+the store when their subscription comes back.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ class TopicBus:
         publishing = Outage(log, "cluster routing: cannot publish to Redis (%s); other nodes catch up from the "
                             "store", "cluster routing: publishing to Redis again")
         self._publisher = RedisBreaker(client, publishing)
-        self._outbox: deque[tuple[str, bytes]] = deque()
+        self._outbox: deque[tuple[str, bytes, bool]] = deque()
         self._outbox_filled = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         #: Publications dropped because the queue was full during an outage (for tests and measurements).
@@ -172,14 +174,18 @@ class TopicBus:
                 log.debug("cluster routing: could not change subscriptions (%s)", error)
 
     # publishing ---------------------------------------------------------------------------------
-    async def publish(self, topic: str, body: bytes) -> None:
+    async def publish(self, topic: str, body: bytes, resend: bool = False) -> None:
         """Queue ``body`` for the nodes that want ``topic``; never waits on Redis, never raises.
 
-        Sent in order by the publishing task (see the module's docstring)."""
+        Sent in order by the publishing task; with ``resend`` sent again after a failed try (see the
+        module's docstring)."""
+        if not resend and self._publisher.resting:
+            self.dropped += 1  # Redis was just found away: by the time it is back this is stale news
+            return
         if len(self._outbox) >= OUTBOX_LIMIT:
             self._outbox.popleft()
             self.dropped += 1
-        self._outbox.append((topic, self._frame + body))
+        self._outbox.append((topic, self._frame + body, resend))
         self._outbox_filled.set()
 
     @property
@@ -200,8 +206,9 @@ class TopicBus:
                 if await self._publisher.ask(lambda redis: _publish_all(redis, batch)) is None:
                     # Not taken (or not known to be): in front again, for the next try. A batch that
                     # timed out may have reached Redis: receivers drop the duplicates by message id.
+                    again = [publication for publication in batch if publication[2]]
                     room = OUTBOX_LIMIT - len(self._outbox)
-                    kept = batch[-room:] if room > 0 else []
+                    kept = again[-room:] if room > 0 else []
                     self.dropped += len(batch) - len(kept)
                     self._outbox.extendleft(reversed(kept))
 
@@ -314,10 +321,10 @@ class TopicBus:
         self._waiting.clear()
 
 
-async def _publish_all(redis: aioredis.Redis, batch: list[tuple[str, bytes]]) -> list[int]:
+async def _publish_all(redis: aioredis.Redis, batch: list[tuple[str, bytes, bool]]) -> list[int]:
     """Every publication of ``batch`` in one pipeline: one round trip, one pooled connection."""
     async with redis.pipeline(transaction=False) as pipe:
-        for topic, payload in batch:
+        for topic, payload, _ in batch:
             pipe.publish(topic, payload)
         return await pipe.execute()
 

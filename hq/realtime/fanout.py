@@ -275,7 +275,10 @@ class ClusterManager(DirectFanout, socketio.AsyncManager):
         await self._handle(event, data, namespace, room, skip_sid)
         body = self.server.packet_class.json.dumps({"event": event, "namespace": namespace, "room": room,
                                                    "data": args})
-        await self.bus.publish(self.topic(namespace, room), body.encode() if isinstance(body, str) else body)
+        # A channel message is sent again after a failed publish (members drop a duplicate by its id);
+        # anything else (presence) is news only when it is fresh, and is not.
+        await self.bus.publish(self.topic(namespace, room), body.encode() if isinstance(body, str) else body,
+                               resend=event == "message" and namespace == "/" and _is_channel_message(data))
 
     async def _handle(self, event: str, data: Any, namespace: str, room: Any, skip_sid: Any) -> None:
         if room not in self.rooms.get(namespace, {}):
