@@ -28,7 +28,7 @@ from .http.auth_routes import AuthRoutes
 from .http.boundary import error_boundary
 from .http.console import Console
 from .http.directors import DirectorsApi
-from .http.guards import DirectorGuard
+from .http.guards import ChangeLimiter, DirectorGuard
 from .http.health import Health, HealthCheck
 from .http.openapi import OpenApi
 from .http.origins import refuse_foreign_origins
@@ -179,7 +179,7 @@ def create_app(settings: Settings, on_first_agent: FirstAgentReporter = print_fi
     app.add_routes(AuthRoutes(settings, hq.sessions, hq.authenticator, addresses, hq.keys).routes())
     app.add_routes(Health(hq.health_checks()).routes())
     # One guard, so that one change budget per director covers the directors' routes of both APIs.
-    directors = DirectorGuard(hq.authenticator, hq.policy.levels[-1])
+    directors = DirectorGuard(hq.authenticator, hq.policy.levels[-1], ChangeLimiter(settings.limits))
     app.add_routes(SecondFactorRoutes(settings, hq.mfa, hq.sessions, hq.authenticator, directors, addresses).routes())
     app.add_routes(DirectorsApi(settings, hq.admin, directors, hq.realtime.connections).routes())
     app.add_routes(OpenApi(settings).routes())

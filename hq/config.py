@@ -93,6 +93,10 @@ class LimitsSettings:
     events_burst: int = 40
     login_body_max_bytes: int = 65536
     history_max: int = 500
+    # The directors' changes (hq/http/guards.py): a token bucket per director, this many at once,
+    # then this many a second (30 a minute).
+    director_changes_burst: int = 30
+    director_changes_per_second: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -386,9 +390,10 @@ def _validate_cluster(c: ClusterSettings) -> None:
 
 def _validate_limits(lim: LimitsSettings) -> None:
     for name in ("login_failures_per_codename", "login_failures_per_address", "login_window",
-                 "text_max_bytes", "events_burst", "login_body_max_bytes"):
+                 "text_max_bytes", "events_burst", "login_body_max_bytes", "director_changes_burst"):
         _require(getattr(lim, name) >= 1, f"limits.{name}", "must be at least 1")
-    _require(lim.events_per_second > 0, "limits.events_per_second", "must be positive")
+    for name in ("events_per_second", "director_changes_per_second"):
+        _require(getattr(lim, name) > 0, f"limits.{name}", "must be positive")
     _require(1 <= lim.history_max <= 500, "limits.history_max", "must be between 1 and 500")
 
 

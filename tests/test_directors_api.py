@@ -20,7 +20,7 @@ import jwt
 import pyotp
 import pytest
 
-from hq.http.guards import CHANGES_BURST
+from hq.config import LimitsSettings
 from hq.store import Store
 
 from .cluster import start_cluster
@@ -458,10 +458,10 @@ async def test_ending_a_session(api: Api, server: HQServer) -> None:
 async def test_changes_are_rate_limited_per_director(api: Api) -> None:
     director = await fresh_director(api)
     statuses = []
-    for _ in range(CHANGES_BURST + 1):
+    for _ in range(LimitsSettings().director_changes_burst + 1):
         status, answer, headers = await api.call("PATCH", "/api/agents/fox", {"enabled": True}, token=director)
         statuses.append(status)
-    assert statuses[:CHANGES_BURST] == [200] * CHANGES_BURST
+    assert statuses[:LimitsSettings().director_changes_burst] == [200] * LimitsSettings().director_changes_burst
     assert (status, code(answer)) == (429, "too_many_attempts") and int(headers["Retry-After"]) >= 1
     for method, path, body in CHANGES:  # every change route, not only PATCH
         status, answer, headers = await api.call(method, path, body, token=director)

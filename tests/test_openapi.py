@@ -42,7 +42,7 @@ from schemathesis.checks import (content_type_conformance, not_a_server_error, r
 from hq.app import create_app
 from hq.auth.tokens import KeyRing, TokenService, hash_refresh_token
 from hq.config import Settings, load_settings
-from hq.http.guards import CHANGES_BURST
+from hq.config import LimitsSettings
 from hq.http.openapi import build_document
 
 from .services import PrivatePostgres, private_postgres
@@ -132,7 +132,10 @@ def server(postgres: PrivatePostgres, tmp_path_factory: pytest.TempPathFactory) 
                      # directors run the fuzzing, so they need none)
                      auth={"refresh_grace": 0, "mfa_required": ["analyst"]},
                      # schemathesis logs in with random names: only the per-codename limit may bite
-                     limits={"login_failures_per_address": 1_000_000}).start()
+                     limits={"login_failures_per_address": 1_000_000,
+                             # an allowance spent stays spent for the 429 cases (one back every 20 s),
+                             # however long a busy machine takes between spending it and the request
+                             "director_changes_per_second": 0.05}).start()
     token = login(hq, DIRECTORS[0])["access_token"]  # the others through the API: quicker than the CLI
     agents = {"fox": "field-operative", "gone": "field-operative", "locked": "field-operative",
               **{name: "director" for name in DIRECTORS[1:]}, **MFA_AGENTS}
@@ -290,7 +293,7 @@ def drivers(server: HQServer) -> Drivers:
     pair = login(server, EXPIRING)
     expired = _forge_expired(server, EXPIRING, "director", json_claims(pair["access_token"])["sid"])
     limited = login(server, LIMITED)["access_token"]
-    for _ in range(CHANGES_BURST + 1):
+    for _ in range(LimitsSettings().director_changes_burst + 1):
         last = requests.patch(f"{server.url}/api/agents/fox", json={"enabled": True},
                               headers={"Authorization": f"Bearer {limited}"}, timeout=10)
     assert last.status_code == 429
@@ -406,7 +409,7 @@ _special("POST", "/api/agents/{codename}/mfa/confirm", "mfa_not_pending", "/api/
 def _spend_allowance(d: Drivers) -> None:
     """Spend the limited director's change allowance again: it comes back one change every 2 s, and the
     entries before a 429 one may have taken longer than that (a busy machine)."""
-    for _ in range(CHANGES_BURST + 1):
+    for _ in range(LimitsSettings().director_changes_burst + 1):
         spent = requests.patch(d.url("/api/agents/{codename}"), json={"enabled": True}, timeout=10,
                                headers={"Authorization": f"Bearer {d.limited_director}"})
         if spent.status_code == 429:

@@ -10,7 +10,7 @@ Who may: an agent whose *stored* role is the highest clearance level (``director
 A change (POST, PATCH, DELETE) is authorised by ``Authorization: Bearer``, or by the ``jwt`` cookie
 only together with the header ``X-HQ-Console: 1``, which a cross-site form or link cannot send: a
 cookie alone never changes anything (403 ``forbidden``). Changes are limited per director (a token
-bucket, :data:`CHANGES_BURST` at once, then :data:`CHANGES_PER_SECOND`): 429 ``too_many_attempts``
+bucket, ``[limits] director_changes_burst`` at once, then ``director_changes_per_second``): 429 ``too_many_attempts``
 with ``Retry-After``. Those rules are :class:`hq.http.guards.DirectorGuard`'s. Every refusal is
 raised and answered by :mod:`hq.http.boundary` (the domain's ``UnknownAgentError``: 404, ...).
 """

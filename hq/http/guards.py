@@ -6,8 +6,8 @@
 - A change (POST, PATCH, DELETE) is authorised by ``Authorization: Bearer``, or by the ``jwt``
   cookie only together with the header ``X-HQ-Console: 1``: a cross-site form or link cannot send
   that header, so a cookie alone never changes anything.
-- A director's changes are limited (a token bucket per director, :data:`CHANGES_BURST` at once,
-  then :data:`CHANGES_PER_SECOND`), on every route that changes agents or sessions.
+- A director's changes are limited (a token bucket per director, ``[limits] director_changes_burst``
+  at once, then ``director_changes_per_second``), on every route that changes agents or sessions.
 """
 
 from __future__ import annotations
@@ -19,15 +19,12 @@ from aiohttp import web
 from ..auth.agents import Actor
 from ..auth.identity import Authenticator, Principal
 from ..auth.limits import TokenBucket
+from ..config import LimitsSettings
 from ..errors import AuthError, RequestError
 from .tokens import ACCESS_COOKIE
 
 #: The header that makes the ``jwt`` cookie good for a change (the console sends it).
 CONSOLE_HEADER = "X-HQ-Console"
-#: Changes one director may make at once, and how fast the allowance comes back (30 a minute).
-CHANGES_BURST = 30
-CHANGES_PER_SECOND = 0.5
-
 
 async def identify_request(authenticator: Authenticator, request: web.Request,
                            allow_scopes: frozenset[str] = frozenset()) -> Principal:
@@ -62,9 +59,9 @@ def require_change_allowed(request: web.Request) -> None:
 class ChangeLimiter:
     """A token bucket per director (by codename, any case) on the changes they make."""
 
-    def __init__(self, rate: float = CHANGES_PER_SECOND, burst: int = CHANGES_BURST) -> None:
-        self._rate = rate
-        self._burst = burst
+    def __init__(self, limits: LimitsSettings) -> None:
+        self._rate = limits.director_changes_per_second
+        self._burst = limits.director_changes_burst
         self._buckets: dict[str, TokenBucket] = {}
 
     def spend(self, codename: str) -> int:
@@ -83,7 +80,7 @@ class DirectorGuard:
     def __init__(self, authenticator: Authenticator, director_role: str, limiter: ChangeLimiter | None = None) -> None:
         self._auth = authenticator
         self.director_role = director_role
-        self._limiter = limiter or ChangeLimiter()
+        self._limiter = limiter or ChangeLimiter(LimitsSettings())
 
     async def reader(self, request: web.Request) -> Principal:
         """The director behind a read; raises :class:`AuthError` (401) or :class:`RequestError` ``forbidden``."""
