@@ -14,3 +14,8 @@ FAULT_KINDS = frozenset({
     # The plain WebSocket: a frame aiohttp refused as RFC 6455 (bad UTF-8, a bad opcode...).
     "bad_websocket_frame",
 })
+
+#: What a service key's identity starts with: ``key:NAME`` is the ``from`` of its messages, its
+#: audit name and its entry in the revocation feed. A colon never appears in a codename, so a key
+#: can never pass for an agent (hq/auth/service_keys.py).
+KEY_IDENTITY_PREFIX = "key:"

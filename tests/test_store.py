@@ -9,7 +9,8 @@ from typing import AsyncIterator
 
 import pytest
 
-from hq.store import AgentExistsError, RefreshOutcome, Store, UnknownAgentError, open_store
+from hq.store import (AgentExistsError, RefreshOutcome, ServiceKeyExistsError, Store, UnknownAgentError,
+                      open_store)
 from hq.store.postgres import PostgresStore
 from hq.store.sqlite import SQLiteStore
 
@@ -199,3 +200,34 @@ async def test_two_nodes_writing_one_channel_get_unique_gapless_ids_in_commit_or
         await first.close()
         await second.close()
         await drop_database(url)
+
+
+async def test_service_keys_are_stored_by_hash_unique_by_name_regardless_of_case(store: Store) -> None:
+    key = await store.add_service_key("k1", "Deploy-Bot", "handler", "hash1")
+    assert (key.name, key.role, key.last_used, key.revoked) == ("Deploy-Bot", "handler", None, None)
+    with pytest.raises(ServiceKeyExistsError):
+        await store.add_service_key("k2", "DEPLOY-bot", "analyst", "hash2")
+    assert [k.name for k in await store.list_service_keys()] == ["Deploy-Bot"]
+    assert (await store.service_key_by_hash("hash1")).key_id == "k1"
+    assert await store.service_key_by_hash("hash2") is None
+
+
+async def test_revoking_a_service_key_keeps_it_findable_frees_its_name_and_feeds_the_revocation(store: Store) -> None:
+    await store.add_service_key("k1", "Deploy-Bot", "handler", "hash1")
+    start = await store.last_revocation_id()
+    revoked = await store.revoke_service_key("deploy-BOT")
+    assert revoked is not None and revoked.key_id == "k1" and revoked.revoked is not None
+    assert await store.revoke_service_key("deploy-bot") is None  # already revoked: nothing changes
+    assert await store.list_service_keys() == []
+    assert (await store.service_key_by_hash("hash1")).revoked is not None  # told "revoked", not "unknown"
+    feed = await store.revocations_after(start)
+    assert [(r.codename, r.session_id, r.reason) for r in feed] == [("key:deploy-bot", "k1", "revoked")]
+    await store.add_service_key("k2", "deploy-bot", "analyst", "hash2")  # the name is free again
+    assert [k.key_id for k in await store.list_service_keys()] == ["k2"]
+
+
+async def test_service_key_last_used_never_moves_backwards(store: Store) -> None:
+    await store.add_service_key("k1", "bot", "handler", "hash1")
+    await store.touch_service_keys({"k1": "2030-01-01T00:00:02Z", "unknown": "2030-01-01T00:00:09Z"})
+    await store.touch_service_keys({"k1": "2030-01-01T00:00:01Z"})
+    assert (await store.service_key_by_hash("hash1")).last_used == "2030-01-01T00:00:02Z"

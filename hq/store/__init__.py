@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import AgentExistsError, Store, StoreUnavailable, UnknownAgentError
-from .models import Agent, LoginSession, Message, MfaRecord, RefreshOutcome, RefreshResult, Revocation
+from .base import AgentExistsError, ServiceKeyExistsError, Store, StoreUnavailable, UnknownAgentError
+from .models import (Agent, LoginSession, Message, MfaRecord, RefreshOutcome, RefreshResult, Revocation,
+                     ServiceKey)
 
 __all__ = ["Agent", "AgentExistsError", "LoginSession", "Message", "MfaRecord", "RefreshOutcome", "RefreshResult",
-           "Revocation", "Store", "StoreUnavailable", "UnknownAgentError", "open_store"]
+           "Revocation", "ServiceKey", "ServiceKeyExistsError", "Store", "StoreUnavailable", "UnknownAgentError",
+           "open_store"]
 
 
 def open_store(url: str) -> Store:

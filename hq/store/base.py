@@ -5,12 +5,16 @@ from __future__ import annotations
 from typing import Protocol
 
 from ..errors import UnavailableError
-from .models import Agent, LoginSession, Message, MfaRecord, RefreshResult, Revocation
+from .models import Agent, LoginSession, Message, MfaRecord, RefreshResult, Revocation, ServiceKey
 from .pruning import PruneReport, Retention
 
 
 class AgentExistsError(Exception):
     """An agent with that codename (compared regardless of case) already exists."""
+
+
+class ServiceKeyExistsError(Exception):
+    """A service key not revoked already has that name (compared regardless of case)."""
 
 
 class UnknownAgentError(Exception):
@@ -65,6 +69,24 @@ class Store(Protocol):
         ...
 
     async def add_refresh_token(self, token_hash: str, session_id: str, expires_at: float) -> None: ...
+
+    # service keys (hq/auth/service_keys.py)
+    async def add_service_key(self, key_id: str, name: str, role: str, key_hash: str) -> ServiceKey:
+        """Store a new key by its hash; :class:`ServiceKeyExistsError` if a live key has that name (any case)."""
+        ...
+    async def list_service_keys(self) -> list[ServiceKey]:
+        """Every key not revoked, oldest first."""
+        ...
+    async def service_key_by_hash(self, key_hash: str) -> ServiceKey | None:
+        """The key (revoked or not) stored under ``key_hash``."""
+        ...
+    async def revoke_service_key(self, name: str) -> ServiceKey | None:
+        """Revoke the live key named ``name`` (any case) and append it to the revocation feed, in one
+        transaction; None (nothing changed) when no live key has that name."""
+        ...
+    async def touch_service_keys(self, last_used: dict[str, str]) -> None:
+        """Record when keys were last used (key id -> ISO 8601 time), never moving a time backwards."""
+        ...
     async def rotate_refresh_token(self, old_hash: str, new_hash: str, new_expires_at: float,
                                    now: float, grace: float = 0.0) -> RefreshResult:
         """Spend ``old_hash`` and store ``new_hash``, atomically.

@@ -56,6 +56,23 @@ class Revocation:
     reason: str
 
 
+@dataclass(frozen=True)
+class ServiceKey:
+    """A service key as stored: never the key itself, only the hash it is found by (which never
+    leaves the store). ``key_id`` identifies it in the revocation feed and indexes its sockets."""
+
+    key_id: str
+    name: str
+    role: str
+    created: str
+    last_used: str | None
+    revoked: str | None
+
+    def to_wire(self) -> dict[str, object]:
+        """The directors' API row: ``{"name", "role", "created", "last_used"}``."""
+        return {"name": self.name, "role": self.role, "created": self.created, "last_used": self.last_used}
+
+
 class RefreshOutcome(Enum):
     """What presenting a refresh token led to."""
 

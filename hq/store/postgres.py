@@ -23,10 +23,10 @@ import asyncpg
 import asyncpg.exceptions as pg_errors
 
 from . import rows
-from .base import AgentExistsError, StoreUnavailable, UnknownAgentError
+from .base import AgentExistsError, ServiceKeyExistsError, StoreUnavailable, UnknownAgentError
 from .batching import GroupCommit
 from .dialect import POSTGRESQL
-from .models import Agent, LoginSession, Message, MfaRecord, RefreshResult, Revocation
+from .models import Agent, LoginSession, Message, MfaRecord, RefreshResult, Revocation, ServiceKey
 from .pruning import PruneReport, Retention, prune_in_transaction
 from .queries import Queries
 from .rotation import rotate_in_transaction
@@ -407,6 +407,44 @@ class PostgresStore:
     async def add_refresh_token(self, token_hash: str, session_id: str, expires_at: float) -> None:
         """Store a new refresh token's hash."""
         await self._execute(_SQL.insert_refresh_token, token_hash, session_id, expires_at)
+
+    # service keys --------------------------------------------------------------------------------
+    @_bounded
+    async def add_service_key(self, key_id: str, name: str, role: str, key_hash: str) -> ServiceKey:
+        """Store a new key by its hash; :class:`ServiceKeyExistsError` for a live key's name (any case)."""
+        created = rows.now_iso()
+        try:
+            await self._execute(_SQL.insert_service_key, key_id, name, name.lower(), role, key_hash, created)
+        except asyncpg.UniqueViolationError:
+            raise ServiceKeyExistsError(name) from None
+        return ServiceKey(key_id, name, role, created, None, None)
+
+    @_bounded
+    async def list_service_keys(self) -> list[ServiceKey]:
+        """Every key not revoked, oldest first."""
+        return [k for k in map(rows.service_key, await self._fetch(_SQL.service_keys)) if k is not None]
+
+    @_bounded
+    async def service_key_by_hash(self, key_hash: str) -> ServiceKey | None:
+        """The key (revoked or not) stored under ``key_hash``."""
+        return rows.service_key(await self._fetchrow(_SQL.service_key_by_hash, key_hash))
+
+    @_bounded
+    async def revoke_service_key(self, name: str) -> ServiceKey | None:
+        """Revoke the live key named ``name`` and append it to the revocation feed, in one transaction."""
+        revoke = _SQL.service_key_revocation(name, rows.now_iso())
+        async with self._connection() as conn, conn.transaction():
+            key = rows.service_key(await conn.fetchrow(revoke.sql, *revoke.args))
+            if key is not None:
+                record = _SQL.service_key_feed_entry(key.name, key.key_id)
+                await conn.execute(record.sql, *record.args)
+        return key
+
+    @_bounded
+    async def touch_service_keys(self, last_used: dict[str, str]) -> None:
+        """Record when keys were last used, in one statement per key and one transaction."""
+        async with self._connection() as conn, conn.transaction():
+            await conn.executemany(_SQL.touch_service_key, [(at, key_id) for key_id, at in last_used.items()])
 
     @_bounded
     async def rotate_refresh_token(self, old_hash: str, new_hash: str, new_expires_at: float,

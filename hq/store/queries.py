@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ..vocab import KEY_IDENTITY_PREFIX
 from .dialect import Dialect
 from .rules import IssueToken, RecordSuccessor, RevokeSession, RotationWrite, SpendToken
 
@@ -101,6 +102,17 @@ class Queries:
             " AND used_at IS NULL AND EXISTS (SELECT 1 FROM mfa_factors f"
             " WHERE f.codename_key = mfa_recovery_codes.codename_key AND f.confirmed = {true}) RETURNING code_hash")
         self.delete_mfa = sql("DELETE FROM mfa_factors WHERE codename_key = {p1} RETURNING codename_key")
+        # service keys (hq/auth/service_keys.py); a revocation is also a revocation feed entry
+        self.insert_service_key = sql(
+            "INSERT INTO service_keys (key_id, name, name_key, role, key_hash, created)"
+            " VALUES ({p1}, {p2}, {p3}, {p4}, {p5}, {p6})")
+        self.service_keys = "SELECT * FROM service_keys WHERE revoked IS NULL ORDER BY created, name_key"
+        self.service_key_by_hash = sql("SELECT * FROM service_keys WHERE key_hash = {p1}")
+        self._revoke_service_key = sql("UPDATE service_keys SET revoked = {p1} WHERE name_key = {p2}"
+                                       " AND revoked IS NULL RETURNING *")
+        # Never moves last_used backwards: two nodes may write one key's times in either order.
+        self.touch_service_key = sql("UPDATE service_keys SET last_used = {p1} WHERE key_id = {p2}"
+                                     " AND (last_used IS NULL OR last_used < {p1})")
         # pruning (the rules and their reasons: hq/store/pruning.py)
         self.last_prune_run = "SELECT MAX(at) AS at FROM prune_runs"
         self.record_prune_run = sql(
@@ -135,6 +147,15 @@ class Queries:
         else:
             revoke = Statement(self._revoke_agent_sessions, (reason, key))
         return revoke, Statement(self._insert_revocation, (key, session_id, reason))
+
+    def service_key_revocation(self, name: str, revoked_at: str) -> Statement:
+        """Mark the live key named ``name`` (any case) revoked; returns its row, or none."""
+        return Statement(self._revoke_service_key, (revoked_at, name.lower()))
+
+    def service_key_feed_entry(self, name: str, key_id: str) -> Statement:
+        """The revocation feed's entry for a revoked key: its identity ``key:NAME`` and its id in the
+        place of a session id, so that every node ends exactly that key's sockets."""
+        return Statement(self._insert_revocation, (KEY_IDENTITY_PREFIX + name.lower(), key_id, "revoked"))
 
     def rotation_write(self, write: RotationWrite) -> tuple[Statement, ...]:
         """The statements that carry out one write of a rotation decision (hq/store/rules.py)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from .models import Agent, LoginSession, Message, MfaRecord, Revocation
+from .models import Agent, LoginSession, Message, MfaRecord, Revocation, ServiceKey
 from .rules import PresentedToken, Successor
 
 
@@ -51,6 +51,13 @@ def revocation(row: Row) -> Revocation:
 def message(row: Row) -> Message:
     """A ``messages`` row."""
     return Message(id=int(row["id"]), channel=row["channel"], sender=row["sender"], text=row["text"], ts=row["ts"])
+
+
+def service_key(row: Row | None) -> ServiceKey | None:
+    """A ``service_keys`` row (its hash stays behind)."""
+    if row is None:
+        return None
+    return ServiceKey(row["key_id"], row["name"], row["role"], row["created"], row["last_used"], row["revoked"])
 
 
 def mfa(row: Row | None) -> MfaRecord | None:

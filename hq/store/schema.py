@@ -48,6 +48,20 @@ CREATE TABLE IF NOT EXISTS revocations (
 -- Pruning (hq/store/pruning.py): each session's refresh tokens; and each pruning run, with the
 -- revocation feed's newest id at that time (the feed has no time column of its own).
 CREATE INDEX IF NOT EXISTS refresh_tokens_by_session ON refresh_tokens (sid);
+-- Service keys for programs (hq/auth/service_keys.py): only the key's SHA-256 is stored. A revoked
+-- key keeps its row, so that presenting it again is told "revoked" rather than "invalid"; a name is
+-- unique regardless of case among the keys not revoked, so a revoked key's name may be used again.
+CREATE TABLE IF NOT EXISTS service_keys (
+    key_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    name_key TEXT NOT NULL,
+    role TEXT NOT NULL,
+    key_hash TEXT NOT NULL UNIQUE,
+    created TEXT NOT NULL,
+    last_used TEXT,
+    revoked TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS service_keys_live_name ON service_keys (name_key) WHERE revoked IS NULL;
 CREATE TABLE IF NOT EXISTS prune_runs (
     at {double} NOT NULL,
     revocation_id {bigint} NOT NULL

@@ -19,10 +19,10 @@ from typing import AsyncIterator, Iterable, NamedTuple, Sequence
 import aiosqlite
 
 from . import rows
-from .base import AgentExistsError, UnknownAgentError
+from .base import AgentExistsError, ServiceKeyExistsError, UnknownAgentError
 from .batching import GroupCommit
 from .dialect import SQLITE
-from .models import Agent, LoginSession, Message, MfaRecord, RefreshResult, Revocation
+from .models import Agent, LoginSession, Message, MfaRecord, RefreshResult, Revocation, ServiceKey
 from .pruning import PruneReport, Retention, prune_in_transaction
 from .queries import Queries
 from .rotation import rotate_in_transaction
@@ -218,6 +218,38 @@ class SQLiteStore:
         """Store a new refresh token's hash."""
         async with self._lock:
             await self.db.execute(_SQL.insert_refresh_token, (token_hash, session_id, expires_at))
+
+    # service keys ------------------------------------------------------------------------------
+    async def add_service_key(self, key_id: str, name: str, role: str, key_hash: str) -> ServiceKey:
+        """Store a new key by its hash; :class:`ServiceKeyExistsError` for a live key's name (any case)."""
+        created = rows.now_iso()
+        try:
+            async with self._lock:
+                await self.db.execute(_SQL.insert_service_key, (key_id, name, name.lower(), role, key_hash, created))
+        except aiosqlite.IntegrityError:
+            raise ServiceKeyExistsError(name) from None
+        return ServiceKey(key_id, name, role, created, None, None)
+
+    async def list_service_keys(self) -> list[ServiceKey]:
+        """Every key not revoked, oldest first."""
+        return [k for k in map(rows.service_key, await self._all(_SQL.service_keys)) if k is not None]
+
+    async def service_key_by_hash(self, key_hash: str) -> ServiceKey | None:
+        """The key (revoked or not) stored under ``key_hash``."""
+        return rows.service_key(await self._one(_SQL.service_key_by_hash, key_hash))
+
+    async def revoke_service_key(self, name: str) -> ServiceKey | None:
+        """Revoke the live key named ``name`` and append it to the revocation feed, in one transaction."""
+        async with self._transaction() as db:
+            key = rows.service_key(await _fetchone(db, *_SQL.service_key_revocation(name, rows.now_iso())))
+            if key is not None:
+                await db.execute(*_SQL.service_key_feed_entry(key.name, key.key_id))
+        return key
+
+    async def touch_service_keys(self, last_used: dict[str, str]) -> None:
+        """Record when keys were last used, in one transaction."""
+        async with self._transaction() as db:
+            await db.executemany(_SQL.touch_service_key, [(at, key_id) for key_id, at in last_used.items()])
 
     async def rotate_refresh_token(self, old_hash: str, new_hash: str, new_expires_at: float,
                                    now: float, grace: float = 0.0) -> RefreshResult:
