@@ -1,4 +1,5 @@
-"""The operator CLI: ``python -m hq [serve [--workers N]] | agents add|list|passwd|disable|enable|role|mfa``.
+"""The operator CLI: ``python -m hq [serve [--workers N]] | agents add|list|passwd|disable|enable|role|mfa |
+keys add|list|revoke``.
 
 Exit codes: 0 success, 1 runtime error, 2 usage or configuration error, 3 the store is in use by
 another HQ (``serve`` on an SQLite file another HQ process serves); errors are one line on stderr.
@@ -28,7 +29,8 @@ from .config import ConfigError, Settings, find_config, load_settings
 from .auth.passwords import PasswordPolicyError
 from .auth.mfa import Enrollment, OtpRejected
 from .auth.mfa_admin import MfaAdminError
-from .store import AgentExistsError, UnknownAgentError
+from .auth.service_keys import ServiceKeyAdminError, UnknownServiceKeyError
+from .store import AgentExistsError, ServiceKeyExistsError, UnknownAgentError
 from .store.lock import StoreInUseError, serving_lock
 from .ops.workers import Supervisor, WorkerRole, check_port_free, cluster_problem
 
@@ -78,6 +80,14 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("enroll", "enrol a TOTP app: prints the otpauth:// URI and a QR code, then asks for a code"),
                        ("reset", "remove the agent's second factor and end its sessions")):
         mfa_actions.add_parser(name, parents=[common], help=text).add_argument("codename")
+    keys = commands.add_parser("keys", parents=[common], help="manage service keys for programs")
+    key_actions = keys.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    key_add = key_actions.add_parser("add", parents=[common], help="create a key: printed once, stored only as a hash")
+    key_add.add_argument("name")
+    key_add.add_argument("--role", required=True)
+    key_actions.add_parser("list", parents=[common], help="list keys (never the key itself)")
+    key_actions.add_parser("revoke", parents=[common],
+                           help="refuse a key at once on every node and end its live sockets").add_argument("name")
     return parser
 
 
@@ -108,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in (None, "serve"):
             return serve(settings, getattr(args, "host", None), getattr(args, "port", None),
                          getattr(args, "workers", 1), config, _worker_role(args))
+        if args.command == "keys":
+            return asyncio.run(_keys(settings, args))
         return asyncio.run(_agents(settings, args))
     except (UsageError, ConfigError) as exc:
         print(f"hq: {exc}", file=sys.stderr)
@@ -269,6 +281,36 @@ async def _agents(settings: Settings, args: argparse.Namespace) -> int:
     except UnknownAgentError as exc:
         raise UsageError(f"no agent named {exc}") from None
     except (AgentAdminError, PasswordPolicyError) as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        await _release(hq)
+
+
+async def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    """``keys add|list|revoke``: through ServiceKeys, like the directors' API (audited with actor ``cli``)."""
+    hq = build(settings)
+    await hq.store.open()
+    try:
+        keys = hq.service_keys
+        if args.action == "add":
+            created = await keys.create(args.name, args.role)
+            print(f"key add: {created.key.name} ({created.key.role}). The key, shown only this once:")
+            print(created.secret, flush=True)
+        elif args.action == "revoke":
+            revoked = await keys.revoke(args.name)
+            print(f"key revoke: {revoked.name}: refused from now on, its live sockets ended")
+        else:
+            rows = [("NAME", "ROLE", "CREATED", "LAST_USED")]
+            rows += [(k.name, k.role, k.created, k.last_used or "never") for k in await keys.list()]
+            widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+            for row in rows:
+                print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        return 0
+    except ServiceKeyExistsError as exc:
+        raise UsageError(f"a key named {exc} already exists (names ignore case)") from None
+    except UnknownServiceKeyError as exc:
+        raise UsageError(f"no key named {exc}") from None
+    except ServiceKeyAdminError as exc:
         raise UsageError(str(exc)) from None
     finally:
         await _release(hq)

@@ -29,6 +29,7 @@ from .http.boundary import error_boundary
 from .http.console import Console
 from .http.directors import DirectorsApi
 from .http.guards import ChangeLimiter, DirectorGuard
+from .http.keys import KeysApi
 from .http.health import Health, HealthCheck
 from .http.openapi import OpenApi
 from .http.origins import refuse_foreign_origins
@@ -46,6 +47,7 @@ from .cluster.socket_registry import ConnectionRegistry
 from .realtime.plainws.endpoint import PlainWebSockets
 from .realtime.realtime import Realtime
 from .auth.sessions import SessionService
+from .auth.service_keys import ServiceKeys
 from .auth.mfa import SecondFactor, SecretBox
 from .auth.mfa_admin import MfaAdmin
 from .store import Store, open_store
@@ -75,6 +77,8 @@ class HQ:
     watcher: RevocationWatcher
     presence: Presence
     mfa: MfaAdmin
+    #: Service keys for programs (created, listed, revoked and verified in one place).
+    service_keys: ServiceKeys
     #: This process's id as a node of the cluster (presence, socket registry, revocation bus, fan-out).
     node: str
     #: Every fire-and-forget task of the process, cancelled at shutdown.
@@ -120,9 +124,12 @@ def build(settings: Settings, clock: Clock | None = None) -> HQ:
                                  settings.mfa_roles)
     # One check and one login limiter per process, for every door (login, password re-check, Admin UI):
     # one failure budget per codename and per address, whichever door a guesser knocks on.
-    credentials = CredentialCheck(store, hasher, second_factor, _login_limiter(settings, redis, clock), audit)
+    limiter = _login_limiter(settings, redis, clock)
+    credentials = CredentialCheck(store, hasher, second_factor, limiter, audit)
     sessions = SessionService(store, credentials, tokens, audit, settings.auth, clock)
-    authenticator = Authenticator(tokens, store)
+    # A wrong service key counts against the client address in the same limiter as a wrong password.
+    service_keys = ServiceKeys(store, policy, sessions, limiter, audit)
+    authenticator = Authenticator(tokens, store, service_keys)
     addresses = AddressResolver(settings.server.trusted_proxies)
     presence = Presence(settings.channels, redis, prefix=cluster.channel, heartbeat=cluster.presence_heartbeat,
                         ttl=cluster.presence_ttl, node=node)
@@ -143,7 +150,7 @@ def build(settings: Settings, clock: Clock | None = None) -> HQ:
     mfa = MfaAdmin(store, second_factor, sessions, audit)
     pruner = Pruner(store, Retention.from_auth(settings.auth), clock)
     return HQ(settings, store, hasher, keys, tokens, policy, audit, credentials, sessions, authenticator, realtime,
-              plain, admin, watcher, presence, mfa, node, tasks, pruner, redis)
+              plain, admin, watcher, presence, mfa, service_keys, node, tasks, pruner, redis)
 
 
 def _login_limiter(settings: Settings, redis: aioredis.Redis | None, clock: Clock) -> LoginLimiter:
@@ -182,6 +189,7 @@ def create_app(settings: Settings, on_first_agent: FirstAgentReporter = print_fi
     directors = DirectorGuard(hq.authenticator, hq.policy.levels[-1], ChangeLimiter(settings.limits))
     app.add_routes(SecondFactorRoutes(settings, hq.mfa, hq.sessions, hq.authenticator, directors, addresses).routes())
     app.add_routes(DirectorsApi(settings, hq.admin, directors, hq.realtime.connections).routes())
+    app.add_routes(KeysApi(settings, hq.service_keys, directors).routes())
     app.add_routes(OpenApi(settings).routes())
     app.add_routes(AsyncApi(settings).routes())
     hq.realtime.sio.attach(app, socketio_path="socket.io")
@@ -200,7 +208,9 @@ def create_app(settings: Settings, on_first_agent: FirstAgentReporter = print_fi
         await hq.presence.start()
         await hq.realtime.connections.start()
         hq.pruner.start()
+        hq.service_keys.start()
         yield
+        await hq.service_keys.stop()
         await hq.pruner.stop()
         await admin_ui.shutdown()
         await hq.realtime.connections.stop()

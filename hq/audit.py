@@ -26,6 +26,7 @@ from aiohttp import web
 
 from .addresses import AddressResolver
 from .config import is_valid_codename
+from .vocab import KEY_IDENTITY_PREFIX
 
 AUDIT_EVENTS = (
     "login_succeeded", "login_failed", "connection_accepted", "connection_refused", "connection_ended",
@@ -51,11 +52,12 @@ VOCABULARY: dict[str, frozenset[str]] = {
     "scope": frozenset({"session", "agent"}),
     "interface": frozenset({"admin_ui", "console", "api", "cli", "startup"}),
     "action": frozenset({"add", "enable", "disable", "role", "passwd", "end_session",
-                         "mfa_enroll", "mfa_confirm", "mfa_reset"}),
+                         "mfa_enroll", "mfa_confirm", "mfa_reset", "key_add", "key_revoke"}),
     # How a login was completed: the password alone, or with a TOTP code or a recovery code.
     "factor": frozenset({"password", "totp", "recovery_code"}),
 }
-#: Fields that name an agent (or the CLI, ``cli``, or start-up, ``hq``): valid codenames only.
+#: Fields that name an agent (or the CLI, ``cli``, or start-up, ``hq``): valid codenames only, or a
+#: service key's identity ``key:NAME`` with a valid name.
 _AGENT_FIELDS = frozenset({"codename", "actor", "target"})
 _SESSION_ID = re.compile(r"[0-9a-f]{32}")
 # A JWT (three base64url parts) or any long opaque base64url run, like a refresh token.
@@ -132,7 +134,7 @@ def _checked(key: str, value: Any) -> Any:
     if key in VOCABULARY:
         return value if value in VOCABULARY[key] else OTHER
     if key in _AGENT_FIELDS:
-        return value if value == "<unknown>" or is_valid_codename(value) else "<unknown>"
+        return value if value == "<unknown>" or _is_identity(value) else "<unknown>"
     if key == "role":  # clearance levels are configured names; anything else is not one
         return value if is_valid_codename(value) else OTHER
     if key == "sid":
@@ -145,6 +147,11 @@ def _checked(key: str, value: Any) -> Any:
     if key in _FREE_TEXT:
         return _clip(_UNSAFE.sub("?", _scrub(value)))
     return OTHER
+
+
+def _is_identity(value: str) -> bool:
+    """Whether ``value`` is a codename or a service key's ``key:NAME``."""
+    return is_valid_codename(value.removeprefix(KEY_IDENTITY_PREFIX))
 
 
 def clip_free_text(value: str) -> str:

@@ -251,3 +251,41 @@ def test_hq_config_variable(fresh: HQServer, tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "hq", "agents", "list"], capture_output=True, text=True,
                             cwd=tmp_path, timeout=60, env=env)
     assert result.returncode == 0 and "director" in result.stdout, result.stderr
+
+
+# keys add / list / revoke against a running HQ ------------------------------------------------------------
+
+async def test_keys_add_list_revoke_end_the_keys_live_socket(fresh: HQServer) -> None:
+    added = fresh.cli("keys", "add", "Deploy-Bot", "--role", "handler")
+    assert added.returncode == 0, added.stderr
+    key = added.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"hqk_[A-Za-z0-9_-]{43,}", key), added.stdout
+    assert one_line_error(fresh.cli("keys", "add", "deploy-bot", "--role", "analyst")).startswith("hq: a key named")
+    assert "unknown role" in one_line_error(fresh.cli("keys", "add", "other", "--role", "king"))
+    assert "key names are" in one_line_error(fresh.cli("keys", "add", "bad:name", "--role", "handler"))
+    client = RecordingClient()
+    try:
+        await client.connect(fresh.url, key)
+        assert (await client.call("join", {"channel": "hq"}))["ok"] is True
+        listed = fresh.cli("keys", "list")
+        assert listed.returncode == 0 and key.removeprefix("hqk_") not in listed.stdout
+        header, *rows = listed.stdout.splitlines()
+        assert header.split() == ["NAME", "ROLE", "CREATED", "LAST_USED"]
+        assert [row.split()[:2] for row in rows] == [["Deploy-Bot", "handler"]]
+        revoked = fresh.cli("keys", "revoke", "DEPLOY-BOT")
+        assert revoked.returncode == 0, revoked.stderr
+        # The CLI is another process: the server learns of it from the revocation feed.
+        assert (await client.wait_for("session_ended"))[0] == {"reason": "revoked"}
+        await client.wait_disconnected()
+    finally:
+        await client.close()
+    assert one_line_error(fresh.cli("keys", "revoke", "deploy-bot")) == "hq: no key named deploy-bot"
+    assert fresh.cli("keys", "list").stdout.splitlines()[1:] == []
+    refused = RecordingClient()
+    with pytest.raises(Exception):
+        await refused.connect(fresh.url, key)
+    await refused.close()
+    assert refused.connect_error["data"]["code"] == "token_revoked"
+    audit = [line for line in fresh.audit_lines() if line["event"] == "admin_action" and line["interface"] == "cli"]
+    assert [(a["action"], a["target"]) for a in audit if a["action"].startswith("key_")] == [
+        ("key_add", "key:Deploy-Bot"), ("key_revoke", "key:Deploy-Bot")]

@@ -94,7 +94,7 @@ async def test_the_index_follows_disconnect_and_reauth(realtime: Realtime, monke
     # A reauth with a token of another of fox's login sessions moves the socket to that session.
     renewed = Principal("fox", "handler", "fox-b", int(time.time()) + 7200)
 
-    async def identify(token: str | None) -> Principal:
+    async def identify(token: str | None, service_key_address: str | None = None) -> Principal:
         return renewed
     monkeypatch.setattr(realtime._auth, "identify", identify)
     assert (await realtime._reauth("fox-2", realtime._connections["fox-2"], {"token": "renewed"}))["ok"]

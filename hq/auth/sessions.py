@@ -135,6 +135,12 @@ class SessionService:
                            scope="session" if session_id else "agent")
         await self._notify(codename, session_id, reason)
 
+    async def announce_revocation(self, codename: str, session_id: str, reason: str) -> None:
+        """Tell the listeners (this node's sockets, the other nodes) of a revocation the store's feed
+        already holds, made outside a login session: a service key's (hq/auth/service_keys.py), whose
+        id stands for ``session_id``."""
+        await self._notify(codename, session_id, reason)
+
     async def _issue(self, agent: Agent, session_id: str) -> TokenPair:
         refresh_token, refresh_hash = new_refresh_token()
         await self._store.add_refresh_token(refresh_hash, session_id, self._clock.time() + self._auth.refresh_ttl)

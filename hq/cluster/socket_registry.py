@@ -64,7 +64,8 @@ class SocketRecord:
     transport: str
     user_agent: str
     since: str
-    exp: int
+    #: When its token expires; None for a service key's socket (keys do not expire).
+    exp: int | None
 
     def to_wire(self) -> dict[str, Any]:
         """The contract's socket shape: ``{"node", "address", "transport", "user_agent", "since", "exp"}``."""
@@ -116,14 +117,14 @@ class ConnectionRegistry:
 
     # this node's sockets: memory only, never a wait --------------------------------------------
     def add(self, socket_id: str, *, session_id: str, codename: str, address: str, transport: str,
-            user_agent: str, exp: int) -> SocketRecord:
+            user_agent: str, exp: int | None) -> SocketRecord:
         """Count a socket that was just accepted; ``user_agent`` should already be clipped."""
         record = SocketRecord(self.node, session_id, codename, address, transport, user_agent, now_iso(), exp)
         self._local[socket_id] = record
         self._changed(socket_id)
         return record
 
-    def update_expiry(self, socket_id: str, exp: int) -> None:
+    def update_expiry(self, socket_id: str, exp: int | None) -> None:
         """The socket's token was renewed (``reauth``)."""
         record = self._local.get(socket_id)
         if record is not None and record.exp != exp:
@@ -297,7 +298,7 @@ def _record(node: str, raw: Any) -> SocketRecord | None:
         record = SocketRecord(node=node, session_id=str(fields["session_id"]), codename=str(fields["codename"]),
                               address=str(fields["address"]), transport=str(fields["transport"]),
                               user_agent=str(fields["user_agent"]), since=str(fields["since"]),
-                              exp=int(fields["exp"]))
+                              exp=None if fields["exp"] is None else int(fields["exp"]))
     except (ValueError, KeyError, TypeError) as error:
         log.warning("connections: skipped a malformed record of node %s (%s)", node, describe(error))
         return None

@@ -38,3 +38,18 @@ async def _read_at_most(request: web.Request, size: int) -> bytes:
             break
         raw += chunk
     return bytes(raw)
+
+
+def checked_fields(body: dict[str, Any], types: dict[str, type], required: tuple[str, ...]) -> dict[str, Any]:
+    """``body`` checked strictly: known fields only, each of its type (``true`` is no string, ``1`` no bool)."""
+    unknown = sorted(set(body) - types.keys())
+    if unknown:
+        raise RequestError(f"unknown field {unknown[0][:64]!r}; expected: {', '.join(types)}", "bad_request")
+    for name in required:
+        if name not in body:
+            raise RequestError(f'"{name}" is required', "bad_request")
+    for name, value in body.items():
+        if type(value) is not types[name]:
+            kind = "true or false" if types[name] is bool else "a string"
+            raise RequestError(f'"{name}" must be {kind}', "bad_request")
+    return body

@@ -30,8 +30,9 @@ from ..auth.identity import ENROLLMENT_REQUIRED
 from ..auth.mfa import OtpRejected
 from ..auth.mfa_admin import MfaAdminError
 from ..auth.passwords import PasswordPolicyError
+from ..auth.service_keys import ServiceKeyAdminError, UnknownServiceKeyError
 from ..errors import AuthError, HQError, LoginError, RequestError, UnavailableError
-from ..store import AgentExistsError, UnknownAgentError
+from ..store import AgentExistsError, ServiceKeyExistsError, UnknownAgentError
 from .headers import NO_STORE
 from .tokens import clear_auth_cookies
 
@@ -45,7 +46,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STATUSES: dict[type, dict[str | None, int]] = {
     AuthError: {ENROLLMENT_REQUIRED: 403, None: 401},
     LoginError: {"agent_disabled": 403, "too_many_attempts": 429, None: 401},
-    RequestError: {"forbidden": 403, "not_found": 404, "agent_exists": 409, "mfa_already_enrolled": 409,
+    RequestError: {"forbidden": 403, "not_found": 404, "agent_exists": 409, "key_exists": 409, "mfa_already_enrolled": 409,
                    "mfa_not_pending": 409, "payload_too_large": 413, "unsupported_media_type": 415,
                    "too_many_attempts": 429, "origin_not_allowed": 400, None: 400},
     UnavailableError: {None: 503},
@@ -61,6 +62,10 @@ DOMAIN_ERRORS: dict[type, Callable[[Exception], HQError]] = {
     UnknownAgentError: lambda exc: RequestError(f"no agent named {str(exc)[:64]!r}", "not_found"),
     UnknownSessionError: lambda exc: RequestError("no live session has that id", "not_found"),
     MfaAdminError: lambda exc: RequestError(str(exc), getattr(exc, "code", "bad_request")),
+    ServiceKeyAdminError: lambda exc: RequestError(str(exc), "bad_request"),
+    ServiceKeyExistsError: lambda exc: RequestError(f"a key named {exc} already exists (names ignore case)",
+                                                    "key_exists"),
+    UnknownServiceKeyError: lambda exc: RequestError(f"no key named {str(exc)[:64]!r}", "not_found"),
     OtpRejected: lambda exc: RequestError("that code does not match: check the app's clock and type the code "
                                           "it shows now", "invalid_otp"),
 }

@@ -28,7 +28,7 @@ from ..cluster.socket_registry import ConnectionRegistry, Listing
 from ..config import Settings
 from ..errors import RequestError
 from ..store import Agent
-from .bodies import read_json_body
+from .bodies import checked_fields, read_json_body
 from .guards import DirectorGuard
 from .headers import NO_STORE
 
@@ -87,7 +87,7 @@ class DirectorsApi:
     async def add_agent(self, request: web.Request) -> web.Response:
         """``POST /api/agents {"codename", "role", "password"?}``: 201 the agent (and a generated password)."""
         _, actor = await self._guard.changer(request)
-        body = _fields(await self._body(request), {"codename": str, "role": str, "password": str},
+        body = checked_fields(await self._body(request), {"codename": str, "role": str, "password": str},
                        required=("codename", "role"))
         created = await self._admin.add(body["codename"], body["role"], body.get("password"), actor=actor)
         answer = _agent(created.agent, {}, Counter(), set())  # a new agent has no second factor yet
@@ -99,7 +99,7 @@ class DirectorsApi:
     async def change_agent(self, request: web.Request) -> web.Response:
         """``PATCH /api/agents/{codename} {"enabled"?, "role"?}``: disabling or a new role ends its sessions."""
         principal, actor = await self._guard.changer(request)
-        body = _fields(await self._body(request), {"enabled": bool, "role": str}, required=())
+        body = checked_fields(await self._body(request), {"enabled": bool, "role": str}, required=())
         if not body:
             raise RequestError('send "enabled" and/or "role"', "bad_request")
         agent = await self._admin.get(request.match_info["codename"])
@@ -122,7 +122,7 @@ class DirectorsApi:
         """``POST /api/agents/{codename}/password {"password"?}``: ends its sessions; generated when not given."""
         _, actor = await self._guard.changer(request)
         raw = await self._body(request) if request.can_read_body else {}
-        body = _fields(raw, {"password": str}, required=())
+        body = checked_fields(raw, {"password": str}, required=())
         codename = request.match_info["codename"]
         result = await self._admin.set_password(codename, body.get("password"), actor=actor)
         answer = await self._described(result.agent)
@@ -152,21 +152,6 @@ class DirectorsApi:
         key = agent.codename.lower()
         sockets = Counter(r.codename.lower() for r in listing.records if r.codename.lower() == key)
         return _agent(agent, logins, sockets, enrolled)
-
-
-def _fields(body: dict[str, Any], types: dict[str, type], required: tuple[str, ...]) -> dict[str, Any]:
-    """``body`` checked strictly: known fields only, each of its type (``true`` is no string, ``1`` no bool)."""
-    unknown = sorted(set(body) - types.keys())
-    if unknown:
-        raise RequestError(f"unknown field {unknown[0][:64]!r}; expected: {', '.join(types)}", "bad_request")
-    for name in required:
-        if name not in body:
-            raise RequestError(f'"{name}" is required', "bad_request")
-    for name, value in body.items():
-        if type(value) is not types[name]:
-            kind = "true or false" if types[name] is bool else "a string"
-            raise RequestError(f'"{name}" must be {kind}', "bad_request")
-    return body
 
 
 def _agent(agent: Agent, logins: dict[str, str], sockets: Counter[str], enrolled: set[str]) -> dict[str, Any]:

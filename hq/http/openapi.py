@@ -152,7 +152,8 @@ def _components(settings: Settings) -> dict[str, Any]:
         "node": {"type": "string", "description": "The HQ node (process) holding it: host:pid:random."},
         "address": {"type": "string"}, "transport": {"type": "string", "enum": ["websocket", "polling", "plain_websocket"]},
         "user_agent": {"type": "string", "maxLength": 257}, "since": timestamp,
-        "exp": {"type": "integer", "description": "Expiry (Unix time) of the token it is authenticated with."}})
+        "exp": {"type": ["integer", "null"], "description": "Expiry (Unix time) of the token it is authenticated "
+                                                            "with; null for a service key (keys do not expire)."}})
     session = _object({"sid": {"type": "string", "pattern": "^[0-9a-f]{32}$"}, "codename": {"type": "string"},
                        "created": timestamp, "sockets": {"type": "array", "items": _ref("Socket")}})
     token_pair = _object({
@@ -190,6 +191,17 @@ def _components(settings: Settings) -> dict[str, Any]:
                                    required=[], minProperties=1),
             "NewPassword": _object({"password": new_password}, required=[]),
             "Socket": socket,
+            "ServiceKey": _object({"name": {"type": "string", "description": "As created (unique regardless of case "
+                                                                             "among keys not revoked)."},
+                                   "role": role, "created": timestamp,
+                                   "last_used": {"type": ["string", "null"],
+                                                 "description": "When it was last accepted (kept within a minute); "
+                                                               "null if never."}}),
+            "NewServiceKey": _object({"name": codename, "role": {"type": "string", "enum": levels}}),
+            "CreatedServiceKey": _object({"name": {"type": "string"}, "role": role, "created": timestamp,
+                                          "key": {"type": "string", "pattern": "^hqk_[A-Za-z0-9_-]{43,}$",
+                                                  "description": "The key: shown this once, stored only as a hash. "
+                                                                 "Programs send it as Authorization: Bearer."}}),
             "Session": session,
             "TokenPair": token_pair,
             "EnrollmentLogin": enrollment_login,
@@ -335,6 +347,24 @@ def _directors_paths() -> dict[str, Any]:
             **ok("Sessions, oldest first.", {"type": "array", "items": _ref("Session")}, headers=_PARTIAL),
             **errors(**reader)}, security=READ_SECURITY,
             description="Live: not revoked, and holding an unspent, unexpired refresh token or a live socket.")},
+        "/api/keys": {
+            "get": operation("Every service key", tag, {
+                **ok("Keys not revoked, oldest first; never the key itself.",
+                     {"type": "array", "items": _ref("ServiceKey")}),
+                **errors(**reader)}, security=READ_SECURITY),
+            "post": operation("Create a service key", tag, {
+                **ok("The key, in `key`: shown this once.", _ref("CreatedServiceKey"), status=201,
+                     headers={"Location": {"schema": {"type": "string"}}}),
+                **errors(**changer, **body_problems, s409=["key_exists"])},
+                security=CHANGE_SECURITY, body=json_body(_ref("NewServiceKey")),
+                description="A key acts with its role, as `key:NAME`, on the real-time endpoints (Socket.IO and "
+                            "the plain WebSocket); never on /api/auth/*, the directors' API or the console."),
+        },
+        "/api/keys/{name}": {"delete": operation("Revoke a service key", tag, {
+            **ok("Revoked: refused at once on every node; its live sockets are sent session_ended "
+                 "{reason: revoked} and disconnected.", status=204),
+            **errors(**changer, s404=["not_found"])},
+            security=CHANGE_SECURITY, parameters=[path_parameter("name", "The key's name (any case).")])},
         "/api/sessions/{sid}": {"delete": operation("End a session", tag, {
             **ok("Revoked; its sockets are sent session_ended {reason: revoked} and disconnected.", status=204),
             **errors(**changer, s404=["not_found"])},

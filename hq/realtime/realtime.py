@@ -163,8 +163,9 @@ class Realtime:
         )
 
     # admitting and releasing sockets (every transport) -----------------------------------------
-    async def identify(self, token: str | None) -> Principal:
-        """Who ``token`` belongs to, for a socket about to be accepted.
+    async def identify(self, token: str | None, address: str) -> Principal:
+        """Who ``token`` (an access token or a service key) belongs to, for a socket about to be
+        accepted from ``address`` (a wrong service key counts as a failed login for it).
 
         Raises :class:`~hq.errors.AuthError` (the contract's token codes) or
         :class:`~hq.errors.UnavailableError` (the store is down: the token may be fine, so never
@@ -172,13 +173,13 @@ class Realtime:
         ``token_invalid``: a connect that fails in any way refuses the socket.
         """
         try:
-            principal = await self._auth.identify(token)
+            principal = await self._auth.identify(token, service_key_address=address)
         except (AuthError, UnavailableError):
             raise
         except Exception:
             log.exception("identifying a socket failed")
             raise AuthError("could not verify the token", "token_invalid") from None
-        if principal.exp <= self._clock.time():
+        if principal.exp is not None and principal.exp <= self._clock.time():
             # The verifier's leeway is for clock skew on HTTP; a socket would be ended at once.
             raise AuthError("token has expired", "token_expired")
         return principal
@@ -242,6 +243,9 @@ class Realtime:
         if connection.timer is not None:
             connection.timer.cancel()
         exp = connection.principal.exp
+        if exp is None:  # a service key does not expire: it is revoked
+            connection.timer = None
+            return
         warn_at = exp - self._settings.auth.expiry_warning
         now = self._clock.time()
         if warn_at > now:
@@ -256,7 +260,7 @@ class Realtime:
         # never-awaited coroutine (and no RuntimeWarning) behind.
         self._tasks.spawn(start(*args), name=start.__name__)
 
-    async def _warn_expiry(self, socket_id: str, exp: int) -> None:
+    async def _warn_expiry(self, socket_id: str, exp: int) -> None:  # only for a token that expires
         connection = self._connections.get(socket_id)
         if connection is None or connection.principal.exp != exp:
             return
@@ -427,7 +431,8 @@ class Realtime:
         return {"ok": True, "messages": [m.to_wire() for m in messages], "truncated": False}
 
     async def _reauth(self, socket_id: str, connection: Connection, payload: Any) -> Ack:
-        principal = await self._auth.identify(self._schemas.decode("reauth", payload).token)
+        principal = await self._auth.identify(self._schemas.decode("reauth", payload).token,
+                                              service_key_address=connection.address)
         if principal.codename != connection.principal.codename:
             raise AuthError("token belongs to another agent", "token_invalid")
         if principal.session_id != connection.principal.session_id:  # a token of another of its sessions

@@ -108,7 +108,7 @@ class SocketIOTransport:
         transport = self._sio.transport(socket_id)
         user_agent = environ.get("HTTP_USER_AGENT", "")
         try:
-            principal = await self._realtime.identify(token_from_environ(environ, auth))
+            principal = await self._realtime.identify(token_from_environ(environ, auth), address)
         except AuthError as exc:
             self._refuse(exc.code, exc.message, address, transport, user_agent)
         except UnavailableError:

@@ -190,7 +190,7 @@ class PlainWebSockets:
         """Identify ``token``; None (the socket closed with the contract's code) if it is refused.
         ``answer``: the token came in an ``auth`` frame, which gets its ack (with ``ref``) first."""
         try:
-            return await self._realtime.identify(token)
+            return await self._realtime.identify(token, address)
         except AuthError as exc:
             code, message, close = exc.code, exc.message, frames.TOKEN_REFUSED.get(exc.code, frames.INVALID_TOKEN)
         except UnavailableError as exc:
