@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Awaitable, Callable, Generic, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Generic, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -147,4 +148,27 @@ class RedisBreaker(Generic[Target]):
         return result
 
 
-__all__ = ["REDIS_DEADLINE", "REDIS_SOCKET_TIMEOUT", "RETRY_AFTER", "Outage", "RedisBreaker", "redis_client"]
+#: A quiet pub/sub connection is checked with a PING this often; no answer within as long again
+#: means it is dead (a cut network shows only so: no reset ever comes).
+PUBSUB_PING_EVERY = 5.0
+
+
+async def pubsub_messages(pubsub: PubSub, ping_every: float = PUBSUB_PING_EVERY) -> AsyncIterator[dict[str, Any]]:
+    """Every message of a subscribed ``pubsub``, for ever; raises :class:`ConnectionError` when a PING
+    sent after ``ping_every`` quiet seconds gets no answer within as long again (the caller then
+    subscribes anew on a fresh connection)."""
+    pinged = False
+    while True:
+        message = await pubsub.get_message(timeout=ping_every)
+        if message is None:
+            if pinged:
+                raise ConnectionError(f"no answer to PING within {ping_every:g} s")
+            await pubsub.ping()
+            pinged = True
+            continue
+        pinged = False
+        yield message
+
+
+__all__ = ["PUBSUB_PING_EVERY", "REDIS_DEADLINE", "REDIS_SOCKET_TIMEOUT", "RETRY_AFTER", "Outage", "RedisBreaker",
+           "pubsub_messages", "redis_client"]

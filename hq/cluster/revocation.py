@@ -38,7 +38,7 @@ from redis.asyncio.client import PubSub
 from ..errors import describe
 from ..store import Store
 from .heartbeat import Heartbeat
-from .redis import Outage, RedisBreaker
+from .redis import Outage, RedisBreaker, pubsub_messages
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,6 @@ Key = tuple[str, str | None, str]
 PUSHED_POLL_FACTOR = 8
 #: A publish never holds a revocation (a logout, a CLI command) up for longer than this.
 PUBLISH_TIMEOUT = 1.0
-#: An idle subscription is checked with a PING this often; no answer within as long again means it is dead.
-PING_EVERY = 5.0
 #: Waits between attempts to subscribe again while Redis is away, doubling up to the maximum.
 RESUBSCRIBE_FIRST, RESUBSCRIBE_MAX = 0.1, 2.0
 #: How long an application from the feed waits for the same revocation's push (which is normally
@@ -201,17 +199,7 @@ class RevocationWatcher:
 
     async def _receive(self, bus: RevocationBus, pubsub: PubSub) -> None:
         await pubsub.subscribe(bus.channel)
-        pinged: float | None = None
-        while True:
-            message = await pubsub.get_message(timeout=PING_EVERY)
-            if message is None:
-                # Quiet for a while: a dead peer without a reset (a cut network) only shows by not answering.
-                if pinged is not None:
-                    raise ConnectionError(f"no answer to PING within {PING_EVERY:g} s")
-                await pubsub.ping()
-                pinged = time.monotonic()
-                continue
-            pinged = None
+        async for message in pubsub_messages(pubsub):
             kind = message["type"]
             if kind == "subscribe":
                 self._set_subscribed(True)

@@ -34,14 +34,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from typing import Awaitable, Callable
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
-from .redis import REDIS_DEADLINE, Outage, RedisBreaker
+from .redis import REDIS_DEADLINE, Outage, RedisBreaker, pubsub_messages
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +49,6 @@ MessageHandler = Callable[[str, bytes], Awaitable[None]]
 #: ``on_subscribed(topic)``: Redis confirmed the subscription of ``topic`` (first or again).
 SubscribedHandler = Callable[[str], None]
 
-#: An idle subscription is checked with a PING this often; no answer within as long again means it is dead.
-PING_EVERY = 5.0
 #: Waits between attempts to subscribe again while Redis is away, doubling up to the maximum.
 RESUBSCRIBE_FIRST, RESUBSCRIBE_MAX = 0.1, 2.0
 #: Publications sent in one pipeline (one round trip) at the most.
@@ -269,17 +266,7 @@ class TopicBus:
             self._pubsub = pubsub
         if self._requested != self._wanted:  # wanted or dropped while the first SUBSCRIBE was on its way
             self._change()
-        pinged: float | None = None
-        while True:
-            message = await pubsub.get_message(timeout=PING_EVERY)
-            if message is None:
-                # Quiet for a while: a dead peer without a reset (a cut network) only shows by not answering.
-                if pinged is not None:
-                    raise ConnectionError(f"no answer to PING within {PING_EVERY:g} s")
-                await pubsub.ping()
-                pinged = time.monotonic()
-                continue
-            pinged = None
+        async for message in pubsub_messages(pubsub):
             kind = message["type"]
             if kind == "message":
                 await self._received(message["channel"], message["data"])

@@ -22,11 +22,11 @@ import copy
 from typing import Any
 
 import msgspec
-from aiohttp import web
 
 from ..config import Settings
 from ..realtime import schemas
 from ..realtime.schemas import AUTH_EVENT, CLIENT_EVENTS, SERVER_EVENTS, PayloadSchemas
+from .documents import ServedDocument
 
 Schema = dict[str, Any]
 SCHEMA_REF = "#/components/schemas/{name}"
@@ -276,23 +276,10 @@ def build_document(settings: Settings) -> dict[str, Any]:
     return _Builder(settings).document()
 
 
-class AsyncApi:
-    """Serves the document at ``GET /api/asyncapi.json``."""
+class AsyncApi(ServedDocument):
+    """Serves the AsyncAPI document at ``GET /api/asyncapi.json``."""
 
     PATH = "/api/asyncapi.json"
 
     def __init__(self, settings: Settings) -> None:
-        self._document = build_document(settings)
-
-    @property
-    def document(self) -> dict[str, Any]:
-        """The document (shared: do not change it)."""
-        return self._document
-
-    def routes(self) -> list[web.RouteDef]:
-        """The document's route."""
-        return [web.get(self.PATH, self.serve)]
-
-    async def serve(self, request: web.Request) -> web.Response:
-        """``GET /api/asyncapi.json``."""
-        return web.json_response(self._document, headers={"Cache-Control": "no-cache"})
+        super().__init__(self.PATH, build_document(settings))

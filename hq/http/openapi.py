@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from aiohttp import web
 
 from ..config import Settings
 from .console import STATIC_FILES
+from .documents import ServedDocument
 
 JSON = "application/json"
 Schema = dict[str, Any]
@@ -483,23 +483,10 @@ def build_document(settings: Settings) -> dict[str, Any]:
     }
 
 
-class OpenApi:
-    """Serves the document at ``GET /api/openapi.json``."""
+class OpenApi(ServedDocument):
+    """Serves the OpenAPI document at ``GET /api/openapi.json``."""
 
     PATH = "/api/openapi.json"
 
     def __init__(self, settings: Settings) -> None:
-        self._document = build_document(settings)
-
-    @property
-    def document(self) -> dict[str, Any]:
-        """The document (shared: do not change it)."""
-        return self._document
-
-    def routes(self) -> list[web.RouteDef]:
-        """The document's route."""
-        return [web.get(self.PATH, self.serve)]
-
-    async def serve(self, request: web.Request) -> web.Response:
-        """``GET /api/openapi.json``."""
-        return web.json_response(self._document, headers={"Cache-Control": "no-cache"})
+        super().__init__(self.PATH, build_document(settings))

@@ -10,6 +10,8 @@ reaches one socket, and how a socket is closed once its session has ended.
 
 from __future__ import annotations
 
+from http.cookies import CookieError, SimpleCookie
+
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -89,3 +91,23 @@ class SocketIndex:
 
     def __len__(self) -> int:
         return len(self._sockets)
+
+
+def token_from_headers(authorization: str, cookie_header: str) -> str | None:
+    """The token of a handshake's headers, for every transport: ``Authorization: Bearer``, else the
+    ``jwt`` cookie; None when neither is there.
+
+    An ``Authorization`` header of another scheme is an invalid token ("\\x00"), not a reason to look
+    further: only the first source present is judged (contract §4 and §8).
+    """
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" else "\x00"
+    if cookie_header:
+        try:
+            cookies = SimpleCookie(cookie_header)
+        except CookieError:
+            cookies = SimpleCookie()
+        if "jwt" in cookies:
+            return cookies["jwt"].value
+    return None

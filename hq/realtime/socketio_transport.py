@@ -9,7 +9,6 @@ does. Everything the events decide is in hq/realtime/realtime.py, shared with th
 from __future__ import annotations
 
 import asyncio
-from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -17,6 +16,7 @@ import socketio
 
 from ..addresses import AddressResolver
 from ..errors import AuthError, UnavailableError
+from .peers import token_from_headers
 from .socket_server import REFUSED_EVENT, SocketServer
 
 if TYPE_CHECKING:  # the core builds this adapter; a runtime import would run back up
@@ -35,18 +35,9 @@ def token_from_environ(environ: dict[str, Any], auth: Any) -> str | None:
     if isinstance(auth, dict) and "token" in auth:
         token = auth["token"]
         return token if isinstance(token, str) else "\x00"
-    header = environ.get("HTTP_AUTHORIZATION", "")
-    if header:
-        scheme, _, value = header.partition(" ")
-        return value.strip() if scheme.lower() == "bearer" else "\x00"
-    cookie_header = environ.get("HTTP_COOKIE", "")
-    if cookie_header:
-        try:
-            cookies = SimpleCookie(cookie_header)
-        except CookieError:
-            cookies = SimpleCookie()
-        if "jwt" in cookies:
-            return cookies["jwt"].value
+    from_headers = token_from_headers(environ.get("HTTP_AUTHORIZATION", ""), environ.get("HTTP_COOKIE", ""))
+    if from_headers is not None:
+        return from_headers
     query = parse_qs(environ.get("QUERY_STRING", ""))
     if "token" in query:
         return query["token"][0]

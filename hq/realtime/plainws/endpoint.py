@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, hdrs, web
@@ -48,11 +47,11 @@ from ...config import Settings
 from ...errors import AuthError, EventError, UnavailableError
 from ..eager import run_eagerly
 from ..fanout import DirectFanout
-from ..peers import PLAIN_WEBSOCKET, Ack
+from ..peers import PLAIN_WEBSOCKET, Ack, token_from_headers
 from ..realtime import MALFORMED_EVENT
 from ..schemas import AUTH_EVENT
 from . import frames
-from .frames import BadFrame, Close
+from .frames import BadFrame
 from .peer import PlainSocket
 
 if TYPE_CHECKING:
@@ -90,19 +89,7 @@ def token_from_request(request: web.Request) -> str | None:
     """
     if "token" in request.query:
         return request.query["token"]
-    header = request.headers.get(hdrs.AUTHORIZATION, "")
-    if header:
-        scheme, _, value = header.partition(" ")
-        return value.strip() if scheme.lower() == "bearer" else "\x00"
-    cookie_header = request.headers.get(hdrs.COOKIE, "")
-    if cookie_header:
-        try:
-            cookies = SimpleCookie(cookie_header)
-        except CookieError:
-            cookies = SimpleCookie()
-        if "jwt" in cookies:
-            return cookies["jwt"].value
-    return None
+    return token_from_headers(request.headers.get(hdrs.AUTHORIZATION, ""), request.headers.get(hdrs.COOKIE, ""))
 
 
 class PlainWebSockets:
