@@ -20,9 +20,9 @@ PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile
 test: setup-test
 	$(PY) -m pytest $(PYTEST_PARALLEL) --cov=hq --cov=agent_client --cov-report=term
 
-# The inner loop: no browser, multi-node/outage/worker or packaging tests, no coverage.
+# The inner loop: no browser, multi-node/outage/worker, packaging or soak tests, no coverage.
 test-fast:
-	$(PY) -m pytest $(PYTEST_PARALLEL) -m "not browser and not cluster and not packaging"
+	$(PY) -m pytest $(PYTEST_PARALLEL) -m "not browser and not cluster and not packaging and not soak"
 
 setup: python-deps js-deps
 

@@ -90,6 +90,7 @@ async def _cycle(hq: HQ, now: float, codename: str, cycle: int) -> None:
         assert await store.revoke_sessions(codename, "logged_out", session_id) == [session_id]
 
 
+@pytest.mark.soak
 async def test_ten_thousand_cycles_leave_every_internal_table_bounded(clocked: tuple[HQ, ManualClock]) -> None:
     hq, clock = clocked
     most = dict.fromkeys(TABLES, 0)
