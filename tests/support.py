@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import asyncio
 import json
 import os
@@ -95,7 +97,7 @@ LISTENING = re.compile(r"HQ listening on (https?)://([^/\s]+):(\d+)/")
 
 
 @dataclass
-class HQServer:
+class HQServer(ABC):
     """What a test holds of one HQ node, whether a real process (:class:`HQProcess`) or an app in
     this process (tests/threaded_hq.py): its URL, folder, config, log, audit trail and CLI."""
 
@@ -110,9 +112,9 @@ class HQServer:
         return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
+    @abstractmethod
     def running(self) -> bool:
         """Whether the node serves now."""
-        raise NotImplementedError
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """A client context trusting this server's certificate (None for plain HTTP)."""
@@ -122,13 +124,13 @@ class HQServer:
     def log_path(self) -> Path:
         return self.workdir / "server.log"
 
+    @abstractmethod
     def start(self, timeout: float = 20) -> "HQServer":
         """Start serving and return once ``/healthz`` answers."""
-        raise NotImplementedError
 
+    @abstractmethod
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop serving (gracefully unless ``sig`` asks for a crash)."""
-        raise NotImplementedError
 
     def restart(self) -> None:
         """Stop gracefully and start again on the same port and data."""
