@@ -35,6 +35,22 @@ export function base(url) {
 }
 
 // login / connect / connectMany / ack against any loopback URL, acks and handshakes bounded by ackTimeoutMs.
+// Open `count` connections with `connect`, at most `concurrency` handshakes at a time (both clients).
+function connectManyWith(connect) {
+  return async function connectMany(url, token, count, concurrency = 50) {
+    const sockets = [];
+    let next = 0;
+    async function worker() {
+      while (next < count) {
+        next += 1;
+        sockets.push(await connect(url, token));
+      }
+    }
+    await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker));
+    return sockets;
+  };
+}
+
 export function socketClient(ackTimeoutMs) {
   // One authenticated Socket.IO connection over the websocket transport, no reconnection.
   function connect(url, token) {
@@ -54,27 +70,13 @@ export function socketClient(ackTimeoutMs) {
     });
   }
 
-  // Open `count` connections, at most `concurrency` handshakes at a time.
-  async function connectMany(url, token, count, concurrency = 50) {
-    const sockets = [];
-    let next = 0;
-    async function worker() {
-      while (next < count) {
-        next += 1;
-        sockets.push(await connect(url, token));
-      }
-    }
-    await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker));
-    return sockets;
-  }
-
   async function ack(socket, event, payload) {
     const answer = await socket.timeout(ackTimeoutMs).emitWithAck(event, payload);
     if (!answer || answer.ok !== true) throw new Error(`${event} refused: ${JSON.stringify(answer)}`);
     return answer;
   }
 
-  return { login: loginAt, connect, connectMany, ack };
+  return { login: loginAt, connect, connectMany: connectManyWith(connect), ack };
 }
 
 // Log in over HTTP; the access token.
@@ -147,26 +149,13 @@ export function plainClient(ackTimeoutMs) {
     });
   }
 
-  async function connectMany(url, token, count, concurrency = 50) {
-    const sockets = [];
-    let next = 0;
-    async function worker() {
-      while (next < count) {
-        next += 1;
-        sockets.push(await connect(url, token));
-      }
-    }
-    await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker));
-    return sockets;
-  }
-
   async function ack(socket, event, payload) {
     const answer = await socket.call(event, payload);
     if (answer.ok !== true) throw new Error(`${event} refused: ${JSON.stringify(answer)}`);
     return answer;
   }
 
-  return { login: loginAt, connect, connectMany, ack };
+  return { login: loginAt, connect, connectMany: connectManyWith(connect), ack };
 }
 
 // Run the scenario named `name` and print its result as one JSON line (exit 0), or the error (exit 1).
